@@ -1,0 +1,28 @@
+"""steepest: implicit bias of steepest descent in homogeneous neural networks.
+
+One :class:`~steepest.norms.Norm` defines both an optimizer (its steepest direction) and the
+margin that optimizer maximizes (q_min / ‖θ‖^L). See the README for a tour.
+"""
+
+from __future__ import annotations
+
+from . import algorithms, norms, optim
+from .algorithms import Algorithm, algorithm, algorithm_names
+from .norms import Norm, norm, norm_names
+from .optim import SteepestDescent, optimizer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Algorithm",
+    "Norm",
+    "SteepestDescent",
+    "algorithm",
+    "algorithm_names",
+    "algorithms",
+    "norm",
+    "norm_names",
+    "norms",
+    "optim",
+    "optimizer",
+]

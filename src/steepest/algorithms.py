@@ -1,0 +1,185 @@
+"""Pure update rules: steepest descent w.r.t. a norm, and the registry of named algorithms.
+
+An :class:`Algorithm` is a norm plus a step rule. Its two pure functions follow optax:
+
+* ``state = algo.init(params)``
+* ``params, state = algo.update(params, grads, state, lr)``
+
+``params`` and ``grads`` are lists of tensors; ``state`` is a dict whose values are tensors or
+lists of tensors (one per parameter). Nothing is edited in place, there is no ``.item()`` and
+no Python branching on tensor values, so ``torch.func.vmap`` can step K runs together.
+
+Steepest descent (spec §2.2):
+
+* normalized:   θ ← θ − η · U(g),  U(g) ∈ argmax_{‖u‖≤1} ⟨g, u⟩,  so ‖Δθ‖ = η;
+* unnormalized: θ ← θ − η · J(g),  J(g) = ‖g‖_* U(g),              so ‖Δθ‖ = η‖g‖_*.
+
+Every algorithm declares ``predicted_norm``: the norm whose margin q_min/‖θ‖^L it is
+predicted to maximize once the data are separated (spec §3.1, §3.4).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .norms import LpNorm, Norm, Spectral, get_norm
+
+__all__ = [
+    "Algorithm",
+    "SteepestDescentRule",
+    "algorithm",
+    "algorithm_names",
+    "register_algorithm",
+]
+
+State = dict[str, Any]
+
+
+class Algorithm:
+    """A pure update rule with a declared predicted norm.
+
+    Subclasses implement :meth:`init` and :meth:`update`. ``hyperparams`` holds the plain
+    values (floats, bools, strings) that rebuild the rule: the optimizer wrappers keep them in
+    ``param_groups`` so that ``state_dict`` stays loadable with ``weights_only=True``.
+    """
+
+    name: str = "algorithm"
+    predicted_norm: Norm
+    normalized: bool = True
+
+    def init(self, params: Sequence[Tensor]) -> State:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def update(
+        self, params: Sequence[Tensor], grads: Sequence[Tensor], state: State, lr: float | Tensor
+    ) -> tuple[list[Tensor], State]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @property
+    def hyperparams(self) -> dict[str, Any]:
+        return {}
+
+    def __repr__(self) -> str:
+        hp = ", ".join(f"{k}={v!r}" for k, v in self.hyperparams.items())
+        return f"{type(self).__name__}({self.name!r}{', ' if hp else ''}{hp})"
+
+
+class SteepestDescentRule(Algorithm):
+    """Steepest descent w.r.t. ``norm``, normalized or not (spec §2.2–§2.3).
+
+    State: ``step`` (number of updates taken) and ``grad_dual`` (‖g‖_* of the last gradient,
+    which the engine needs for flow time: Σ η for unnormalized steps, Σ η/‖g‖_* for
+    normalized ones; spec §3.8).
+    """
+
+    def __init__(self, norm: Norm | str, normalized: bool = True, name: str | None = None):
+        self.norm = get_norm(norm)
+        self.normalized = bool(normalized)
+        self.predicted_norm = self.norm
+        self.name = name or f"steepest[{self.norm.name},{'normalized' if normalized else 'unnormalized'}]"
+
+    @property
+    def hyperparams(self) -> dict[str, Any]:
+        return {"norm": self.norm.name, "normalized": self.normalized}
+
+    def init(self, params: Sequence[Tensor]) -> State:
+        p0 = params[0]
+        zero = torch.zeros((), dtype=p0.dtype, device=p0.device)
+        return {"step": zero, "grad_dual": zero}
+
+    def step_direction(self, grads: Sequence[Tensor]) -> tuple[list[Tensor], Tensor]:
+        """The step Δ (U(g) or J(g)) with θ ← θ − η Δ, and ‖g‖_*."""
+        u, dual = self.norm.direction_and_dual(grads)
+        if not self.normalized:
+            u = [dual * x for x in u]
+        return u, dual
+
+    def update(self, params, grads, state, lr):
+        delta, dual = self.step_direction(grads)
+        new_params = [p - lr * d for p, d in zip(params, delta, strict=True)]
+        return new_params, {"step": state["step"] + 1, "grad_dual": dual}
+
+
+# ----------------------------------------------------------------------------- registry
+
+_FACTORIES: dict[str, Callable[..., Algorithm]] = {}
+_DOCS: dict[str, str] = {}
+
+
+def register_algorithm(name: str, factory: Callable[..., Algorithm], doc: str = "") -> None:
+    """Register ``factory(**kw) -> Algorithm`` under ``name`` (used by :func:`algorithm`)."""
+    _FACTORIES[name] = factory
+    _DOCS[name] = doc
+
+
+def algorithm_names() -> list[str]:
+    """The names :func:`algorithm` and :func:`steepest.optimizer` accept."""
+    return sorted(_FACTORIES)
+
+
+def algorithm(name: str | Algorithm, **kwargs: Any) -> Algorithm:
+    """Build a named algorithm, e.g. ``algorithm("sign")`` or ``algorithm("lp", p=3)``.
+
+    Unknown names, and keyword arguments a rule does not take, raise ``ValueError`` listing the
+    valid choices.
+    """
+    if isinstance(name, Algorithm):
+        if kwargs:
+            raise ValueError("keyword arguments cannot be applied to an Algorithm instance")
+        return name
+    if name not in _FACTORIES:
+        raise ValueError(f"unknown algorithm {name!r}; valid names: {', '.join(algorithm_names())}")
+    factory = _FACTORIES[name]
+    sig = inspect.signature(factory)
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
+    bad = [k for k in kwargs if k not in sig.parameters] if not takes_any else []
+    if bad:
+        valid = [k for k in sig.parameters]
+        raise ValueError(
+            f"algorithm {name!r} does not take {', '.join(map(repr, bad))}; "
+            f"valid options: {', '.join(valid) or 'none'}"
+        )
+    return factory(**kwargs)
+
+
+def _gd(normalized: bool = False) -> Algorithm:
+    return SteepestDescentRule(LpNorm(2), normalized, name="gd" if not normalized else "ngd")
+
+
+def _ngd(normalized: bool = True) -> Algorithm:
+    return SteepestDescentRule(LpNorm(2), normalized, name="ngd" if normalized else "gd")
+
+
+def _sign(normalized: bool = True) -> Algorithm:
+    return SteepestDescentRule(LpNorm(float("inf")), normalized, name="sign")
+
+
+def _cd(normalized: bool = True) -> Algorithm:
+    return SteepestDescentRule(LpNorm(1), normalized, name="cd")
+
+
+def _lp(p: float, normalized: bool = True) -> Algorithm:
+    n = LpNorm(p)
+    return SteepestDescentRule(n, normalized, name=f"lp[{n.name}]")
+
+
+def _spectral(normalized: bool = True) -> Algorithm:
+    return SteepestDescentRule(Spectral(), normalized, name="spectral")
+
+
+def _steepest(norm: Norm | str, normalized: bool = True) -> Algorithm:
+    return SteepestDescentRule(norm, normalized)
+
+
+register_algorithm("gd", _gd, "gradient descent, unnormalized ℓ2 steepest descent; predicted norm ℓ2")
+register_algorithm("ngd", _ngd, "normalized gradient descent (ℓ2); predicted norm ℓ2")
+register_algorithm("sign", _sign, "sign descent, normalized ℓ∞ steepest descent; predicted norm ℓ∞")
+register_algorithm("cd", _cd, "greedy coordinate descent, ℓ1 steepest descent; predicted norm ℓ1")
+register_algorithm("lp", _lp, "ℓp steepest descent for any p ≥ 1 (keyword p); predicted norm ℓp")
+register_algorithm("spectral", _spectral, "spectral descent (UVᵀ per layer); predicted norm max-spectral")
+register_algorithm("steepest", _steepest, "steepest descent w.r.t. any norm (keyword norm)")

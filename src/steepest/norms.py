@@ -1,0 +1,454 @@
+"""Norms on lists of tensors: the value, the dual norm, the steepest direction, the duality map.
+
+A :class:`Norm` is the centre of the package. The same object gives
+
+* the optimizer: the unit steepest direction ``U(g) ∈ argmax_{‖u‖≤1} ⟨g, u⟩`` and the
+  unnormalized step (duality map) ``J(g) = ‖g‖_* · U(g)``;
+* the measurement: the margin ``q_min / ‖θ‖^L`` that steepest descent w.r.t. this norm
+  maximizes (paper spec §2.1–§2.3, §3.1).
+
+Every method takes a *list* of tensors (a model's parameters, seen as one vector or as
+blocks) and is written in pure torch: no in-place edits of inputs, no ``.item()``, no Python
+branching on tensor values. So ``torch.func.vmap`` batches them over a leading run axis.
+
+Identities every implementation satisfies (spec §2.1, tested for every norm):
+``⟨U(g), g⟩ = ‖g‖_*``, ``‖U(g)‖ = 1`` (0 when g = 0), ``⟨J(g), g⟩ = ‖g‖_*²``,
+``‖J(g)‖ = ‖g‖_*``.
+
+Tie-breaks (the theory allows any element of the argmax set; spec §2.2, §6 item 2):
+
+* ℓ∞ / sign: ``sign(0) = 0``, so coordinates with zero gradient stay.
+* ℓ1 / greedy coordinate descent: exactly one coordinate moves, the one of largest ``|g_j|``
+  in the flattened concatenation, ties broken by the **lowest flat index**.
+* spectral: the compact-SVD polar factor ``U_r V_rᵀ`` over singular values above a rank
+  tolerance; repeated singular values are all kept (a valid element of the subdifferential).
+* block sum: only the block with the largest dual norm moves, ties to the lowest block.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "Norm",
+    "LpNorm",
+    "Spectral",
+    "BlockMax",
+    "BlockSum",
+    "weighted_max",
+    "norm",
+    "get_norm",
+    "norm_names",
+    "inner",
+    "NORM_ALIASES",
+]
+
+Tensors = Sequence[Tensor]
+
+
+def _flat(xs: Tensors) -> Tensor:
+    """Concatenate a list of tensors into one flat vector (the parameter vector θ)."""
+    if len(xs) == 0:
+        raise ValueError("a Norm needs at least one tensor; got an empty list")
+    return torch.cat([x.reshape(-1) for x in xs])
+
+
+def _unflat(v: Tensor, like: Tensors) -> list[Tensor]:
+    """Split a flat vector back into tensors shaped like ``like``."""
+    out, start = [], 0
+    for x in like:
+        n = x.numel()
+        out.append(v[start : start + n].reshape(x.shape))
+        start += n
+    return out
+
+
+def inner(xs: Tensors, ys: Tensors) -> Tensor:
+    """Euclidean inner product ⟨x, y⟩ of two lists of tensors seen as one vector."""
+    if len(xs) != len(ys):
+        raise ValueError(f"inner: lists differ in length ({len(xs)} vs {len(ys)})")
+    return sum((x * y).sum() for x, y in zip(xs, ys, strict=True))  # type: ignore[return-value]
+
+
+def _safe_div(num: Tensor, den: Tensor) -> Tensor:
+    """num / den, and 0 where den == 0 (double-where keeps autograd free of NaN)."""
+    zero = den == 0
+    return torch.where(zero, torch.zeros_like(num), num / torch.where(zero, torch.ones_like(den), den))
+
+
+class Norm:
+    """A norm ‖·‖ on a list of tensors, with its dual and its steepest-descent maps.
+
+    Subclasses implement :meth:`__call__`, :meth:`dual` and :meth:`direction`;
+    :meth:`duality_map` is ``dual(g) · direction(g)`` (spec §2.1).
+    """
+
+    name: str = "norm"
+
+    def __call__(self, xs: Tensors) -> Tensor:  # pragma: no cover - abstract
+        """The norm ‖x‖ as a 0-dim tensor."""
+        raise NotImplementedError
+
+    def dual(self, gs: Tensors) -> Tensor:  # pragma: no cover - abstract
+        """The dual norm ‖g‖_* = sup_{‖u‖≤1} ⟨u, g⟩ as a 0-dim tensor."""
+        raise NotImplementedError
+
+    def direction(self, gs: Tensors) -> list[Tensor]:  # pragma: no cover - abstract
+        """One element U(g) of argmax_{‖u‖≤1} ⟨g, u⟩ (the normalized steepest direction).
+
+        Descent moves θ ← θ − η·U(∇𝓛). For g = 0 the direction is 0.
+        """
+        raise NotImplementedError
+
+    def duality_map(self, gs: Tensors) -> list[Tensor]:
+        """J(g) = ‖g‖_* · U(g): the unnormalized steepest step, with ⟨J(g), g⟩ = ‖g‖_*²."""
+        d = self.dual(gs)
+        return [d * u for u in self.direction(gs)]
+
+    def direction_and_dual(self, gs: Tensors) -> tuple[list[Tensor], Tensor]:
+        """U(g) and ‖g‖_* together; subclasses share work between the two where they can."""
+        return self.direction(gs), self.dual(gs)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
+
+
+class LpNorm(Norm):
+    """ℓp norm of the concatenated parameter vector, 1 ≤ p ≤ ∞ (spec §2.3).
+
+    * ‖θ‖_p = (Σ_j |θ_j|^p)^{1/p};  dual ‖g‖_q with 1/p + 1/q = 1.
+    * p = 2: U(g) = g/‖g‖₂ (gradient descent).
+    * p = ∞: U(g) = sign(g), sign(0) = 0 (sign descent). ‖·‖_∞ of the concatenated vector is
+      the max over layers of the per-layer ℓ∞ norms, so sign descent on every tensor is exactly
+      ℓ∞ steepest descent on θ.
+    * p = 1: U(g) = sign(g_{j*}) e_{j*}, j* = argmax_j |g_j| with ties broken by the **lowest
+      flat index** (greedy Gauss–Southwell coordinate descent: one coordinate moves).
+    * 1 < p < ∞: U(g)_j = sign(g_j)|g_j|^{q−1} / ‖g‖_q^{q−1}, computed after scaling g by
+      ‖g‖_∞ so that no power under- or overflows.
+    """
+
+    def __init__(self, p: float):
+        p = float(p)
+        if not (p >= 1.0):
+            raise ValueError(f"LpNorm: p must satisfy 1 <= p <= inf, got p={p}")
+        self.p = p
+        self.q = math.inf if p == 1.0 else (1.0 if math.isinf(p) else p / (p - 1.0))
+        self.name = _lp_name(p)
+
+    @staticmethod
+    def _vec_norm(v: Tensor, p: float) -> Tensor:
+        if math.isinf(p):
+            return v.abs().amax()
+        if p == 1.0:
+            return v.abs().sum()
+        if p == 2.0:
+            return torch.linalg.vector_norm(v)
+        # Scale by max|v| so that |v|^p neither overflows nor underflows.
+        m = v.abs().amax()
+        scaled = _safe_div(v.abs(), m)
+        return m * scaled.pow(p).sum().pow(1.0 / p)
+
+    def __call__(self, xs: Tensors) -> Tensor:
+        return self._vec_norm(_flat(xs), self.p)
+
+    def dual(self, gs: Tensors) -> Tensor:
+        return self._vec_norm(_flat(gs), self.q)
+
+    def direction(self, gs: Tensors) -> list[Tensor]:
+        g = _flat(gs)
+        if math.isinf(self.p):
+            u = torch.sign(g)
+        elif self.p == 1.0:
+            # torch.argmax returns the first maximal index: the lowest-index tie-break.
+            j = torch.argmax(g.abs())
+            onehot = (torch.arange(g.numel(), device=g.device) == j).to(g.dtype)
+            u = onehot * torch.sign(g)
+        elif self.p == 2.0:
+            u = _safe_div(g, torch.linalg.vector_norm(g))
+        else:
+            q = self.q
+            m = g.abs().amax()
+            a = _safe_div(g.abs(), m)  # in [0, 1]; the max entry is exactly 1
+            aq = a.pow(q - 1.0)
+            denom = a.pow(q).sum().pow((q - 1.0) / q)  # ‖a‖_q^{q-1} ≥ 1 when g ≠ 0
+            u = torch.sign(g) * _safe_div(aq, denom)
+        return _unflat(u, gs)
+
+
+class Spectral(Norm):
+    """Max over layers of the spectral norm: ‖θ‖_msp = max_k σ_max(W_k) (spec §2.3, A.3).
+
+    Each tensor is one block:
+
+    * a matrix W (out, in) uses σ_max(W), dual nuclear ‖G‖_nuc = Σσ_i and direction U_r V_rᵀ
+      from the compact SVD (rank-r part; singular values below ``rank_rtol·σ_max`` are dropped);
+    * a conv kernel (out, in, k, k) is reshaped to (out, in·k·k) first;
+    * a vector or scalar uses its ℓ2 norm (its spectral norm as a 1×n matrix).
+
+    Across blocks this is the block-max combination: dual Σ_k ‖G_k‖_nuc, and every block moves
+    by its own unit direction. SVDs run in float64 whatever the input dtype (the direction must
+    be exact; Newton–Schulz is not used here).
+    """
+
+    name = "max-spectral"
+
+    def __init__(self, rank_rtol: float | None = None):
+        self.rank_rtol = rank_rtol
+
+    @staticmethod
+    def _as_matrix(x: Tensor) -> Tensor:
+        if x.dim() >= 2:
+            return x.reshape(x.shape[0], -1)
+        return x.reshape(1, -1)
+
+    def _svd(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        m = self._as_matrix(x).to(torch.float64)
+        return torch.linalg.svd(m, full_matrices=False)
+
+    def _mask(self, s: Tensor, shape: torch.Size) -> Tensor:
+        # numpy.linalg.matrix_rank's default tolerance: σ_max · max(m, n) · eps.
+        rtol = self.rank_rtol
+        if rtol is None:
+            rtol = max(shape) * torch.finfo(torch.float64).eps
+        return (s > rtol * s.amax()).to(s.dtype)
+
+    def block_norms(self, xs: Tensors) -> Tensor:
+        """σ_max of every block, stacked (ℓ2 for vectors)."""
+        return torch.stack([torch.linalg.matrix_norm(self._as_matrix(x).to(torch.float64), ord=2).to(x.dtype) for x in xs])
+
+    def __call__(self, xs: Tensors) -> Tensor:
+        if len(xs) == 0:
+            raise ValueError("a Norm needs at least one tensor; got an empty list")
+        return self.block_norms(xs).amax()
+
+    def dual(self, gs: Tensors) -> Tensor:
+        if len(gs) == 0:
+            raise ValueError("a Norm needs at least one tensor; got an empty list")
+        return sum(self._svd(g)[1].sum().to(g.dtype) for g in gs)  # type: ignore[return-value]
+
+    def direction_and_dual(self, gs: Tensors) -> tuple[list[Tensor], Tensor]:
+        if len(gs) == 0:
+            raise ValueError("a Norm needs at least one tensor; got an empty list")
+        dirs, total = [], None
+        for g in gs:
+            u, s, vh = self._svd(g)
+            mask = self._mask(s, self._as_matrix(g).shape)
+            polar = (u * mask) @ vh
+            dirs.append(polar.reshape(g.shape).to(g.dtype))
+            nuc = s.sum().to(g.dtype)
+            total = nuc if total is None else total + nuc
+        return dirs, total  # type: ignore[return-value]
+
+    def direction(self, gs: Tensors) -> list[Tensor]:
+        return self.direction_and_dual(gs)[0]
+
+    def duality_map(self, gs: Tensors) -> list[Tensor]:
+        dirs, d = self.direction_and_dual(gs)
+        return [d * u for u in dirs]
+
+
+def _resolve_groups(groups: Sequence[Sequence[int]] | None, n_blocks: int, n_tensors: int) -> list[list[int]]:
+    if groups is None:
+        return [[i] for i in range(n_tensors)]
+    gl = [list(g) for g in groups]
+    flat = sorted(i for g in gl for i in g)
+    if flat != list(range(n_tensors)):
+        raise ValueError(
+            f"block groups must partition the tensor indices 0..{n_tensors - 1} exactly once; got {gl}"
+        )
+    if len(gl) != n_blocks:
+        raise ValueError(f"{len(gl)} groups given for {n_blocks} block norms")
+    return gl
+
+
+class _Blocks(Norm):
+    """Shared machinery of block combinations: per-block norms over groups of tensors."""
+
+    def __init__(
+        self,
+        norms: Norm | Sequence[Norm],
+        groups: Sequence[Sequence[int]] | None = None,
+        weights: Sequence[float] | None = None,
+    ):
+        if isinstance(norms, Norm):
+            if groups is not None:
+                raise ValueError("pass a list of norms (one per group) together with `groups`")
+            self.norms: Sequence[Norm] | None = None
+            self.shared = norms
+        else:
+            norms = list(norms)
+            if not norms or not all(isinstance(n, Norm) for n in norms):
+                raise TypeError("norms must be a Norm or a non-empty list of Norm objects")
+            if groups is None:
+                raise ValueError("a list of norms needs `groups`: one list of tensor indices per norm")
+            self.norms = norms
+            self.shared = None
+        self.groups = None if groups is None else [list(g) for g in groups]
+        if weights is not None:
+            weights = [float(w) for w in weights]
+            if any(not (w > 0 and math.isfinite(w)) for w in weights):
+                raise ValueError(f"block weights must be positive and finite; got {weights}")
+        self.weights = weights
+
+    def _split(self, xs: Tensors) -> list[tuple[Norm, list[Tensor], float]]:
+        n_blocks = len(xs) if self.norms is None else len(self.norms)
+        groups = _resolve_groups(self.groups, n_blocks, len(xs))
+        weights = self.weights if self.weights is not None else [1.0] * len(groups)
+        if len(weights) != len(groups):
+            raise ValueError(f"{len(weights)} weights given for {len(groups)} blocks")
+        norms = [self.shared] * len(groups) if self.norms is None else list(self.norms)
+        return [(n, [xs[i] for i in g], w) for n, g, w in zip(norms, groups, weights, strict=True)]
+
+    def _assemble(self, xs: Tensors, block_dirs: list[list[Tensor]]) -> list[Tensor]:
+        n_blocks = len(xs) if self.norms is None else len(self.norms)
+        groups = _resolve_groups(self.groups, n_blocks, len(xs))
+        out: list[Tensor | None] = [None] * len(xs)
+        for g, dirs in zip(groups, block_dirs, strict=True):
+            for i, d in zip(g, dirs, strict=True):
+                out[i] = d
+        return out  # type: ignore[return-value]
+
+
+class BlockMax(_Blocks):
+    """Weighted block-max norm ‖θ‖ = max_b w_b ‖θ_b‖_(b) (spec §2.3, "layer-wise" methods).
+
+    * dual: ‖g‖_* = Σ_b ‖g_b‖_(b),* / w_b;
+    * direction: every block moves by its own unit direction, U(g)_b = U_b(g_b) / w_b
+      (blocks with g_b = 0 stay).
+
+    ``BlockMax(LpNorm(2))`` (one shared norm, no groups) treats every tensor as a block. With a
+    list of norms, ``groups`` gives the tensor indices of each block. The weighted max
+    max{a‖W‖_A, ‖u‖_B} of Muon–Adam hybrids is ``weights=[a, 1]`` (see :func:`weighted_max`).
+    """
+
+    def __init__(self, norms, groups=None, weights=None, name: str | None = None):
+        super().__init__(norms, groups, weights)
+        self.name = name or "block-max"
+
+    def __call__(self, xs: Tensors) -> Tensor:
+        vals = [w * n(b) for n, b, w in self._split(xs)]
+        return torch.stack(vals).amax()
+
+    def dual(self, gs: Tensors) -> Tensor:
+        return sum(n.dual(b) / w for n, b, w in self._split(gs))  # type: ignore[return-value]
+
+    def direction_and_dual(self, gs: Tensors) -> tuple[list[Tensor], Tensor]:
+        dirs, total = [], None
+        for n, b, w in self._split(gs):
+            u, d = n.direction_and_dual(b)
+            dirs.append([x / w for x in u])
+            total = d / w if total is None else total + d / w
+        return self._assemble(gs, dirs), total  # type: ignore[return-value]
+
+    def direction(self, gs: Tensors) -> list[Tensor]:
+        return self.direction_and_dual(gs)[0]
+
+    def duality_map(self, gs: Tensors) -> list[Tensor]:
+        dirs, d = self.direction_and_dual(gs)
+        return [d * u for u in dirs]
+
+
+class BlockSum(_Blocks):
+    """Weighted block-sum norm ‖θ‖ = Σ_b w_b ‖θ_b‖_(b) (spec §2.3, block-greedy descent).
+
+    * dual: ‖g‖_* = max_b ‖g_b‖_(b),* / w_b;
+    * direction: only the block b* with the largest ‖g_b‖_*/w_b moves, by U_{b*}(g_{b*})/w_{b*};
+      ties go to the **lowest block index**. ℓ1 is the case of scalar blocks.
+    """
+
+    def __init__(self, norms, groups=None, weights=None, name: str | None = None):
+        super().__init__(norms, groups, weights)
+        self.name = name or "block-sum"
+
+    def __call__(self, xs: Tensors) -> Tensor:
+        return sum(w * n(b) for n, b, w in self._split(xs))  # type: ignore[return-value]
+
+    def dual(self, gs: Tensors) -> Tensor:
+        return torch.stack([n.dual(b) / w for n, b, w in self._split(gs)]).amax()
+
+    def direction_and_dual(self, gs: Tensors) -> tuple[list[Tensor], Tensor]:
+        parts = [(n.direction_and_dual(b), w) for n, b, w in self._split(gs)]
+        duals = torch.stack([d / w for (_, d), w in parts])
+        winner = torch.argmax(duals)  # first maximal block: lowest-index tie-break
+        dirs = []
+        for k, ((u, _), w) in enumerate(parts):
+            on = (winner == k).to(duals.dtype)
+            dirs.append([on * x / w for x in u])
+        return self._assemble(gs, dirs), duals.amax()
+
+    def direction(self, gs: Tensors) -> list[Tensor]:
+        return self.direction_and_dual(gs)[0]
+
+    def duality_map(self, gs: Tensors) -> list[Tensor]:
+        dirs, d = self.direction_and_dual(gs)
+        return [d * u for u in dirs]
+
+
+def weighted_max(
+    a: float,
+    norm_a: Norm | str,
+    norm_b: Norm | str,
+    groups: Sequence[Sequence[int]],
+) -> BlockMax:
+    """The hybrid norm max{a·‖W‖_A, ‖u‖_B} of Muon–Adam / Muon–Signum (spec §2.3, A.3).
+
+    ``groups = [indices of the W tensors, indices of the u tensors]``. Muon on W with lr η_M and
+    sign/Adam on u with lr η_A is steepest descent for this norm with a = η_A/η_M.
+    """
+    na, nb = get_norm(norm_a), get_norm(norm_b)
+    return BlockMax([na, nb], groups=groups, weights=[a, 1.0], name=f"max({a:g}*{na.name},{nb.name})")
+
+
+def _lp_name(p: float) -> str:
+    if math.isinf(p):
+        return "linf"
+    return f"l{p:g}"
+
+
+# name -> factory; "l<p>" for any p ≥ 1 is parsed separately.
+_REGISTRY: dict[str, Callable[[], Norm]] = {
+    "l1": lambda: LpNorm(1),
+    "l2": lambda: LpNorm(2),
+    "linf": lambda: LpNorm(math.inf),
+    "spectral": Spectral,
+    "max-spectral": Spectral,
+    "layer-l2": lambda: BlockMax(LpNorm(2), name="layer-l2"),
+    "layer-linf": lambda: BlockMax(LpNorm(math.inf), name="layer-linf"),
+}
+NORM_ALIASES = {"l_inf": "linf", "inf": "linf", "sign": "linf", "msp": "max-spectral", "euclidean": "l2"}
+_LP = re.compile(r"^l(\d+(\.\d+)?)$")
+
+
+def norm_names() -> list[str]:
+    """The registered norm names (``"l<p>"`` accepts any p ≥ 1, e.g. ``"l3"``, ``"l1.5"``)."""
+    return sorted(_REGISTRY) + ["l<p> for any p >= 1 (e.g. l3, l1.5)"]
+
+
+def norm(name: str | Norm) -> Norm:
+    """Build a norm by name: ``"l2"``, ``"linf"``, ``"l1"``, ``"l3"``, ``"spectral"``, …
+
+    ``"spectral"`` and ``"max-spectral"`` are the same norm: the max over layers of σ_max
+    (on a single matrix, its spectral norm). A :class:`Norm` passes through unchanged.
+    """
+    if isinstance(name, Norm):
+        return name
+    if not isinstance(name, str):
+        raise TypeError(f"norm must be a name or a Norm, got {type(name).__name__}")
+    key = name.strip().lower()
+    key = NORM_ALIASES.get(key, key)
+    if key in _REGISTRY:
+        return _REGISTRY[key]()
+    m = _LP.match(key)
+    if m:
+        p = float(m.group(1))
+        if p >= 1:
+            return LpNorm(p)
+    raise ValueError(f"unknown norm {name!r}; valid names: {', '.join(norm_names())}")
+
+
+get_norm = norm

@@ -1,0 +1,293 @@
+"""Norms: duality identities, brute-force dual norms, tie-breaks, vmap, purity.
+
+Tolerances: rtol 1e-12 in float64 unless a comment says why. The quantities compared are sums
+of at most a few hundred float64 terms (error ≲ 1e-14 relative), or SVD outputs, which are
+backward-stable to a few ulps times the dimension.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.optimize import linprog
+from torch.func import vmap
+
+import steepest
+from steepest.norms import BlockMax, BlockSum, LpNorm, Norm, Spectral, inner, weighted_max
+
+RTOL = 1e-12
+NAMES = ["l1", "l2", "linf", "l3", "l1.5", "l1.01", "l7", "spectral", "layer-l2", "layer-linf"]
+
+
+def _rand(shapes, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(s, generator=g, dtype=torch.float64) for s in shapes]
+
+
+def _cases():
+    """Random inputs plus the hard ones: ties, exact zeros, a zero block, rank deficiency."""
+    cases = {
+        "random": _rand([(4, 6), (6,), (3, 2, 3, 3)], seed=1),
+        "ties": [torch.tensor([[1.0, -2.0], [2.0, -2.0]], dtype=torch.float64), torch.tensor([2.0, 0.5], dtype=torch.float64)],
+        "zeros": [torch.tensor([[0.0, 3.0], [0.0, -1.0]], dtype=torch.float64), torch.zeros(3, dtype=torch.float64)],
+        "zero-block": [torch.zeros(3, 4, dtype=torch.float64), torch.randn(2, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2))],
+    }
+    a = torch.randn(5, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    b = torch.randn(1, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    cases["rank-1"] = [a @ b, torch.randn(4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(5))]
+    q, _ = torch.linalg.qr(torch.randn(4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(6)))
+    cases["repeated-sv"] = [q @ torch.diag(torch.tensor([2.0, 2.0, 0.0, 0.0], dtype=torch.float64)) @ q.T]
+    return cases
+
+
+CASES = _cases()
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_duality_identities(name, case):
+    """⟨U,g⟩ = ‖g‖_*, ‖U‖ = 1, ⟨J,g⟩ = ‖g‖_*², ‖J‖ = ‖g‖_* (spec §2.1)."""
+    N = steepest.norm(name)
+    g = CASES[case]
+    d = N.dual(g)
+    u = N.direction(g)
+    J = N.duality_map(g)
+    assert [x.shape for x in u] == [x.shape for x in g]
+    torch.testing.assert_close(inner(u, g), d, rtol=RTOL, atol=0)
+    torch.testing.assert_close(N(u), torch.ones((), dtype=torch.float64), rtol=RTOL, atol=0)
+    torch.testing.assert_close(inner(J, g), d**2, rtol=RTOL, atol=0)
+    torch.testing.assert_close(N(J), d, rtol=RTOL, atol=0)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_zero_gradient_gives_zero_direction(name):
+    N = steepest.norm(name)
+    g = [torch.zeros(3, 2, dtype=torch.float64), torch.zeros(4, dtype=torch.float64)]
+    assert float(N.dual(g)) == 0.0
+    for x in N.direction(g) + N.duality_map(g):
+        assert torch.equal(x, torch.zeros_like(x))
+        assert torch.isfinite(x).all()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_inputs_not_modified(name):
+    N = steepest.norm(name)
+    g = _rand([(3, 5), (5,)], seed=11)
+    before = [x.clone() for x in g]
+    N(g), N.dual(g), N.direction(g), N.duality_map(g)
+    assert all(torch.equal(a, b) for a, b in zip(g, before))
+
+
+def _lp_dual_bruteforce(g: np.ndarray, p: float) -> float:
+    """sup_{‖u‖_p ≤ 1} ⟨u, g⟩ by an LP (HiGHS), for p ∈ {1, ∞}."""
+    n = g.size
+    if math.isinf(p):
+        res = linprog(-g, bounds=[(-1, 1)] * n, method="highs")
+    else:  # u = a - b, a, b ≥ 0, Σ(a + b) ≤ 1
+        res = linprog(np.concatenate([-g, g]), A_ub=np.ones((1, 2 * n)), b_ub=[1.0], bounds=[(0, None)] * (2 * n), method="highs")
+    assert res.status == 0
+    return -res.fun
+
+
+@pytest.mark.parametrize("p", [1.0, math.inf])
+@pytest.mark.parametrize("seed", range(5))
+def test_dual_matches_linprog(p, seed):
+    g = _rand([(4, 3), (5,)], seed=seed)
+    flat = torch.cat([x.reshape(-1) for x in g]).numpy()
+    # HiGHS solves to ~1e-9 relative feasibility/optimality, hence the looser rtol.
+    assert float(LpNorm(p).dual(g)) == pytest.approx(_lp_dual_bruteforce(flat, p), rel=1e-9)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_spectral_dual_is_nuclear_norm_and_value_is_max_sigma(seed):
+    g = _rand([(5, 3), (2, 3, 2, 2), (4,)], seed=seed)
+    mats = [g[0].numpy(), g[1].reshape(2, -1).numpy(), g[2].reshape(1, -1).numpy()]
+    nuc = sum(np.linalg.svd(m, compute_uv=False).sum() for m in mats)
+    top = max(np.linalg.svd(m, compute_uv=False)[0] for m in mats)
+    N = steepest.norm("spectral")
+    assert float(N.dual(g)) == pytest.approx(nuc, rel=RTOL)
+    assert float(N(g)) == pytest.approx(top, rel=RTOL)
+
+
+@pytest.mark.parametrize("p", [1.0, 1.5, 2.0, 3.0, 7.0, math.inf])
+def test_dual_of_lp_is_lq(p):
+    """‖·‖_** = ‖·‖: the dual of ℓp is ℓq with 1/p + 1/q = 1."""
+    g = _rand([(7,), (2, 3)], seed=3)
+    N = LpNorm(p)
+    assert float(N.dual(g)) == pytest.approx(float(LpNorm(N.q)(g)), rel=RTOL)
+    assert LpNorm(N.q).q == pytest.approx(p) or (math.isinf(p) and LpNorm(N.q).q == math.inf)
+
+
+vec = st.lists(st.floats(-1e3, 1e3, allow_nan=False, allow_infinity=False), min_size=6, max_size=6)
+
+
+@settings(max_examples=60, deadline=None)
+@given(u=vec, g=vec, name=st.sampled_from(NAMES))
+def test_holder_inequality(u, g, name):
+    """⟨u, g⟩ ≤ ‖u‖ ‖g‖_* on arbitrary pairs (spec §5 item 2)."""
+    N = steepest.norm(name)
+    U = [torch.tensor(u, dtype=torch.float64).reshape(2, 3)]
+    G = [torch.tensor(g, dtype=torch.float64).reshape(2, 3)]
+    lhs = float(inner(U, G))
+    rhs = float(N(U) * N.dual(G))
+    # Products of values up to 1e3 summed over 6 terms: absolute slack of 1e-9 covers rounding.
+    assert lhs <= rhs * (1 + 1e-12) + 1e-9
+
+
+@settings(max_examples=40, deadline=None)
+@given(g=vec, name=st.sampled_from(NAMES))
+def test_direction_beats_random_unit_vectors(g, name):
+    """U(g) attains the sup: no unit-norm vector does better (spec §2.1)."""
+    N = steepest.norm(name)
+    G = [torch.tensor(g, dtype=torch.float64).reshape(2, 3)]
+    best = float(inner(N.direction(G), G))
+    rng = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        v = [torch.randn(2, 3, generator=rng, dtype=torch.float64)]
+        nv = N(v)
+        v = [v[0] / nv]
+        assert float(inner(v, G)) <= best * (1 + 1e-12) + 1e-9
+
+
+def test_l1_moves_one_coordinate_lowest_index_tie_break():
+    # |g| has its max 3 at flat indices 2 (first tensor) and 4 (second tensor): index 2 wins.
+    g = [torch.tensor([[1.0, -2.0], [-3.0, 0.5]], dtype=torch.float64), torch.tensor([3.0, -1.0], dtype=torch.float64)]
+    u = steepest.norm("l1").direction(g)
+    flat = torch.cat([x.reshape(-1) for x in u])
+    expected = torch.zeros(6, dtype=torch.float64)
+    expected[2] = -1.0  # sign(g_2) = -1
+    assert torch.equal(flat, expected)
+    J = steepest.norm("l1").duality_map(g)
+    assert torch.equal(torch.cat([x.reshape(-1) for x in J]), expected * 3.0)
+
+
+def test_sign_of_zero_is_zero_and_linf_is_sign():
+    g = [torch.tensor([0.0, -2.0, 5.0, -0.0], dtype=torch.float64)]
+    assert torch.equal(steepest.norm("linf").direction(g)[0], torch.tensor([0.0, -1.0, 1.0, 0.0], dtype=torch.float64))
+
+
+def test_lp_direction_formula():
+    """U(g)_j = sign(g_j)|g_j|^{q-1}/‖g‖_q^{q-1} (spec §2.3), here p = 3, q = 3/2."""
+    g = _rand([(10,)], seed=4)
+    q = 1.5
+    expected = torch.sign(g[0]) * g[0].abs() ** (q - 1) / torch.linalg.vector_norm(g[0], ord=q) ** (q - 1)
+    torch.testing.assert_close(steepest.norm("l3").direction(g)[0], expected, rtol=RTOL, atol=0)
+
+
+def test_lp_is_scale_safe():
+    """Tiny and huge gradients (late-phase scales) give the same direction, never NaN."""
+    g = _rand([(6,)], seed=5)
+    N = steepest.norm("l3")
+    base = N.direction(g)[0]
+    for scale in (1e-300, 1e-200, 1e200):
+        torch.testing.assert_close(N.direction([g[0] * scale])[0], base, rtol=1e-12, atol=0)
+        assert torch.isfinite(N.dual([g[0] * scale]))
+
+
+def test_spectral_direction_is_polar_factor():
+    g = _rand([(5, 3)], seed=7)[0]
+    u, s, vh = np.linalg.svd(g.numpy(), full_matrices=False)
+    d = steepest.norm("spectral").direction([g])[0].numpy()
+    np.testing.assert_allclose(d, u @ vh, rtol=0, atol=1e-13)
+    # All singular values of the direction equal 1.
+    np.testing.assert_allclose(np.linalg.svd(d, compute_uv=False), np.ones(3), atol=1e-13)
+
+
+def test_spectral_rank_deficient_direction_has_rank_r():
+    a = _rand([(6, 2)], seed=8)[0]
+    b = _rand([(2, 5)], seed=9)[0]
+    d = steepest.norm("spectral").direction([a @ b])[0]
+    sv = torch.linalg.svdvals(d)
+    # rank 2: two unit singular values, the rest zero up to rounding of the SVD of a @ b.
+    torch.testing.assert_close(sv[:2], torch.ones(2, dtype=torch.float64), rtol=0, atol=1e-12)
+    assert float(sv[2:].max()) < 1e-12
+
+
+def test_spectral_conv_reshape_and_float32():
+    w = torch.randn(4, 3, 3, 3, generator=torch.Generator().manual_seed(1))  # float32 input
+    N = Spectral()
+    d = N.direction([w])[0]
+    assert d.dtype == torch.float32 and d.shape == w.shape
+    m = w.reshape(4, -1).double()
+    assert float(N([w])) == pytest.approx(float(torch.linalg.matrix_norm(m, ord=2)), rel=1e-6)  # float32 output
+
+
+def test_block_max_and_weighted_max():
+    """max{a‖W‖_A, ‖u‖_B}: dual (1/a)‖G_W‖_A* + ‖g_u‖_B*, W moves by U_A/a (spec §2.3)."""
+    g = _rand([(4, 3), (3, 2), (5,)], seed=12)
+    a = 0.25
+    N = weighted_max(a, "spectral", "linf", groups=[[0, 1], [2]])
+    S, Linf = Spectral(), LpNorm(math.inf)
+    assert float(N.dual(g)) == pytest.approx(float(S.dual(g[:2]) / a + Linf.dual(g[2:])), rel=RTOL)
+    u = N.direction(g)
+    us = S.direction(g[:2])
+    torch.testing.assert_close(u[0], us[0] / a, rtol=RTOL, atol=0)
+    torch.testing.assert_close(u[1], us[1] / a, rtol=RTOL, atol=0)
+    torch.testing.assert_close(u[2], torch.sign(g[2]), rtol=0, atol=0)
+    x = _rand([(4, 3), (3, 2), (5,)], seed=13)
+    assert float(N(x)) == pytest.approx(max(a * float(S(x[:2])), float(Linf(x[2:]))), rel=RTOL)
+
+
+def test_block_sum_moves_only_the_winning_block():
+    g = [torch.full((2,), 1.0, dtype=torch.float64), torch.full((3,), 1.0, dtype=torch.float64)]
+    N = BlockSum(LpNorm(2))  # duals: √2 and √3 → block 1 wins
+    u = N.direction(g)
+    assert torch.equal(u[0], torch.zeros(2, dtype=torch.float64))
+    torch.testing.assert_close(u[1], g[1] / math.sqrt(3), rtol=RTOL, atol=0)
+    # A tie goes to the lowest block.
+    g2 = [torch.ones(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)]
+    u2 = N.direction(g2)
+    assert torch.count_nonzero(u2[0]) == 3 and torch.count_nonzero(u2[1]) == 0
+    # A scalar-block sum of ℓ2 norms is ℓ1: same dual and same (tie-broken) direction.
+    g3 = _rand([(5,)], seed=2)
+    scalars = [g3[0][i : i + 1] for i in range(5)]
+    assert float(N.dual(scalars)) == pytest.approx(float(LpNorm(1).dual(g3)), rel=RTOL)
+    torch.testing.assert_close(torch.cat(N.direction(scalars)), LpNorm(1).direction(g3)[0], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", ["l1", "l2", "linf", "l3", "spectral", "layer-l2"])
+def test_vmap_matches_python_loop(name):
+    """A leading batch of 4 parameter sets: vmap gives the loop's directions, duals, norms."""
+    N = steepest.norm(name)
+    G = _rand([(4, 3, 5), (4, 5), (4, 2, 2, 2, 2)], seed=21)
+    out_dir = vmap(N.direction)(G)
+    out_dual = vmap(N.dual)(G)
+    out_norm = vmap(N.__call__)(G)
+    out_J = vmap(N.duality_map)(G)
+    for i in range(4):
+        gi = [x[i] for x in G]
+        for a, b in zip([o[i] for o in out_dir], N.direction(gi)):
+            torch.testing.assert_close(a, b, rtol=RTOL, atol=1e-15)
+        for a, b in zip([o[i] for o in out_J], N.duality_map(gi)):
+            torch.testing.assert_close(a, b, rtol=RTOL, atol=1e-15)
+        torch.testing.assert_close(out_dual[i], N.dual(gi), rtol=RTOL, atol=0)
+        torch.testing.assert_close(out_norm[i], N(gi), rtol=RTOL, atol=0)
+
+
+def test_registry_errors_and_names():
+    with pytest.raises(ValueError, match="valid names"):
+        steepest.norm("l_banana")
+    with pytest.raises(ValueError, match="p must satisfy"):
+        LpNorm(0.5)
+    with pytest.raises(TypeError):
+        steepest.norm(3)
+    assert steepest.norm("l3").p == 3.0
+    assert steepest.norm("LINF").name == "linf"
+    assert isinstance(steepest.norm("spectral"), Spectral)
+    n = LpNorm(2)
+    assert steepest.norm(n) is n
+    assert isinstance(n, Norm)
+
+
+def test_block_groups_validation():
+    with pytest.raises(ValueError, match="partition"):
+        BlockMax([LpNorm(2), LpNorm(1)], groups=[[0], [0]])([torch.ones(2), torch.ones(2)])
+    with pytest.raises(ValueError, match="positive"):
+        BlockMax(LpNorm(2), weights=[0.0])
+    with pytest.raises(ValueError, match="groups"):
+        BlockMax([LpNorm(2)])
