@@ -6,8 +6,10 @@ margin that optimizer maximizes (q_min / ‖θ‖^L). See the README for a tour.
 
 from __future__ import annotations
 
-from . import algorithms, norms, optim
+from . import algorithms, losses, metrics, models, norms, optim
 from .algorithms import Algorithm, algorithm, algorithm_names
+from .engine import train
+from .models import homogeneity_degree
 from .norms import Norm, norm, norm_names
 from .optim import SteepestDescent, optimizer
 
@@ -20,9 +22,14 @@ __all__ = [
     "algorithm",
     "algorithm_names",
     "algorithms",
+    "homogeneity_degree",
+    "losses",
+    "metrics",
+    "models",
     "norm",
     "norm_names",
     "norms",
     "optim",
     "optimizer",
+    "train",
 ]

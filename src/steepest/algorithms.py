@@ -64,6 +64,15 @@ class Algorithm:
     def hyperparams(self) -> dict[str, Any]:
         return {}
 
+    def rescale_state(self, state: State, log_factor: Tensor) -> State:
+        """Re-express ``state`` for gradients that are e^{log_factor} times the previous ones.
+
+        The engine feeds ∇log𝓛 = ∇𝓛/𝓛 (which never underflows) instead of ∇𝓛, and calls
+        this before each step with log_factor = log 𝓛_prev − log 𝓛_now, so a stateful rule
+        (Adam's moments, ε) behaves exactly as on the raw loss. Scale-free state: unchanged.
+        """
+        return state
+
     def __repr__(self) -> str:
         hp = ", ".join(f"{k}={v!r}" for k, v in self.hyperparams.items())
         return f"{type(self).__name__}({self.name!r}{', ' if hp else ''}{hp})"

@@ -1,0 +1,239 @@
+"""Experiment configs: YAML in (``yaml.safe_load``), validated, canonical JSON out.
+
+An experiment is data × model × algorithms × seeds (DESIGN.md). Example::
+
+    name: mnist-2v7
+    data: {name: mnist, classes: [2, 7], n_train: 200, n_test: 400}
+    model: {name: mlp, widths: [64], init_scale: 0.05}
+    loss: exponential
+    seeds: [0, 1, 2]
+    algorithms:
+      - {algorithm: ngd, schedule: power, lr: 0.05, a: 0.5}
+      - {algorithm: sign, schedule: power, lr: [0.005, 0.01], a: 0.5}
+      - {algorithm: gd, schedule: loss_based, lr: 0.1}
+    stop: {steps: 5000, log_loss: -1000}
+
+Errors name the field (``algorithms.1.schedule``) and the allowed values.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+__all__ = [
+    "ConfigError",
+    "ExperimentConfig",
+    "AlgorithmConfig",
+    "load_config",
+    "RunSpec",
+]
+
+
+class ConfigError(ValueError):
+    """An invalid experiment config; the message names the field and the allowed values."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(_Strict):
+    name: str
+    classes: list[int] | None = None
+    binarize: str | None = None
+    n_train: int | None = Field(default=None, gt=0)
+    n_test: int | None = Field(default=None, ge=0)
+    seed: int = 0
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        from .data import dataset_names
+
+        names = dataset_names()
+        if v.lower().replace("-", "_") not in names:
+            raise ValueError(f"unknown dataset {v!r}; allowed: {', '.join(names)}")
+        return v
+
+
+class ModelConfig(BaseModel):
+    """``name`` plus the builder's keyword arguments (``widths``, ``activation``, ...)."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str = "mlp"
+    init_scale: float = Field(default=1.0, gt=0)
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        from .models import MODELS
+
+        if v not in MODELS:
+            raise ValueError(f"unknown model {v!r}; allowed: {', '.join(MODELS)}")
+        return v
+
+    def kwargs(self) -> dict[str, Any]:
+        extra = dict(self.model_extra or {})
+        return {"init_scale": self.init_scale, **extra}
+
+
+class AlgorithmConfig(_Strict):
+    """One algorithm entry; ``lr`` may be a list (one run per value)."""
+
+    algorithm: str
+    lr: float | list[float]
+    schedule: Literal["constant", "power", "loss_based", "norm_scaled"] = "constant"
+    a: float | None = None  # decay exponent for power / norm_scaled
+    options: dict[str, Any] = Field(default_factory=dict)
+    label: str | None = None
+
+    @field_validator("algorithm")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        from .algorithms import algorithm_names
+
+        if v not in algorithm_names():
+            raise ValueError(f"unknown algorithm {v!r}; allowed: {', '.join(algorithm_names())}")
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> AlgorithmConfig:
+        from .algorithms import algorithm
+
+        try:
+            algo = algorithm(self.algorithm, **self.options)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"options: {exc}") from None
+        lrs = self.lr if isinstance(self.lr, list) else [self.lr]
+        if not lrs or any(not (x > 0) for x in lrs):
+            raise ValueError(f"lr must be positive (or a non-empty list of positive values), got {self.lr}")
+        if self.schedule == "loss_based" and algo.normalized:
+            raise ValueError(
+                "schedule 'loss_based' (η ∝ 1/𝓛) is for unnormalized rules such as 'gd'; "
+                f"{self.algorithm!r} is normalized, use 'constant' or 'power'"
+            )
+        if self.schedule in ("power",) and self.a is None:
+            raise ValueError("schedule 'power' needs the decay exponent a (η = lr·t^-a)")
+        return self
+
+    def schedules(self):
+        from .schedules import schedule
+
+        lrs = self.lr if isinstance(self.lr, list) else [self.lr]
+        kw = {} if self.a is None or self.schedule in ("constant", "loss_based") else {"a": self.a}
+        return [schedule(self.schedule, lr=lr, **kw) for lr in lrs]
+
+
+class StopConfig(_Strict):
+    steps: int = Field(default=1000, gt=0)
+    log_loss: float | None = None
+    wall_time: float | None = Field(default=None, gt=0)
+
+
+class LoggingConfig(_Strict):
+    per_decade: int = Field(default=20, gt=0)
+    checkpoint_every: int | None = Field(default=None, gt=0)
+    progress: bool | None = None  # None: a bar only when stderr is a terminal
+
+
+class WarmStartConfig(_Strict):
+    """Reach a common separated state with one algorithm, then start every run from it."""
+
+    algorithm: str = "ngd"
+    lr: float = Field(default=0.05, gt=0)
+    schedule: Literal["constant", "power"] = "constant"
+    a: float | None = None
+    until_log_loss: float = -2.0
+    max_steps: int = Field(default=5000, gt=0)
+
+
+class ExperimentConfig(_Strict):
+    name: str = Field(min_length=1)
+    data: DataConfig
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    loss: Literal["exponential", "logistic", "cross_entropy"] = "exponential"
+    dtype: Literal["float64", "float32"] = "float64"
+    batch_size: int | None = Field(default=None, gt=0)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    algorithms: list[AlgorithmConfig] = Field(min_length=1)
+    stop: StopConfig = Field(default_factory=StopConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    warm_start: WarmStartConfig | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> ExperimentConfig:
+        if self.batch_size is not None and any(a.schedule == "loss_based" for a in self.algorithms):
+            raise ValueError("schedule 'loss_based' needs full-batch steps (batch_size: null)")
+        return self
+
+    def canonical(self) -> dict[str, Any]:
+        return json.loads(self.model_dump_json())
+
+    def config_hash(self) -> str:
+        blob = json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def run_specs(self) -> list[RunSpec]:
+        """Expand to one RunSpec per (algorithm entry, lr, seed): the K runs."""
+        specs = []
+        for i, entry in enumerate(self.algorithms):
+            for sched in entry.schedules():
+                for seed in self.seeds:
+                    label = entry.label or entry.algorithm
+                    specs.append(RunSpec(index=len(specs), entry=i, label=label, algorithm=entry.algorithm,
+                                         options=dict(entry.options), schedule=sched.to_dict(), seed=seed))
+        return specs
+
+
+class RunSpec(BaseModel):
+    index: int
+    entry: int
+    label: str
+    algorithm: str
+    options: dict[str, Any]
+    schedule: dict[str, Any]
+    seed: int
+
+
+def _format_error(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(x) for x in err["loc"]) or "(config)"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "literal_error":
+            msg = f"{msg} (got {err.get('input')!r})"
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field"
+        lines.append(f"{loc}: {msg}")
+    return "invalid experiment config:\n  " + "\n  ".join(lines)
+
+
+def load_config(source: str | Path | dict[str, Any] | ExperimentConfig) -> ExperimentConfig:
+    """Validate a config from a YAML path, a dict, or pass an ExperimentConfig through."""
+    if isinstance(source, ExperimentConfig):
+        return source
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        if not path.exists():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: a config must be a YAML mapping, got {type(data).__name__}")
+    elif isinstance(source, dict):
+        data = source
+    else:
+        raise ConfigError(f"a config must be a path, a dict or an ExperimentConfig, got {type(source).__name__}")
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(exc)) from None

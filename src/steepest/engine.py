@@ -1,0 +1,672 @@
+"""The training engine: K runs stepped together, far past zero training error.
+
+Runs share the architecture and the data; they differ in seed, algorithm and learning rate.
+Parameters are stacked along a leading run axis and every step is one batched
+``torch.func.vmap(grad(log 𝓛))`` over all K runs plus one ``vmap(update)`` per algorithm.
+
+Late-phase numerics (spec §2.5, §3.8, §6 item 3):
+
+* The loss is only ever handled as log 𝓛. Rules receive ∇log𝓛 = ∇𝓛/𝓛, which is O(1) at
+  𝓛 = e^-10000. Normalized directions are scale-free; an unnormalized step
+  η·J(∇𝓛) = (η𝓛)·J(∇log𝓛) is taken with the learning rate exp(log η + log 𝓛), so
+  constant-step GD is faithful (it really does stall) and the loss-based schedule
+  η = α𝓛₀/𝓛 gives an O(1) step. Stateful rules are kept exact by ``rescale_state``.
+* A step that produces a non-finite value is rolled back and retried with a smaller step
+  (α halves). The ``loss_based`` schedule also rolls back a loss increase (Lyu & Li).
+  A run never records NaN: the store refuses it.
+* Flow time is accumulated in log space: log τ += log η for unnormalized steps and
+  log(η/‖∇𝓛‖_*) = log η − log 𝓛 − log ‖∇log𝓛‖_* for normalized ones (spec §3.8).
+
+Metrics are recorded at log-spaced steps (``per_decade`` per decade), at the first step where
+every training point is classified, and at the end. Checkpoints are written atomically every
+time −log 𝓛 of a run passes a power of ten, every ``checkpoint_every`` iterations, and at the
+end; ``resume=True`` continues an interrupted batch bit-for-bit (CPU, float64, same threads).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.func import functional_call, grad_and_value, vmap
+
+from .algorithms import Algorithm, algorithm
+from .config import ExperimentConfig, RunSpec, load_config
+from .data import Dataset, load_dataset
+from .losses import log_loss as _log_loss
+from .losses import margins as _margins
+from .losses import smoothed_margin_numerator
+from .models import build_model, homogeneity_degree
+from .norms import Norm, get_norm
+from .schedules import LOG_LOSS0
+from .store import RunStore, default_db_path
+
+__all__ = ["train", "TrainResult", "METRIC_NORMS", "Engine"]
+
+#: Norms every run's margins are measured in (column suffixes of the metric names).
+METRIC_NORMS: dict[str, str] = {"l1": "l1", "l2": "l2", "linf": "linf", "spectral": "max-spectral"}
+CHECKPOINT_VERSION = 1
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns: the store's run ids and each run's final metrics."""
+
+    run_ids: list[int]
+    batch: str
+    db: Path
+    final: list[dict[str, float]]
+    labels: list[str]
+    checkpoint: Path | None = None
+    statuses: list[str] = field(default_factory=list)
+
+
+def _tree_map(fn: Callable[..., Any], *trees: Any) -> Any:
+    first = trees[0]
+    if isinstance(first, dict):
+        return {k: _tree_map(fn, *(t[k] for t in trees)) for k in first}
+    if isinstance(first, (list, tuple)):
+        return type(first)(_tree_map(fn, *items) for items in zip(*trees, strict=True))
+    if isinstance(first, Tensor):
+        return fn(*trees)
+    return first
+
+
+def _where_runs(mask: Tensor, new: Tensor, old: Tensor) -> Tensor:
+    """Per-run select along the leading axis."""
+    m = mask.reshape(mask.shape + (1,) * (new.dim() - 1))
+    return torch.where(m, new, old)
+
+
+def _gather(tree: Any, idx: Tensor | None) -> Any:
+    return tree if idx is None else _tree_map(lambda x: x.index_select(0, idx), tree)
+
+
+def _scatter(full: Tensor, idx: Tensor | None, part: Tensor) -> Tensor:
+    return part if idx is None else full.index_copy(0, idx, part)
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        torch.save(obj, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+class _Group:
+    """Runs that share one algorithm (same name and options); lrs and schedules may differ."""
+
+    def __init__(self, algo: Algorithm, indices: list[int], K: int, device: torch.device):
+        self.algo = algo
+        self.indices = indices
+        self.idx = None if indices == list(range(K)) else torch.tensor(indices, device=device)
+        self.k = len(indices)
+
+
+class Engine:
+    """Steps K runs of one experiment together. Use :func:`train` unless you need the parts."""
+
+    def __init__(self, cfg: ExperimentConfig, specs: Sequence[RunSpec], dataset: Dataset, device: str | torch.device = "cpu"):
+        self.cfg = cfg
+        self.specs = list(specs)
+        self.K = len(self.specs)
+        self.device = torch.device(device)
+        self.dtype = torch.float64 if cfg.dtype == "float64" else torch.float32
+        self.loss = cfg.loss
+        self.data = dataset
+        self.X = dataset.X_train.to(self.device, self.dtype)
+        self.y = dataset.y_train.to(self.device)
+        self.Xt = dataset.X_test.to(self.device, self.dtype)
+        self.yt = dataset.y_test.to(self.device)
+        if self.y.is_floating_point():
+            self.y = self.y.to(self.dtype)
+            self.yt = self.yt.to(self.dtype)
+        self.template = self._build_model(self.specs[0].seed)
+        self.names = [n for n, _ in self.template.named_parameters()]
+        self.L = self._check_degree()
+        self.metric_norms: dict[str, Norm] = {k: get_norm(v) for k, v in METRIC_NORMS.items()}
+        self._build_groups()
+        self._build_schedules()
+        self._grad = vmap(grad_and_value(self._loss_fn, has_aux=True), in_dims=(0, None, None))
+        self._forward = vmap(self._out_fn, in_dims=(0, None))
+
+    # ------------------------------------------------------------------ set-up
+    def _build_model(self, seed: int) -> torch.nn.Module:
+        kw = self.cfg.model.kwargs()
+        d = self.data.input_dim
+        out = 1 if self.data.binary else self.data.num_classes
+        name = self.cfg.model.name
+        if name == "cnn":
+            if self.data.image_shape is None:
+                raise ValueError(f"model 'cnn' needs image data; dataset {self.data.name!r} has no image_shape")
+            kw.setdefault("image_shape", self.data.image_shape)
+        elif name == "diagonal":
+            kw.setdefault("d", d)
+        else:
+            kw.setdefault("d", d)
+        if name in ("linear", "mlp", "cnn"):
+            kw.setdefault("out", out)
+        elif out != 1:
+            raise ValueError(f"model {name!r} has a single output but the data have {out} classes")
+        try:
+            model = build_model(name, seed=seed, dtype=self.dtype, **kw)
+        except TypeError as exc:
+            raise ValueError(f"model: {exc}") from None
+        return model.to(self.device)
+
+    def _check_degree(self) -> int | float:
+        declared = getattr(self.template, "homogeneity_degree", None)
+        measured = homogeneity_degree(self.template.double(), self.X[:64].double())
+        self.template.to(self.dtype)
+        if declared is not None and abs(measured - declared) > 1e-6 * max(1, declared):
+            raise ValueError(f"model declares degree L={declared} but measures L={measured}")
+        return declared if declared is not None else measured
+
+    def init_params(self) -> list[Tensor]:
+        """Stacked parameters (K, *shape) from each run's seed."""
+        per_seed: dict[int, list[Tensor]] = {}
+        for s in {sp.seed for sp in self.specs}:
+            per_seed[s] = [p.detach() for p in self._build_model(s).parameters()]
+        return [torch.stack([per_seed[sp.seed][j] for sp in self.specs]) for j in range(len(self.names))]
+
+    def _build_groups(self) -> None:
+        keys: dict[str, list[int]] = {}
+        for sp in self.specs:
+            keys.setdefault(json.dumps([sp.algorithm, sp.options], sort_keys=True), []).append(sp.index)
+        self.groups = []
+        for key, idx in keys.items():
+            name, options = json.loads(key)
+            self.groups.append(_Group(algorithm(name, **options), idx, self.K, self.device))
+        self.own_norms: list[Norm] = [None] * self.K  # type: ignore[list-item]
+        for g in self.groups:
+            own = self._own_norm(g.algo)
+            for i in g.indices:
+                self.own_norms[i] = own
+
+    def _own_norm(self, algo: Algorithm) -> Norm:
+        pn = getattr(algo, "predicted_norm_for", None)
+        if callable(pn):
+            return pn([p for p in self.template.parameters()])
+        return algo.predicted_norm
+
+    def _build_schedules(self) -> None:
+        f64 = dict(dtype=torch.float64, device=self.device)
+        sch = [sp.schedule for sp in self.specs]
+        self.log_lr0 = torch.tensor([math.log(s["lr"]) for s in sch], **f64)
+        self.decay = torch.tensor([s["decay"] for s in sch], **f64)
+        self.loss_power = torch.tensor([s["loss_power"] for s in sch], **f64)
+        self.norm_power = torch.tensor([s["norm_power"] for s in sch], **f64)
+        self.adaptive = torch.tensor([bool(s["adaptive"]) for s in sch], device=self.device)
+        self.log_up = torch.tensor([math.log(s["up"]) for s in sch], **f64)
+        self.log_down = torch.tensor([math.log(s["down"]) for s in sch], **f64)
+        self.log_min_alpha = torch.tensor([math.log(s["min_alpha"]) for s in sch], **f64)
+
+    # ------------------------------------------------------------------ math
+    def _out_fn(self, pdict: dict[str, Tensor], X: Tensor) -> Tensor:
+        return functional_call(self.template, pdict, (X,))
+
+    def _loss_fn(self, pdict: dict[str, Tensor], X: Tensor, y: Tensor):
+        out = functional_call(self.template, pdict, (X,))
+        return _log_loss(out, y, self.loss, validate=False), out
+
+    def evaluate(self, params: list[Tensor], batch: Tensor | None = None):
+        """(∇log𝓛 per run, log 𝓛 (K,), outputs (K, n, ...)) at stacked params."""
+        pdict = dict(zip(self.names, params, strict=True))
+        X, y = (self.X, self.y) if batch is None else (self.X[batch], self.y[batch])
+        grads, (ll, out) = self._grad(pdict, X, y)
+        return [grads[n] for n in self.names], ll.to(torch.float64), out
+
+    def q_min(self, out: Tensor, y: Tensor) -> Tensor:
+        return vmap(lambda o: _margins(o, y, validate=False).min())(out)
+
+    def _finite_runs(self, tensors: Sequence[Tensor]) -> Tensor:
+        ok = torch.ones(self.K, dtype=torch.bool, device=self.device)
+        for x in tensors:
+            ok = ok & torch.isfinite(x.reshape(self.K, -1)).all(dim=1)
+        return ok
+
+    # ------------------------------------------------------------------ metrics
+    @torch.no_grad()
+    def metrics(self, params: list[Tensor], grads: list[Tensor] | None = None) -> dict[str, Tensor]:
+        """All per-run metrics (K,) at stacked params, in float64."""
+        p64 = [p.to(torch.float64) for p in params]
+        model64 = self.template
+        if self.dtype != torch.float64:
+            model64 = self.template.double()
+        pdict = dict(zip(self.names, p64, strict=True))
+        X64 = self.X.to(torch.float64)
+        if grads is None or self.dtype != torch.float64:
+            grads_d, (ll, out) = vmap(grad_and_value(self._loss_fn, has_aux=True), in_dims=(0, None, None))(pdict, X64, self.y if not self.y.is_floating_point() else self.y.double())
+            grads = [grads_d[n] for n in self.names]
+        else:
+            ll, out = None, None
+        y64 = self.y if not self.y.is_floating_point() else self.y.double()
+        yt64 = self.yt if not self.yt.is_floating_point() else self.yt.double()
+        if out is None:
+            out = vmap(lambda pd: functional_call(model64, pd, (X64,)))(pdict)
+            ll = vmap(lambda o: _log_loss(o, y64, self.loss, validate=False))(out)
+        q = vmap(lambda o: _margins(o, y64, validate=False))(out)
+        res: dict[str, Tensor] = {"log_loss": ll.to(torch.float64), "q_min": q.min(1).values, "q_max": q.max(1).values}
+        res["train_acc"] = (q > 0).to(torch.float64).mean(1)
+        if len(self.yt):
+            outt = vmap(lambda pd: functional_call(model64, pd, (self.Xt.to(torch.float64),)))(pdict)
+            qt = vmap(lambda o: _margins(o, yt64, validate=False))(outt)
+            res["test_acc"] = (qt > 0).to(torch.float64).mean(1)
+        if self.dtype != torch.float64:
+            self.template.to(self.dtype)
+        g64 = [g.to(torch.float64) for g in grads]
+        neg_inner = -sum((p * g).reshape(self.K, -1).sum(1) for p, g in zip(p64, g64, strict=True))
+        numer = smoothed_margin_numerator(res["log_loss"], self.loss)
+        L = float(self.L)
+
+        def add(suffix: str, rho: Tensor, dual: Tensor) -> None:
+            res[f"norm_{suffix}"] = rho
+            res[f"margin_{suffix}"] = res["q_min"] / rho**L
+            res[f"smoothed_{suffix}"] = numer / rho**L
+            res[f"beta_{suffix}"] = neg_inner / (rho * dual)
+
+        for suffix, N in self.metric_norms.items():
+            add(suffix, vmap(N.__call__)(p64), vmap(N.dual)(g64))
+        own_rho = torch.empty(self.K, dtype=torch.float64, device=self.device)
+        own_dual = torch.empty_like(own_rho)
+        for g in self.groups:
+            N = self.own_norms[g.indices[0]]
+            pg, gg = _gather(p64, g.idx), _gather(g64, g.idx)
+            own_rho = _scatter(own_rho, g.idx, vmap(N.__call__)(pg))
+            own_dual = _scatter(own_dual, g.idx, vmap(N.dual)(gg))
+        add("own", own_rho, own_dual)
+        ln10 = math.log(10.0)
+        for k in (1, 2, 3, 5, 7):
+            res[f"n_supp_{k}"] = (q < res["q_min"][:, None] + k * ln10).sum(1).to(torch.float64)
+        return res
+
+
+# ---------------------------------------------------------------------- the training loop
+
+
+class _Runner:
+    """Holds the mutable state of one batch and steps it; serialisable to a checkpoint."""
+
+    def __init__(self, engine: Engine, store: RunStore, run_ids: list[int], ckpt_dir: Path, progress: bool):
+        self.e = engine
+        self.store = store
+        self.run_ids = run_ids
+        self.ckpt_dir = ckpt_dir
+        self.progress = progress
+        cfg = engine.cfg
+        self.steps = cfg.stop.steps
+        self.target = cfg.stop.log_loss
+        self.wall_limit = cfg.stop.wall_time
+        self.per_decade = cfg.logging.per_decade
+        self.ckpt_every = cfg.logging.checkpoint_every
+        self.batch_size = cfg.batch_size
+        milestones = {1, self.steps}
+        k = 0
+        while True:
+            s = int(round(10 ** (k / self.per_decade)))
+            if s > self.steps:
+                break
+            milestones.add(s)
+            k += 1
+        self.is_milestone = torch.zeros(self.steps + 2, dtype=torch.bool)
+        self.is_milestone[sorted(milestones)] = True
+
+    # -------------------------------------------------------------- state
+    def fresh_state(self, params: list[Tensor]) -> None:
+        e, K, dev = self.e, self.e.K, self.e.device
+        self.params = params
+        self.algo_states = [vmap(g.algo.init)(_gather(params, g.idx)) for g in e.groups]
+        self.t = torch.zeros(K, dtype=torch.long, device=dev)
+        self.iteration = 0
+        self.log_alpha = torch.zeros(K, dtype=torch.float64, device=dev)
+        self.frame = torch.zeros(K, dtype=torch.float64, device=dev)
+        self.log_flow = torch.full((K,), -math.inf, dtype=torch.float64, device=dev)
+        self.last_log_lr = torch.full((K,), -math.inf, dtype=torch.float64, device=dev)
+        self.done = torch.zeros(K, dtype=torch.bool, device=dev)
+        self.separated_at = torch.full((K,), -1, dtype=torch.long, device=dev)
+        self.rollbacks = torch.zeros(K, dtype=torch.long, device=dev)
+        self.decade = torch.zeros(K, dtype=torch.long, device=dev)
+        self.status = ["running"] * K
+        self.elapsed = 0.0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "version": CHECKPOINT_VERSION,
+            "params": self.params,
+            "algo_states": self.algo_states,
+            "t": self.t,
+            "iteration": self.iteration,
+            "log_alpha": self.log_alpha,
+            "frame": self.frame,
+            "log_flow": self.log_flow,
+            "last_log_lr": self.last_log_lr,
+            "done": self.done,
+            "separated_at": self.separated_at,
+            "rollbacks": self.rollbacks,
+            "decade": self.decade,
+            "status": list(self.status),
+            "elapsed": self.elapsed,
+            "run_ids": list(self.run_ids),
+            "names": list(self.e.names),
+        }
+
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
+        if sd.get("version") != CHECKPOINT_VERSION:
+            raise ValueError(f"checkpoint version {sd.get('version')} is not {CHECKPOINT_VERSION}")
+        if list(sd["names"]) != list(self.e.names):
+            raise ValueError("checkpoint parameters do not match the model in the config")
+        for k in ("params", "algo_states", "t", "iteration", "log_alpha", "frame", "log_flow", "last_log_lr",
+                  "done", "separated_at", "rollbacks", "decade", "status", "elapsed"):
+            setattr(self, k, sd[k])
+        self.status = list(self.status)
+
+    def checkpoint(self, final: bool = False) -> Path:
+        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        path = self.ckpt_dir / ("final.pt" if final else f"iter-{self.iteration:09d}.pt")
+        _atomic_torch_save(self.state_dict(), path)
+        latest = self.ckpt_dir / "latest.pt"
+        _atomic_torch_save(self.state_dict(), latest)
+        ts = self.t.tolist()
+        for i, rid in enumerate(self.run_ids):
+            self.store.add_checkpoint(rid, step=ts[i], path=str(path), log_loss=float(self.ll[i]))
+            self.store.update_run(rid, info={"checkpoint": str(latest)})
+        return path
+
+    # -------------------------------------------------------------- metrics
+    def log(self, which: Tensor, grads: list[Tensor] | None, extra: dict[int, dict[str, float]] | None = None) -> None:
+        if not bool(which.any()):
+            return
+        m = self.e.metrics(self.params, grads)
+        m["log_flow_time"] = self.log_flow
+        m["flow_time"] = torch.exp(self.log_flow)
+        m["log_lr"] = self.last_log_lr
+        m["lr"] = torch.exp(self.last_log_lr)
+        m["rollbacks"] = self.rollbacks.to(torch.float64)
+        cols = {k: v.tolist() for k, v in m.items()}
+        ts = self.t.tolist()
+        wall = self.elapsed + (time.perf_counter() - self._t0)
+        for i in torch.nonzero(which).flatten().tolist():
+            row: dict[str, float] = {"step": ts[i], "wall_time": wall, "iteration": float(self.iteration)}
+            for k, v in cols.items():
+                if not math.isnan(v[i]):  # β is 0/0 at g = 0 exactly: leave it out rather than store NaN
+                    row[k] = v[i]
+            if extra and i in extra:
+                row.update(extra[i])
+            self.store.log_metrics(self.run_ids[i], [row])
+        self.last_logged = m
+
+    # -------------------------------------------------------------- loop
+    def _batch(self) -> Tensor | None:
+        if self.batch_size is None or self.batch_size >= len(self.e.X):
+            return None
+        gen = torch.Generator().manual_seed(1_000_003 * (self.e.specs[0].seed + 1) + self.iteration)
+        return torch.randperm(len(self.e.X), generator=gen)[: self.batch_size].to(self.e.device)
+
+    def run(self, resumed: bool) -> None:
+        e, K = self.e, self.e.K
+        self._t0 = time.perf_counter()
+        batch = self._batch()
+        self.g, self.ll, out = e.evaluate(self.params, batch)
+        self.qmin = e.q_min(out, e.y if batch is None else e.y[batch])
+        if not resumed:
+            self.log(torch.ones(K, dtype=torch.bool), self.g if batch is None else None)
+        bar = _Progress(self.steps, enabled=self.progress)
+        try:
+            while not bool(self.done.all()):
+                self._step()
+                bar.update(int(self.t.max()), float(self.ll.min()), self.last_logged.get("margin_own") if hasattr(self, "last_logged") else None)
+        finally:
+            bar.close()
+            self.elapsed += time.perf_counter() - self._t0
+            self._t0 = time.perf_counter()
+
+    def _step(self) -> None:
+        e, K = self.e, self.e.K
+        active = ~self.done
+        t_next = (self.t + 1).to(torch.float64)
+        log_eta = e.log_lr0 + self.log_alpha - e.decay * torch.log(t_next) + e.loss_power * (LOG_LOSS0 - self.ll)
+        if bool((e.norm_power != 0).any()):
+            own = torch.empty(K, dtype=torch.float64, device=e.device)
+            for g in e.groups:
+                own = _scatter(own, g.idx, vmap(e.own_norms[g.indices[0]].__call__)(_gather(self.params, g.idx)).to(torch.float64))
+            log_eta = log_eta + e.norm_power * torch.log(own)
+        new_params = list(self.params)
+        new_states = []
+        log_dtau = torch.empty(K, dtype=torch.float64, device=e.device)
+        for gi, g in enumerate(e.groups):
+            algo = g.algo
+            pg, gg = _gather(self.params, g.idx), _gather(self.g, g.idx)
+            ll_g = _gather(self.ll, g.idx)
+            st = vmap(algo.rescale_state)(self.algo_states[gi], _gather(self.frame, g.idx) - ll_g)
+            eta_g = _gather(log_eta, g.idx)
+            log_lr_eff = eta_g if algo.normalized else eta_g + ll_g
+            lr_eff = torch.exp(log_lr_eff).to(pg[0].dtype)
+            upd, st_new = vmap(algo.update)(pg, gg, st, lr_eff)
+            for j in range(len(new_params)):
+                new_params[j] = _scatter(new_params[j], g.idx, upd[j])
+            new_states.append(st_new)
+            if algo.normalized:
+                dual = st_new["grad_dual"] if isinstance(st_new, dict) and "grad_dual" in st_new else vmap(e.own_norms[g.indices[0]].dual)(gg)
+                dt = eta_g - ll_g - torch.log(dual.to(torch.float64))
+            else:
+                dt = eta_g
+            log_dtau = _scatter(log_dtau, g.idx, dt)
+        self.iteration += 1
+        batch = self._batch()
+        g2, ll2, out2 = e.evaluate(new_params, batch)
+        finite = e._finite_runs(new_params) & e._finite_runs(g2) & torch.isfinite(ll2)
+        no_increase = ll2 <= self.ll
+        accept = active & finite & (~e.adaptive | no_increase)
+        rejected = active & ~accept
+        # α: ×up after a good loss-based step; ÷down (loss-based) or ÷2 (others) after a rollback.
+        self.log_alpha = self.log_alpha + torch.where(accept & e.adaptive, e.log_up, torch.zeros_like(self.log_alpha))
+        shrink = torch.where(e.adaptive, e.log_down, torch.full_like(e.log_down, math.log(2.0)))
+        self.log_alpha = self.log_alpha - torch.where(rejected, shrink, torch.zeros_like(shrink))
+        self.rollbacks = self.rollbacks + rejected.to(torch.long)
+        for gi, g in enumerate(e.groups):
+            # A rejected run keeps its state as it was before the rescale (and its frame).
+            acc_g = _gather(accept, g.idx)
+            self.algo_states[gi] = _tree_map(lambda a, b: _where_runs(acc_g, a, b), new_states[gi], self.algo_states[gi])
+        self.frame = torch.where(accept, self.ll, self.frame)
+        self.params = [_where_runs(accept, n, o) for n, o in zip(new_params, self.params, strict=True)]
+        self.g = [_where_runs(accept, n, o) for n, o in zip(g2, self.g, strict=True)]
+        self.log_flow = torch.where(accept, torch.logaddexp(self.log_flow, log_dtau), self.log_flow)
+        self.last_log_lr = torch.where(accept, log_eta, self.last_log_lr)
+        self.ll = torch.where(accept, ll2, self.ll)
+        qmin2 = e.q_min(out2, e.y if batch is None else e.y[batch])
+        self.qmin = torch.where(accept, qmin2, self.qmin)
+        self.t = self.t + accept.to(torch.long)
+        ts = self.t
+        # Events: log-spaced steps, first separated step, end of run.
+        newly_separated = accept & (self.separated_at < 0) & (self.qmin > 0)
+        self.separated_at = torch.where(newly_separated, ts, self.separated_at)
+        finished = active & (ts >= self.steps)
+        if self.target is not None:
+            finished = finished | (active & (self.ll <= self.target))
+        dead = active & (self.log_alpha < e.log_min_alpha)
+        wall = self.elapsed + (time.perf_counter() - self._t0)
+        if self.wall_limit is not None and wall >= self.wall_limit:
+            finished = finished | active
+        milestone = accept & self.is_milestone[ts.clamp(max=self.steps + 1)].to(accept.device)
+        ending = finished | dead
+        extra = {}
+        for i in torch.nonzero(newly_separated).flatten().tolist():
+            extra[i] = {"separated": 1.0}
+            self.store.update_run(self.run_ids[i], info={"separated_at": int(ts[i])})
+        self.log(milestone | newly_separated | ending, self.g if batch is None else None, extra)
+        for i in torch.nonzero(dead).flatten().tolist():
+            self.status[i] = "diverged"
+        for i in torch.nonzero(finished & ~dead).flatten().tolist():
+            self.status[i] = "completed"
+        self.done = self.done | ending
+        decade = torch.floor(torch.log10(torch.clamp(-self.ll, min=1.0))).to(torch.long)
+        crossed = active & (decade > self.decade)
+        self.decade = torch.maximum(decade, self.decade)
+        if bool(crossed.any()) or (self.ckpt_every and self.iteration % self.ckpt_every == 0):
+            if not bool(self.done.all()):
+                self.checkpoint()
+
+
+
+class _Progress:
+    """A rich progress bar when stderr is a terminal (or forced); silent otherwise."""
+
+    def __init__(self, total: int, enabled: bool):
+        self.enabled = enabled
+        self._last = 0
+        if enabled:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.p = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                              TimeElapsedColumn(), transient=False)
+            self.task = self.p.add_task("training", total=total)
+            self.p.start()
+
+    def update(self, step: int, log_loss: float, margin: Any) -> None:
+        if not self.enabled or step == self._last:
+            return
+        self._last = step
+        desc = f"log𝓛 {log_loss:.4g}"
+        if margin is not None:
+            desc += f" γ_own {float(margin.max()):.4g}"
+        self.p.update(self.task, completed=step, description=desc)
+
+    def close(self) -> None:
+        if self.enabled:
+            self.p.stop()
+
+
+# ---------------------------------------------------------------------- public entry point
+
+
+def _load_data(cfg: ExperimentConfig) -> Dataset:
+    d = cfg.data
+    return load_dataset(d.name, n_train=d.n_train, n_test=d.n_test, classes=d.classes, binarize=d.binarize,
+                        seed=d.seed, dtype=torch.float64, **d.options)
+
+
+def _warm_start(cfg: ExperimentConfig, dataset: Dataset, engine: Engine, params: list[Tensor]) -> tuple[list[Tensor], dict[str, Any]]:
+    """Run the warm-start algorithm once per seed until log 𝓛 ≤ until_log_loss (findings.md)."""
+    ws = cfg.warm_start
+    assert ws is not None
+    seeds = sorted({sp.seed for sp in engine.specs})
+    entry: dict[str, Any] = {"algorithm": ws.algorithm, "lr": ws.lr, "schedule": ws.schedule}
+    if ws.a is not None:
+        entry["a"] = ws.a
+    wcfg = cfg.model_copy(update={
+        "algorithms": [load_config({"name": "w", "data": {"name": cfg.data.name}, "algorithms": [entry]}).algorithms[0]],
+        "seeds": seeds,
+        "stop": cfg.stop.model_copy(update={"steps": ws.max_steps, "log_loss": ws.until_log_loss, "wall_time": None}),
+        "warm_start": None,
+    })
+    wengine = Engine(wcfg, wcfg.run_specs(), dataset, engine.device)
+    with RunStore(":memory:") as mem:
+        ids = [mem.create_run(name=f"warm/{s}", algorithm=ws.algorithm, seed=s, config={}) for s in seeds]
+        runner = _Runner(wengine, mem, ids, Path(os.devnull), progress=False)
+        runner.fresh_state(wengine.init_params())
+        runner.run(resumed=False)
+        lls = runner.ll.tolist()
+        steps = runner.t.tolist()
+    if any(ll > ws.until_log_loss for ll in lls):
+        bad = [s for s, ll in zip(seeds, lls, strict=True) if ll > ws.until_log_loss]
+        raise RuntimeError(f"warm start did not reach log-loss {ws.until_log_loss} within {ws.max_steps} steps for seeds {bad} "
+                           f"(reached {lls}); raise warm_start.max_steps or lr")
+    pos = {s: i for i, s in enumerate(seeds)}
+    sel = torch.tensor([pos[sp.seed] for sp in engine.specs], device=engine.device)
+    warm = [p.index_select(0, sel).to(engine.dtype) for p in runner.params]
+    return warm, {"algorithm": ws.algorithm, "steps": dict(zip(map(str, seeds), steps, strict=True)),
+                  "log_loss": dict(zip(map(str, seeds), lls, strict=True))}
+
+
+def _resumable(store: RunStore, cfg: ExperimentConfig, K: int) -> list[Any]:
+    h = cfg.config_hash()
+    runs = [r for r in store.list_runs(experiment=cfg.name)
+            if r.status in ("running", "interrupted") and r.info.get("config_hash") == h]
+    batches: dict[str, list[Any]] = {}
+    for r in runs:
+        batches.setdefault(r.info.get("batch", ""), []).append(r)
+    complete = [b for b in batches.values() if len(b) == K and all("checkpoint" in r.info for r in b)]
+    if not complete:
+        raise ValueError(f"nothing to resume: no interrupted batch of experiment {cfg.name!r} with this exact "
+                         f"config (hash {h}) and a checkpoint in {store.path}")
+    latest = max(complete, key=lambda b: max(r.id for r in b))
+    return sorted(latest, key=lambda r: r.info["index"])
+
+
+def train(config: str | Path | dict[str, Any] | ExperimentConfig, *, db: str | Path | None = None,
+          resume: bool = False, progress: bool | None = None, device: str = "cpu") -> TrainResult:
+    """Run an experiment config: K = algorithms × lrs × seeds runs stepped together.
+
+    Results go to the SQLite store at ``db`` (default ``./steepest-runs/runs.db`` or
+    ``$STEEPEST_DB``); checkpoints to ``<db folder>/checkpoints/<batch>/``. With
+    ``resume=True`` the latest interrupted batch of the same config continues from its last
+    checkpoint; metric rows logged after that checkpoint are replaced, never duplicated.
+    """
+    cfg = load_config(config)
+    specs = cfg.run_specs()
+    dataset = _load_data(cfg)
+    engine = Engine(cfg, specs, dataset, device)
+    db_path = Path(db) if db is not None else default_db_path()
+    store = RunStore(db_path)
+    show = progress if progress is not None else (cfg.logging.progress if cfg.logging.progress is not None else sys.stderr.isatty())
+    try:
+        if resume:
+            records = _resumable(store, cfg, engine.K)
+            run_ids = [r.id for r in records]
+            batch = records[0].info["batch"]
+            ckpt_dir = Path(records[0].info["checkpoint_dir"])
+            runner = _Runner(engine, store, run_ids, ckpt_dir, show)
+            sd = torch.load(records[0].info["checkpoint"], weights_only=True, map_location=engine.device)
+            runner.load_state_dict(sd)
+            for rid, t in zip(run_ids, runner.t.tolist(), strict=True):
+                store.delete_metrics_after(rid, t)
+                store.update_run(rid, status="running")
+        else:
+            batch = uuid.uuid4().hex[:12]
+            ckpt_dir = db_path.parent / "checkpoints" / batch
+            h = cfg.config_hash()
+            run_ids = []
+            for sp in specs:
+                lr = sp.schedule["lr"]
+                info = {"batch": batch, "index": sp.index, "label": sp.label, "config_hash": h,
+                        "schedule": sp.schedule, "options": sp.options, "own_norm": engine.own_norms[sp.index].name,
+                        "degree": engine.L, "loss": cfg.loss, "dataset": dataset.info, "checkpoint_dir": str(ckpt_dir),
+                        "normalized": next(g.algo.normalized for g in engine.groups if sp.index in g.indices)}
+                run_ids.append(store.create_run(name=f"{cfg.name}/{sp.label}/lr={lr:g}/seed={sp.seed}",
+                                                algorithm=sp.algorithm, seed=sp.seed, config=cfg.canonical(),
+                                                experiment=cfg.name, info=info))
+            params = engine.init_params()
+            if cfg.warm_start is not None:
+                params, winfo = _warm_start(cfg, dataset, engine, params)
+                for rid in run_ids:
+                    store.update_run(rid, info={"warm_start": winfo})
+            runner = _Runner(engine, store, run_ids, ckpt_dir, show)
+            runner.fresh_state(params)
+        try:
+            runner.run(resumed=resume)
+        except BaseException:
+            runner.checkpoint()
+            for rid, st in zip(run_ids, runner.status, strict=True):
+                store.update_run(rid, status="interrupted" if st == "running" else st)
+            raise
+        path = runner.checkpoint(final=True)
+        for rid, st in zip(run_ids, runner.status, strict=True):
+            store.update_run(rid, status=st if st != "running" else "completed")
+        final = [store.final_metrics(rid) for rid in run_ids]
+        statuses = [store.get_run(rid).status for rid in run_ids]
+        return TrainResult(run_ids=run_ids, batch=batch, db=db_path, final=final,
+                           labels=[sp.label for sp in specs], checkpoint=path, statuses=statuses)
+    finally:
+        store.close()

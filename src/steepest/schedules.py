@@ -1,0 +1,119 @@
+"""Learning-rate schedules, in log space so that η ∝ 1/𝓛 stays finite at 𝓛 = e^-10000.
+
+Every schedule is one formula (spec §2.5, A.1):
+
+    log η_t = log lr + log α_t − decay·log t + loss_power·(log 𝓛₀ − log 𝓛_t)
+              + norm_power·log ‖θ_t‖
+
+* ``constant``:   η = lr.
+* ``power``:      η = lr · t^{-a}, a ∈ (0, 1] (Gronich & Vardi use a = 0.8; the linear theory
+  needs Σ η = ∞).
+* ``loss_based``: Lyu & Li's ``LossBasedLRv1``: η = α_t · 𝓛₀/𝓛_t with 𝓛₀ = log 10; after a step
+  whose loss did not increase α ← α·2^{1/5}; after a loss increase (or a non-finite value)
+  α ← α/2^{1/10} and the step is rolled back. Meant for *unnormalized* rules (GD), where
+  η·∇𝓛 = α𝓛₀·∇log𝓛 stays O(1).
+* ``norm_scaled``: η = lr · t^{-a} · ‖θ_t‖ (steps proportional to the parameter norm; see
+  findings: fast, but check that the smoothed margin stays monotone).
+
+For every schedule the engine also rolls back a step that produces a non-finite value and
+halves α ("retry with a smaller step"); only ``loss_based`` rolls back loss increases.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["Schedule", "schedule", "schedule_names", "SCHEDULES"]
+
+LOG_LOSS0 = math.log(math.log(10.0))  # Lyu & Li's 𝓛₀ = log 10
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A learning-rate schedule; see the module docstring for the formula."""
+
+    name: str
+    lr: float
+    decay: float = 0.0
+    loss_power: float = 0.0
+    norm_power: float = 0.0
+    adaptive: bool = False
+    up: float = 2.0 ** (1.0 / 5.0)
+    down: float = 2.0 ** (1.0 / 10.0)
+    log_loss0: float = LOG_LOSS0
+    min_alpha: float = 1e-50
+
+    def __post_init__(self) -> None:
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"schedule {self.name!r}: lr must be positive and finite, got {self.lr}")
+        if self.decay < 0:
+            raise ValueError(f"schedule {self.name!r}: the decay exponent a must be >= 0, got {self.decay}")
+        if not (self.up >= 1 and self.down >= 1):
+            raise ValueError(f"schedule {self.name!r}: up and down factors must be >= 1")
+
+    def log_lr(
+        self,
+        t: Tensor | float,
+        log_loss: Tensor | float = 0.0,
+        log_norm: Tensor | float = 0.0,
+        log_alpha: Tensor | float = 0.0,
+    ) -> Tensor:
+        """log η_t for step t ≥ 1 (tensors broadcast, so K runs are handled at once)."""
+        t = torch.as_tensor(t, dtype=torch.float64)
+        out = math.log(self.lr) + torch.as_tensor(log_alpha, dtype=torch.float64) - self.decay * torch.log(t)
+        if self.loss_power:
+            out = out + self.loss_power * (self.log_loss0 - torch.as_tensor(log_loss, dtype=torch.float64))
+        if self.norm_power:
+            out = out + self.norm_power * torch.as_tensor(log_norm, dtype=torch.float64)
+        return out
+
+    def __call__(self, t: float, log_loss: float = 0.0, norm: float = 1.0, alpha: float = 1.0) -> float:
+        """η_t as a float, for users' own loops."""
+        return float(torch.exp(self.log_lr(t, log_loss, math.log(norm), math.log(alpha))))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _constant(lr: float) -> Schedule:
+    return Schedule("constant", lr)
+
+
+def _power(lr: float, a: float = 0.5) -> Schedule:
+    if not (0 < a <= 1):
+        raise ValueError(f"schedule 'power': a must be in (0, 1], got {a}")
+    return Schedule("power", lr, decay=a)
+
+
+def _loss_based(lr: float = 0.1, up: float = 2.0 ** (1 / 5), down: float = 2.0 ** (1 / 10)) -> Schedule:
+    return Schedule("loss_based", lr, loss_power=1.0, adaptive=True, up=up, down=down)
+
+
+def _norm_scaled(lr: float, a: float = 0.0) -> Schedule:
+    return Schedule("norm_scaled", lr, decay=a, norm_power=1.0)
+
+
+SCHEDULES = {"constant": _constant, "power": _power, "loss_based": _loss_based, "norm_scaled": _norm_scaled}
+
+
+def schedule_names() -> list[str]:
+    return sorted(SCHEDULES)
+
+
+def schedule(name: str, **kwargs: Any) -> Schedule:
+    """Build a schedule by name: ``schedule("power", lr=0.1, a=0.8)``."""
+    if name not in SCHEDULES:
+        raise ValueError(f"unknown schedule {name!r}; valid names: {', '.join(schedule_names())}")
+    import inspect
+
+    factory = SCHEDULES[name]
+    params = inspect.signature(factory).parameters
+    bad = [k for k in kwargs if k not in params]
+    if bad:
+        raise ValueError(f"schedule {name!r} does not take {', '.join(map(repr, bad))}; valid options: {', '.join(params)}")
+    return factory(**kwargs)
