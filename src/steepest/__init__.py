@@ -6,7 +6,7 @@ margin that optimizer maximizes (q_min / ‖θ‖^L). See the README for a tour.
 
 from __future__ import annotations
 
-from . import algorithms, losses, metrics, models, norms, optim
+from . import adaptive, algorithms, losses, metrics, models, norms, optim
 from .algorithms import Algorithm, algorithm, algorithm_names
 from .engine import train
 from .models import homogeneity_degree
@@ -17,6 +17,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Algorithm",
+    "adaptive",
     "Norm",
     "SteepestDescent",
     "algorithm",
