@@ -45,7 +45,7 @@ from .config import ExperimentConfig, RunSpec, load_config
 from .data import Dataset, load_dataset
 from .losses import log_loss as _log_loss
 from .losses import margins as _margins
-from .losses import smoothed_margin_numerator
+from .losses import per_sample_log_losses, smoothed_margin_numerator
 from .models import build_model, homogeneity_degree
 from .norms import Norm, get_norm
 from .schedules import LOG_LOSS0
@@ -113,6 +113,7 @@ class _Group:
         self.indices = indices
         self.idx = None if indices == list(range(K)) else torch.tensor(indices, device=device)
         self.k = len(indices)
+        self.rescales = type(algo).rescale_state is not Algorithm.rescale_state
 
 
 class Engine:
@@ -140,7 +141,9 @@ class Engine:
         self._build_groups()
         self._build_schedules()
         self._grad = vmap(grad_and_value(self._loss_fn, has_aux=True), in_dims=(0, None, None))
-        self._forward = vmap(self._out_fn, in_dims=(0, None))
+        # Models with a batched_forward (MLP, linear, diagonal) skip functorch: plain batched
+        # matmuls + autograd are about twice as fast for small nets; others use vmap.
+        self.batched = callable(getattr(self.template, "batched_forward", None))
 
     # ------------------------------------------------------------------ set-up
     def _build_model(self, seed: int) -> torch.nn.Module:
@@ -221,15 +224,41 @@ class Engine:
         out = functional_call(self.template, pdict, (X,))
         return _log_loss(out, y, self.loss, validate=False), out
 
-    def evaluate(self, params: list[Tensor], batch: Tensor | None = None):
+    def batched_log_loss(self, out: Tensor, y: Tensor) -> Tensor:
+        """log 𝓛 per run from stacked outputs (K, n) or (K, n, k)."""
+        K = out.shape[0]
+        flat = out.reshape(K * out.shape[1], *out.shape[2:])
+        per = per_sample_log_losses(flat, y.repeat(K), self.loss, validate=False)
+        return torch.logsumexp(per.reshape(K, -1), dim=1)
+
+    def batched_margins(self, out: Tensor, y: Tensor) -> Tensor:
+        """q per run and sample, (K, n), from stacked outputs."""
+        K = out.shape[0]
+        flat = out.reshape(K * out.shape[1], *out.shape[2:])
+        return _margins(flat, y.repeat(K), validate=False).reshape(K, -1)
+
+    def evaluate(self, params: list[Tensor], batch: Tensor | None = None, X: Tensor | None = None, y: Tensor | None = None):
         """(∇log𝓛 per run, log 𝓛 (K,), outputs (K, n, ...)) at stacked params."""
+        if X is None:
+            X, y = (self.X, self.y) if batch is None else (self.X[batch], self.y[batch])
+        if self.batched:
+            ps = [p.detach().requires_grad_(True) for p in params]
+            with torch.enable_grad():
+                out = self.template.batched_forward(ps, X)
+                ll = self.batched_log_loss(out, y)
+                grads = torch.autograd.grad(ll.sum(), ps)  # runs are independent: per-run grads
+            return list(grads), ll.detach().to(torch.float64), out.detach()
         pdict = dict(zip(self.names, params, strict=True))
-        X, y = (self.X, self.y) if batch is None else (self.X[batch], self.y[batch])
         grads, (ll, out) = self._grad(pdict, X, y)
         return [grads[n] for n in self.names], ll.to(torch.float64), out
 
+    def forward(self, params: list[Tensor], X: Tensor) -> Tensor:
+        if self.batched:
+            return self.template.batched_forward(params, X)
+        return vmap(self._out_fn, in_dims=(0, None))(dict(zip(self.names, params, strict=True)), X)
+
     def q_min(self, out: Tensor, y: Tensor) -> Tensor:
-        return vmap(lambda o: _margins(o, y, validate=False).min())(out)
+        return self.batched_margins(out, y).min(dim=1).values
 
     def _finite_runs(self, tensors: Sequence[Tensor]) -> Tensor:
         ok = torch.ones(self.K, dtype=torch.bool, device=self.device)
@@ -239,33 +268,30 @@ class Engine:
 
     # ------------------------------------------------------------------ metrics
     @torch.no_grad()
-    def metrics(self, params: list[Tensor], grads: list[Tensor] | None = None) -> dict[str, Tensor]:
-        """All per-run metrics (K,) at stacked params, in float64."""
+    def metrics(self, params: list[Tensor], grads: list[Tensor] | None = None,
+                log_loss: Tensor | None = None, out: Tensor | None = None) -> dict[str, Tensor]:
+        """All per-run metrics (K,) at stacked params, in float64.
+
+        ``grads``/``log_loss``/``out`` (the step's own evaluation) are reused when the run is in
+        float64 and full-batch; otherwise the full training set is re-evaluated in float64.
+        """
         p64 = [p.to(torch.float64) for p in params]
-        model64 = self.template
         if self.dtype != torch.float64:
-            model64 = self.template.double()
-        pdict = dict(zip(self.names, p64, strict=True))
-        X64 = self.X.to(torch.float64)
-        if grads is None or self.dtype != torch.float64:
-            grads_d, (ll, out) = vmap(grad_and_value(self._loss_fn, has_aux=True), in_dims=(0, None, None))(pdict, X64, self.y if not self.y.is_floating_point() else self.y.double())
-            grads = [grads_d[n] for n in self.names]
-        else:
-            ll, out = None, None
-        y64 = self.y if not self.y.is_floating_point() else self.y.double()
-        yt64 = self.yt if not self.yt.is_floating_point() else self.yt.double()
-        if out is None:
-            out = vmap(lambda pd: functional_call(model64, pd, (X64,)))(pdict)
-            ll = vmap(lambda o: _log_loss(o, y64, self.loss, validate=False))(out)
-        q = vmap(lambda o: _margins(o, y64, validate=False))(out)
-        res: dict[str, Tensor] = {"log_loss": ll.to(torch.float64), "q_min": q.min(1).values, "q_max": q.max(1).values}
-        res["train_acc"] = (q > 0).to(torch.float64).mean(1)
-        if len(self.yt):
-            outt = vmap(lambda pd: functional_call(model64, pd, (self.Xt.to(torch.float64),)))(pdict)
-            qt = vmap(lambda o: _margins(o, yt64, validate=False))(outt)
-            res["test_acc"] = (qt > 0).to(torch.float64).mean(1)
-        if self.dtype != torch.float64:
-            self.template.to(self.dtype)
+            self.template.double()
+        try:
+            y64 = self.y.double() if self.y.is_floating_point() else self.y
+            yt64 = self.yt.double() if self.yt.is_floating_point() else self.yt
+            if grads is None or log_loss is None or out is None or self.dtype != torch.float64:
+                grads, log_loss, out = self.evaluate(p64, X=self.X.double(), y=y64)
+            q = self.batched_margins(out, y64)
+            res: dict[str, Tensor] = {"log_loss": log_loss.to(torch.float64), "q_min": q.min(1).values, "q_max": q.max(1).values}
+            res["train_acc"] = (q > 0).to(torch.float64).mean(1)
+            if len(self.yt):
+                qt = self.batched_margins(self.forward(p64, self.Xt.double()), yt64)
+                res["test_acc"] = (qt > 0).to(torch.float64).mean(1)
+        finally:
+            if self.dtype != torch.float64:
+                self.template.to(self.dtype)
         g64 = [g.to(torch.float64) for g in grads]
         neg_inner = -sum((p * g).reshape(self.K, -1).sum(1) for p, g in zip(p64, g64, strict=True))
         numer = smoothed_margin_numerator(res["log_loss"], self.loss)
@@ -385,10 +411,13 @@ class _Runner:
         return path
 
     # -------------------------------------------------------------- metrics
-    def log(self, which: Tensor, grads: list[Tensor] | None, extra: dict[int, dict[str, float]] | None = None) -> None:
+    def log(self, which: Tensor, full_batch: bool, extra: dict[int, dict[str, float]] | None = None) -> None:
         if not bool(which.any()):
             return
-        m = self.e.metrics(self.params, grads)
+        if full_batch:
+            m = self.e.metrics(self.params, self.g, self.ll, self.out)
+        else:
+            m = self.e.metrics(self.params)
         m["log_flow_time"] = self.log_flow
         m["flow_time"] = torch.exp(self.log_flow)
         m["log_lr"] = self.last_log_lr
@@ -418,10 +447,10 @@ class _Runner:
         e, K = self.e, self.e.K
         self._t0 = time.perf_counter()
         batch = self._batch()
-        self.g, self.ll, out = e.evaluate(self.params, batch)
-        self.qmin = e.q_min(out, e.y if batch is None else e.y[batch])
+        self.g, self.ll, self.out = e.evaluate(self.params, batch)
+        self.qmin = e.q_min(self.out, e.y if batch is None else e.y[batch])
         if not resumed:
-            self.log(torch.ones(K, dtype=torch.bool), self.g if batch is None else None)
+            self.log(torch.ones(K, dtype=torch.bool), batch is None)
         bar = _Progress(self.steps, enabled=self.progress)
         try:
             while not bool(self.done.all()):
@@ -449,7 +478,9 @@ class _Runner:
             algo = g.algo
             pg, gg = _gather(self.params, g.idx), _gather(self.g, g.idx)
             ll_g = _gather(self.ll, g.idx)
-            st = vmap(algo.rescale_state)(self.algo_states[gi], _gather(self.frame, g.idx) - ll_g)
+            st = self.algo_states[gi]
+            if g.rescales:  # stateless-in-scale rules (plain steepest descent) skip the call
+                st = vmap(algo.rescale_state)(st, _gather(self.frame, g.idx) - ll_g)
             eta_g = _gather(log_eta, g.idx)
             log_lr_eff = eta_g if algo.normalized else eta_g + ll_g
             lr_eff = torch.exp(log_lr_eff).to(pg[0].dtype)
@@ -459,14 +490,17 @@ class _Runner:
             new_states.append(st_new)
             if algo.normalized:
                 dual = st_new["grad_dual"] if isinstance(st_new, dict) and "grad_dual" in st_new else vmap(e.own_norms[g.indices[0]].dual)(gg)
-                dt = eta_g - ll_g - torch.log(dual.to(torch.float64))
+                dual = dual.to(torch.float64)
+                # g = 0 (e.g. every ReLU dead): the step moves nowhere, so no flow time passes.
+                safe = torch.where(dual > 0, dual, torch.ones_like(dual))
+                dt = torch.where(dual > 0, eta_g - ll_g - torch.log(safe), torch.full_like(dual, -math.inf))
             else:
                 dt = eta_g
             log_dtau = _scatter(log_dtau, g.idx, dt)
         self.iteration += 1
         batch = self._batch()
         g2, ll2, out2 = e.evaluate(new_params, batch)
-        finite = e._finite_runs(new_params) & e._finite_runs(g2) & torch.isfinite(ll2)
+        finite = e._finite_runs(new_params) & e._finite_runs(g2) & e._finite_runs([out2]) & torch.isfinite(ll2)
         no_increase = ll2 <= self.ll
         accept = active & finite & (~e.adaptive | no_increase)
         rejected = active & ~accept
@@ -485,6 +519,7 @@ class _Runner:
         self.log_flow = torch.where(accept, torch.logaddexp(self.log_flow, log_dtau), self.log_flow)
         self.last_log_lr = torch.where(accept, log_eta, self.last_log_lr)
         self.ll = torch.where(accept, ll2, self.ll)
+        self.out = _where_runs(accept, out2, self.out) if batch is None else out2
         qmin2 = e.q_min(out2, e.y if batch is None else e.y[batch])
         self.qmin = torch.where(accept, qmin2, self.qmin)
         self.t = self.t + accept.to(torch.long)
@@ -505,7 +540,7 @@ class _Runner:
         for i in torch.nonzero(newly_separated).flatten().tolist():
             extra[i] = {"separated": 1.0}
             self.store.update_run(self.run_ids[i], info={"separated_at": int(ts[i])})
-        self.log(milestone | newly_separated | ending, self.g if batch is None else None, extra)
+        self.log(milestone | newly_separated | ending, batch is None, extra)
         for i in torch.nonzero(dead).flatten().tolist():
             self.status[i] = "diverged"
         for i in torch.nonzero(finished & ~dead).flatten().tolist():
@@ -664,7 +699,7 @@ def train(config: str | Path | dict[str, Any] | ExperimentConfig, *, db: str | P
         path = runner.checkpoint(final=True)
         for rid, st in zip(run_ids, runner.status, strict=True):
             store.update_run(rid, status=st if st != "running" else "completed")
-        final = [store.final_metrics(rid) for rid in run_ids]
+        final = [{"step": float(store.metrics(rid)["step"][-1]), **store.final_metrics(rid)} for rid in run_ids]
         statuses = [store.get_run(rid).status for rid in run_ids]
         return TrainResult(run_ids=run_ids, batch=batch, db=db_path, final=final,
                            labels=[sp.label for sp in specs], checkpoint=path, statuses=statuses)

@@ -177,6 +177,15 @@ class Linear(nn.Module):
         x = _as_input(x, self.d, self.weight)
         return _squeeze_out(x @ self.weight.T, self.out)
 
+    def batched_forward(self, params: Sequence[Tensor], x: Tensor) -> Tensor:
+        """f for K stacked parameter sets (K, *shape) at once: (K, n) or (K, n, out).
+
+        Plain batched matmuls, so the engine can differentiate K runs with ordinary autograd
+        (about twice as fast as ``vmap(functional_call)`` on small nets).
+        """
+        (w,) = params
+        return _squeeze_out(torch.matmul(x.to(w.dtype), w.transpose(-1, -2)), self.out)
+
 
 class DiagonalLinear(nn.Module):
     """Diagonal linear network f(x) = ⟨u^D − v^D, x⟩ (elementwise powers), L = D = ``depth``.
@@ -220,6 +229,12 @@ class DiagonalLinear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = _as_input(x, self.d, self.u)
         return x @ self.effective_weight()
+
+    def batched_forward(self, params: Sequence[Tensor], x: Tensor) -> Tensor:
+        """f for K stacked (u, v) at once: (K, n)."""
+        u, v = params
+        w = u.pow(self.depth) - v.pow(self.depth)  # (K, d)
+        return w @ x.to(w.dtype).T
 
 
 class MLP(nn.Module):
@@ -281,6 +296,19 @@ class MLP(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = _as_input(x, self.d, self.net[0].weight)
         return _squeeze_out(self.net(x), self.out)
+
+    def batched_forward(self, params: Sequence[Tensor], x: Tensor) -> Tensor:
+        """f for K stacked parameter sets (in ``named_parameters`` order): (K, n) or (K, n, out)."""
+        it = iter(params)
+        h = x.to(params[0].dtype)
+        for layer in self.net:
+            if isinstance(layer, nn.Linear):
+                h = torch.matmul(h, next(it).transpose(-1, -2))
+                if layer.bias is not None:
+                    h = h + next(it).unsqueeze(-2)
+            else:
+                h = layer(h)
+        return _squeeze_out(h, self.out)
 
 
 class CNN(nn.Module):

@@ -146,9 +146,8 @@ class LpNorm(Norm):
             return v.abs().amax()
         if p == 1.0:
             return v.abs().sum()
-        if p == 2.0:
-            return torch.linalg.vector_norm(v)
-        # Scale by max|v| so that |v|^p neither overflows nor underflows.
+        # Scale by max|v| so that |v|^p neither overflows nor underflows (‖1e-200·g‖₂ would
+        # otherwise square to 0).
         m = v.abs().amax()
         scaled = _safe_div(v.abs(), m)
         return m * scaled.pow(p).sum().pow(1.0 / p)
@@ -169,7 +168,7 @@ class LpNorm(Norm):
             onehot = (torch.arange(g.numel(), device=g.device) == j).to(g.dtype)
             u = onehot * torch.sign(g)
         elif self.p == 2.0:
-            u = _safe_div(g, torch.linalg.vector_norm(g))
+            u = _safe_div(g, self._vec_norm(g, 2.0))
         else:
             q = self.q
             m = g.abs().amax()

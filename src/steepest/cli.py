@@ -1,0 +1,182 @@
+"""The ``steepest`` command: train, list, show, plot and export runs.
+
+Every command takes ``--db`` (default ``./steepest-runs/runs.db``, or ``$STEEPEST_DB``).
+Errors in what the user typed (a config field, a run id, a metric name) print one line
+naming the problem and exit with status 2; they never print a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
+
+DbOpt = Annotated[Path | None, typer.Option("--db", help="results database (default: $STEEPEST_DB or ./steepest-runs/runs.db)")]
+
+
+def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn errors about user input into one clear line and exit status 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from .store import RunNotFoundError
+
+        try:
+            return fn(*args, **kwargs)
+        except RunNotFoundError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+        except (ValueError, FileNotFoundError, ImportError) as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def _store(db: Path | None):
+    from .store import RunStore
+
+    return RunStore(db)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "nan"
+        if v != 0 and (abs(v) >= 1e5 or abs(v) < 1e-3):
+            return f"{v:.4e}"
+        return f"{v:.6g}"
+    return str(v)
+
+
+def _table(headers: list[str], rows: list[list[Any]]) -> str:
+    cells = [[_fmt(c) for c in r] for r in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
+    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))
+    out = [line, "  ".join("-" * w for w in widths)]
+    out += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
+    return "\n".join(out)
+
+
+@app.command()
+@_user_errors
+def train(
+    config: Annotated[Path, typer.Argument(help="experiment YAML")],
+    db: DbOpt = None,
+    resume: Annotated[bool, typer.Option(help="continue the latest interrupted batch of this config")] = False,
+    progress: Annotated[bool | None, typer.Option("--progress/--no-progress", help="progress bar (default: only on a terminal)")] = None,
+) -> None:
+    """Train every run of CONFIG (algorithms x lrs x seeds) and store the results."""
+    from .engine import train as run_train
+
+    res = run_train(config, db=db, resume=resume, progress=progress)
+    rows = [[rid, lab, st, f.get("step"), f.get("log_loss"), f.get("margin_own"), f.get("train_acc")]
+            for rid, lab, st, f in zip(res.run_ids, res.labels, res.statuses, res.final, strict=True)]
+    typer.echo(_table(["run", "algorithm", "status", "step", "log_loss", "margin_own", "train_acc"], rows))
+    typer.echo(f"database: {res.db}")
+
+
+@app.command()
+@_user_errors
+def runs(
+    db: DbOpt = None,
+    experiment: Annotated[str | None, typer.Option(help="only this experiment")] = None,
+) -> None:
+    """List stored runs."""
+    with _store(db) as store:
+        recs = store.list_runs(experiment=experiment)
+        rows = [[r.id, r.experiment or "", r.info.get("label", r.algorithm), r.seed, r.status, r.created_at[:19]] for r in recs]
+        typer.echo(_table(["run", "experiment", "algorithm", "seed", "status", "created"], rows))
+
+
+@app.command()
+@_user_errors
+def show(run: Annotated[int, typer.Argument(help="run id")], db: DbOpt = None) -> None:
+    """Print a run's final metrics."""
+    with _store(db) as store:
+        rec = store.get_run(run)
+        fin = store.final_metrics(run)
+        typer.echo(f"run {rec.id}: {rec.name}  [{rec.status}]  algorithm={rec.algorithm} seed={rec.seed} "
+                   f"own norm={rec.info.get('own_norm')} L={rec.info.get('degree')}")
+        if rec.info.get("separated_at") is not None:
+            typer.echo(f"first separated step: {rec.info['separated_at']}")
+        typer.echo(_table(["metric", "value"], [[k, v] for k, v in sorted(fin.items())]))
+
+
+@app.command()
+@_user_errors
+def plot(
+    run: Annotated[list[int], typer.Argument(help="run ids")],
+    metric: Annotated[str, typer.Option(help="metric column, e.g. margin_own, smoothed_linf, log_loss")] = "margin_own",
+    x: Annotated[str, typer.Option(help="step | flow_time | neg_log_loss")] = "step",
+    out: Annotated[Path, typer.Option(help="PNG to write")] = Path("plot.png"),
+    db: DbOpt = None,
+) -> None:
+    """Plot a metric of one or more runs to a PNG."""
+    from .plots import plot_runs
+
+    with _store(db) as store:
+        path = plot_runs(store, run, metric, x=x, out=out)
+    typer.echo(f"wrote {path}")
+
+
+@app.command()
+@_user_errors
+def export(
+    run: Annotated[int, typer.Argument(help="run id")],
+    format: Annotated[str, typer.Option("--format", help="csv | parquet")] = "csv",
+    out: Annotated[Path | None, typer.Option(help="file to write (default: run-<id>.<format>)")] = None,
+    db: DbOpt = None,
+) -> None:
+    """Export a run's metric rows."""
+    with _store(db) as store:
+        path = store.export(run, out or Path(f"run-{run}.{format}"), fmt=format)
+    typer.echo(f"wrote {path}")
+
+
+DEMO_CONFIG: dict[str, Any] = {
+    "name": "demo",
+    "data": {"name": "mnist", "classes": [2, 7], "n_train": 100, "n_test": 200},
+    "model": {"name": "mlp", "widths": [32], "init_scale": 0.5},
+    "seeds": [0],
+    "warm_start": {"algorithm": "ngd", "lr": 0.05, "until_log_loss": -2.0},
+    "algorithms": [
+        {"algorithm": "ngd", "schedule": "power", "lr": 0.1, "a": 0.5, "label": "ngd (l2)"},
+        {"algorithm": "sign", "schedule": "power", "lr": 0.01, "a": 0.5, "label": "sign (linf)"},
+        {"algorithm": "cd", "schedule": "power", "lr": 0.5, "a": 0.3, "label": "cd (l1)"},
+    ],
+    "stop": {"steps": 1500},
+}
+
+
+@app.command()
+@_user_errors
+def demo(db: DbOpt = None) -> None:
+    """Train normalized GD, sign descent and coordinate descent on real MNIST 2 vs 7 and print
+    the flavor matrix: each algorithm's margin in the l1, l2 and linf norms."""
+    from .engine import train as run_train
+
+    res = run_train(DEMO_CONFIG, db=db, progress=False)
+    norms = ["l1", "l2", "linf"]
+    rows = [[lab] + [f.get(f"margin_{n}") for n in norms] + [f.get("log_loss")] for lab, f in zip(res.labels, res.final, strict=True)]
+    typer.echo("normalized margins q_min / ||theta||^2 after 1500 steps from a common separated start:")
+    typer.echo(_table(["algorithm", "margin_l1", "margin_l2", "margin_linf", "log_loss"], rows))
+    for j, n in enumerate(norms, start=1):
+        best = max(rows, key=lambda r: r[j])[0]
+        typer.echo(f"largest {n} margin: {best}")
+    typer.echo(f"runs stored in {res.db}; try: steepest plot {' '.join(map(str, res.run_ids))} --metric margin_own --db {res.db}")
+
+
+def main() -> None:
+    app(prog_name="steepest")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

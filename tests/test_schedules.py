@@ -1,0 +1,48 @@
+"""Learning-rate schedules in log space."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from steepest.schedules import schedule
+
+
+def test_constant_and_power():
+    assert schedule("constant", lr=0.3)(t=17) == pytest.approx(0.3, rel=1e-15)
+    s = schedule("power", lr=0.5, a=0.8)
+    for t in (1, 10, 1000):
+        assert s(t) == pytest.approx(0.5 * t**-0.8, rel=1e-14)
+
+
+def test_loss_based_is_lyu_li_and_finite_at_tiny_losses():
+    """η = α·𝓛₀/𝓛 with 𝓛₀ = log 10 (Lyu & Li's LossBasedLRv1)."""
+    s = schedule("loss_based", lr=0.1)
+    assert s(t=5, log_loss=math.log(0.01)) == pytest.approx(0.1 * math.log(10) / 0.01, rel=1e-13)
+    # At 𝓛 = e^-10000, η itself is e^{~10000}: only its log is representable.
+    lg = s.log_lr(torch.tensor(3.0), torch.tensor(-10000.0))
+    assert float(lg) == pytest.approx(math.log(0.1) + math.log(math.log(10)) + 10000, rel=1e-15)
+    assert s.adaptive and s.up == pytest.approx(2 ** 0.2) and s.down == pytest.approx(2 ** 0.1)
+
+
+def test_norm_scaled():
+    s = schedule("norm_scaled", lr=0.01, a=0.5)
+    assert s(t=4, norm=30.0) == pytest.approx(0.01 * 4**-0.5 * 30.0, rel=1e-14)
+
+
+def test_vectorized_over_runs():
+    s = schedule("power", lr=0.2, a=0.5)
+    t = torch.tensor([1.0, 4.0, 9.0], dtype=torch.float64)
+    torch.testing.assert_close(torch.exp(s.log_lr(t)), 0.2 / torch.sqrt(t), rtol=1e-14, atol=0)
+
+
+@pytest.mark.parametrize(
+    "name,kw,msg",
+    [("cosine", {"lr": 1}, "valid names"), ("power", {"lr": 1, "a": 1.5}, r"\(0, 1\]"),
+     ("constant", {"lr": -1}, "positive"), ("constant", {"lr": 1, "a": 0.5}, "does not take 'a'")],
+)
+def test_errors(name, kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        schedule(name, **kw)
