@@ -141,6 +141,22 @@ def export(
     typer.echo(f"wrote {path}")
 
 
+@app.command()
+@_user_errors
+def verify(
+    runs: Annotated[list[str], typer.Argument(help="run ids, experiment names, or 'all'")],
+    db: DbOpt = None,
+    out: Annotated[Path | None, typer.Option(help="also write the verdict table as markdown")] = None,
+    kkt: Annotated[bool, typer.Option("--kkt/--no-kkt", help="compute KKT residuals at checkpoints")] = True,
+) -> None:
+    """Check the theorems on stored runs. Exit 0: every applicable prediction held; 1: a
+    prediction failed beyond tolerance; 3: nothing failed but some run could not be checked."""
+    from .verify import main as verify_main
+
+    code = verify_main(runs, db=db, out_markdown=out, kkt=kkt, echo=typer.echo)
+    raise typer.Exit(code)
+
+
 DEMO_CONFIG: dict[str, Any] = {
     "name": "demo",
     "data": {"name": "mnist", "classes": [2, 7], "n_train": 100, "n_test": 200},

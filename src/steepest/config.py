@@ -141,6 +141,17 @@ class LoggingConfig(_Strict):
     per_decade: int = Field(default=20, gt=0)
     checkpoint_every: int | None = Field(default=None, gt=0)
     progress: bool | None = None  # None: a bar only when stderr is a terminal
+    # Norms measured besides l1, l2, linf, spectral and each run's own: e.g. ["l1.5", "l3"].
+    extra_norms: list[str] = Field(default_factory=list)
+
+    @field_validator("extra_norms")
+    @classmethod
+    def _known_norms(cls, v: list[str]) -> list[str]:
+        from .norms import get_norm
+
+        for name in v:
+            get_norm(name)  # raises ValueError listing the valid names
+        return v
 
 
 class WarmStartConfig(_Strict):

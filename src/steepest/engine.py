@@ -138,6 +138,9 @@ class Engine:
         self.names = [n for n, _ in self.template.named_parameters()]
         self.L = self._check_degree()
         self.metric_norms: dict[str, Norm] = {k: get_norm(v) for k, v in METRIC_NORMS.items()}
+        for name in cfg.logging.extra_norms:
+            N = get_norm(name)
+            self.metric_norms.setdefault(N.name.replace(".", "_"), N)
         self._build_groups()
         self._build_schedules()
         self._grad = vmap(grad_and_value(self._loss_fn, has_aux=True), in_dims=(0, None, None))
@@ -325,7 +328,7 @@ class Engine:
 class _Runner:
     """Holds the mutable state of one batch and steps it; serialisable to a checkpoint."""
 
-    def __init__(self, engine: Engine, store: RunStore, run_ids: list[int], ckpt_dir: Path, progress: bool):
+    def __init__(self, engine: Engine, store: RunStore, run_ids: list[int], ckpt_dir: Path | None, progress: bool):
         self.e = engine
         self.store = store
         self.run_ids = run_ids
@@ -398,7 +401,9 @@ class _Runner:
             setattr(self, k, sd[k])
         self.status = list(self.status)
 
-    def checkpoint(self, final: bool = False) -> Path:
+    def checkpoint(self, final: bool = False) -> Path | None:
+        if self.ckpt_dir is None:  # a warm-start phase keeps no checkpoints
+            return None
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         path = self.ckpt_dir / ("final.pt" if final else f"iter-{self.iteration:09d}.pt")
         _atomic_torch_save(self.state_dict(), path)
@@ -549,7 +554,9 @@ class _Runner:
         decade = torch.floor(torch.log10(torch.clamp(-self.ll, min=1.0))).to(torch.long)
         crossed = active & (decade > self.decade)
         self.decade = torch.maximum(decade, self.decade)
-        if bool(crossed.any()) or (self.ckpt_every and self.iteration % self.ckpt_every == 0):
+        # Checkpoints: a run's −log𝓛 passes a power of ten, a run first separates (the KKT
+        # check compares against the state at separation), or every ``checkpoint_every``.
+        if bool(crossed.any()) or bool(newly_separated.any()) or (self.ckpt_every and self.iteration % self.ckpt_every == 0):
             if not bool(self.done.all()):
                 self.checkpoint()
 
@@ -609,7 +616,7 @@ def _warm_start(cfg: ExperimentConfig, dataset: Dataset, engine: Engine, params:
     wengine = Engine(wcfg, wcfg.run_specs(), dataset, engine.device)
     with RunStore(":memory:") as mem:
         ids = [mem.create_run(name=f"warm/{s}", algorithm=ws.algorithm, seed=s, config={}) for s in seeds]
-        runner = _Runner(wengine, mem, ids, Path(os.devnull), progress=False)
+        runner = _Runner(wengine, mem, ids, None, progress=False)
         runner.fresh_state(wengine.init_params())
         runner.run(resumed=False)
         lls = runner.ll.tolist()
