@@ -114,6 +114,9 @@ class _Group:
         self.idx = None if indices == list(range(K)) else torch.tensor(indices, device=device)
         self.k = len(indices)
         self.rescales = type(algo).rescale_state is not Algorithm.rescale_state
+        self.vupdate = vmap(algo.update)
+        self.vrescale = vmap(algo.rescale_state)
+        self.vinit = vmap(algo.init)
 
 
 class Engine:
@@ -356,7 +359,7 @@ class _Runner:
     def fresh_state(self, params: list[Tensor]) -> None:
         e, K, dev = self.e, self.e.K, self.e.device
         self.params = params
-        self.algo_states = [vmap(g.algo.init)(_gather(params, g.idx)) for g in e.groups]
+        self.algo_states = [g.vinit(_gather(params, g.idx)) for g in e.groups]
         self.t = torch.zeros(K, dtype=torch.long, device=dev)
         self.iteration = 0
         self.log_alpha = torch.zeros(K, dtype=torch.float64, device=dev)
@@ -431,6 +434,7 @@ class _Runner:
         cols = {k: v.tolist() for k, v in m.items()}
         ts = self.t.tolist()
         wall = self.elapsed + (time.perf_counter() - self._t0)
+        rows: dict[int, list[dict[str, float]]] = {}
         for i in torch.nonzero(which).flatten().tolist():
             row: dict[str, float] = {"step": ts[i], "wall_time": wall, "iteration": float(self.iteration)}
             for k, v in cols.items():
@@ -438,7 +442,8 @@ class _Runner:
                     row[k] = v[i]
             if extra and i in extra:
                 row.update(extra[i])
-            self.store.log_metrics(self.run_ids[i], [row])
+            rows[self.run_ids[i]] = [row]
+        self.store.log_metrics_many(rows)  # one transaction for all runs logged at this step
         self.last_logged = m
 
     # -------------------------------------------------------------- loop
@@ -485,11 +490,11 @@ class _Runner:
             ll_g = _gather(self.ll, g.idx)
             st = self.algo_states[gi]
             if g.rescales:  # stateless-in-scale rules (plain steepest descent) skip the call
-                st = vmap(algo.rescale_state)(st, _gather(self.frame, g.idx) - ll_g)
+                st = g.vrescale(st, _gather(self.frame, g.idx) - ll_g)
             eta_g = _gather(log_eta, g.idx)
             log_lr_eff = eta_g if algo.normalized else eta_g + ll_g
             lr_eff = torch.exp(log_lr_eff).to(pg[0].dtype)
-            upd, st_new = vmap(algo.update)(pg, gg, st, lr_eff)
+            upd, st_new = g.vupdate(pg, gg, st, lr_eff)
             for j in range(len(new_params)):
                 new_params[j] = _scatter(new_params[j], g.idx, upd[j])
             new_states.append(st_new)
@@ -505,7 +510,8 @@ class _Runner:
         self.iteration += 1
         batch = self._batch()
         g2, ll2, out2 = e.evaluate(new_params, batch)
-        finite = e._finite_runs(new_params) & e._finite_runs(g2) & e._finite_runs([out2]) & torch.isfinite(ll2)
+        # Overflowing parameters show up in the outputs, so outputs, loss and gradients suffice.
+        finite = e._finite_runs(g2) & e._finite_runs([out2]) & torch.isfinite(ll2)
         no_increase = ll2 <= self.ll
         accept = active & finite & (~e.adaptive | no_increase)
         rejected = active & ~accept

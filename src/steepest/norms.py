@@ -78,6 +78,8 @@ def inner(xs: Tensors, ys: Tensors) -> Tensor:
 def _safe_div(num: Tensor, den: Tensor) -> Tensor:
     """num / den, and 0 where den == 0 (double-where keeps autograd free of NaN)."""
     zero = den == 0
+    if den.dim() == 0:  # a scalar divisor: one multiply instead of full-size where/zeros
+        return num * torch.where(zero, torch.zeros_like(den), 1.0 / torch.where(zero, torch.ones_like(den), den))
     return torch.where(zero, torch.zeros_like(num), num / torch.where(zero, torch.ones_like(den), den))
 
 
@@ -158,8 +160,14 @@ class LpNorm(Norm):
     def dual(self, gs: Tensors) -> Tensor:
         return self._vec_norm(_flat(gs), self.q)
 
+    def direction_and_dual(self, gs: Tensors) -> tuple[list[Tensor], Tensor]:
+        g = _flat(gs)  # concatenate once for both
+        return self._direction_flat(g, gs), self._vec_norm(g, self.q)
+
     def direction(self, gs: Tensors) -> list[Tensor]:
-        g = _flat(gs)
+        return self._direction_flat(_flat(gs), gs)
+
+    def _direction_flat(self, g: Tensor, gs: Tensors) -> list[Tensor]:
         if math.isinf(self.p):
             u = torch.sign(g)
         elif self.p == 1.0:
@@ -218,7 +226,7 @@ class Spectral(Norm):
 
     def block_norms(self, xs: Tensors) -> Tensor:
         """σ_max of every block, stacked (ℓ2 for vectors)."""
-        return torch.stack([torch.linalg.matrix_norm(self._as_matrix(x).to(torch.float64), ord=2).to(x.dtype) for x in xs])
+        return torch.stack([torch.linalg.svdvals(self._as_matrix(x).to(torch.float64))[0].to(x.dtype) for x in xs])
 
     def __call__(self, xs: Tensors) -> Tensor:
         if len(xs) == 0:
@@ -228,7 +236,8 @@ class Spectral(Norm):
     def dual(self, gs: Tensors) -> Tensor:
         if len(gs) == 0:
             raise ValueError("a Norm needs at least one tensor; got an empty list")
-        return sum(self._svd(g)[1].sum().to(g.dtype) for g in gs)  # type: ignore[return-value]
+        # Singular values only: no U, V needed for the nuclear norm.
+        return sum(torch.linalg.svdvals(self._as_matrix(g).to(torch.float64)).sum().to(g.dtype) for g in gs)  # type: ignore[return-value]
 
     def direction_and_dual(self, gs: Tensors) -> tuple[list[Tensor], Tensor]:
         if len(gs) == 0:

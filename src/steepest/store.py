@@ -439,6 +439,26 @@ class RunStore:
         a resume overwrites instead of duplicating. ±inf are stored exactly; NaN is rejected
         with a ValueError naming the metric and step (SQLite would store it as NULL).
         """
+        self.log_metrics_many({run_id: rows})
+
+    def log_metrics_many(self, rows_by_run: Mapping[int, Sequence[Mapping[str, float]]]) -> None:
+        """:meth:`log_metrics` for several runs in ONE transaction (one fsync for K runs)."""
+        records: list[tuple[int, int, str, float]] = []
+        for run_id, rows in rows_by_run.items():
+            records.extend(self._records(run_id, rows))
+
+        def insert(conn: sqlite3.Connection) -> None:
+            for run_id in rows_by_run:
+                self._require_run(conn, run_id)
+            conn.executemany(
+                "INSERT OR REPLACE INTO metrics (run_id, step, name, value) VALUES (?, ?, ?, ?)",
+                records,
+            )
+
+        self._transact(insert)
+
+    @staticmethod
+    def _records(run_id: int, rows: Sequence[Mapping[str, float]]) -> list[tuple[int, int, str, float]]:
         records: list[tuple[int, int, str, float]] = []
         for i, row in enumerate(rows):
             if "step" not in row:
@@ -462,15 +482,7 @@ class RunStore:
                         " would record it as NULL). Fix the computation or drop the metric."
                     )
                 records.append((run_id, step, name, value))
-
-        def insert(conn: sqlite3.Connection) -> None:
-            self._require_run(conn, run_id)
-            conn.executemany(
-                "INSERT OR REPLACE INTO metrics (run_id, step, name, value) VALUES (?, ?, ?, ?)",
-                records,
-            )
-
-        self._transact(insert)
+        return records
 
     def delete_metrics_after(self, run_id: int, step: int) -> int:
         """For resume: delete this run's metric rows with ``step > step``; returns how many."""
