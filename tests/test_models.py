@@ -268,3 +268,29 @@ def test_float32_input_is_upcast_not_mutated():
     out = m(x)
     assert out.dtype == torch.float64 and x.dtype == torch.float32
     assert torch.allclose(out, m(x.double()))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: Linear(5, out=3, seed=0),
+        lambda: DiagonalLinear(5, depth=3, seed=0),
+        lambda: MLP(5, [4, 3], activation="squared_relu", seed=0),
+        lambda: MLP(300, [6], bias_first=True, seed=0),  # wide input: the single-GEMM branch
+        lambda: MLP(300, [6], out=3, seed=0),
+    ],
+)
+def test_batched_forward_matches_per_run_forward(make):
+    """The engine's fast path: K stacked parameter sets give each run's own outputs."""
+    from torch.func import functional_call
+
+    model = make()
+    names = [n for n, _ in model.named_parameters()]
+    K = 3
+    stacked = [torch.stack([p.detach() * (1 + 0.1 * k) for k in range(K)]) for p in model.parameters()]
+    x = torch.rand(7, model.d if hasattr(model, "d") else 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    out = model.batched_forward(stacked, x)
+    for k in range(K):
+        ref = functional_call(model, {n: s[k] for n, s in zip(names, stacked, strict=True)}, (x,))
+        # Same products summed in a different order (one GEMM vs K): float64 rounding only.
+        torch.testing.assert_close(out[k], ref, rtol=1e-12, atol=1e-14)

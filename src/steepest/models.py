@@ -301,9 +301,16 @@ class MLP(nn.Module):
         """f for K stacked parameter sets (in ``named_parameters`` order): (K, n) or (K, n, out)."""
         it = iter(params)
         h = x.to(params[0].dtype)
-        for layer in self.net:
+        for i, layer in enumerate(self.net):
             if isinstance(layer, nn.Linear):
-                h = torch.matmul(h, next(it).transpose(-1, -2))
+                w = next(it)
+                if i == 0 and w.dim() == 3 and w.shape[0] > 1 and w.shape[-1] >= 256:
+                    # Wide shared input: one (n, d) @ (d, K·m) GEMM beats K small ones (~25%
+                    # measured on MNIST, K = 15); for small d the batched matmul is faster.
+                    K, m, d = w.shape
+                    h = (h @ w.reshape(K * m, d).T).reshape(h.shape[0], K, m).transpose(0, 1)
+                else:
+                    h = torch.matmul(h, w.transpose(-1, -2))
                 if layer.bias is not None:
                     h = h + next(it).unsqueeze(-2)
             else:
