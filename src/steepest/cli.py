@@ -157,6 +157,25 @@ def verify(
     raise typer.Exit(code)
 
 
+@app.command()
+@_user_errors
+def reproduce(
+    name: Annotated[str, typer.Argument(help="experiment: flavors-f1, flavors-f2, flavors-f3, gronich-vardi, lyu-li, linear")],
+    size: Annotated[str, typer.Option(help="smoke | quick | full")] = "quick",
+    out: Annotated[Path | None, typer.Option(help="output folder (default ./reproduce/NAME)")] = None,
+) -> None:
+    """Reproduce a figure of the paper (or a neighbour's): train, verify, write PNGs and report.md."""
+    from .reproduce import reproduce as run_reproduce
+
+    report = run_reproduce(name, size=size, out=out)
+    for caption, table in report.tables:
+        typer.echo(f"\n{caption}\n{table}")
+    verdict = {True: "yes", False: "NO", None: "inconclusive"}[report.reproduced]
+    typer.echo(f"\nreproduced? {verdict}: {report.reason}")
+    folder = out if out is not None else Path("reproduce") / name
+    typer.echo(f"report: {folder / 'report.md'} ({len(report.figures)} figures)")
+
+
 DEMO_CONFIG: dict[str, Any] = {
     "name": "demo",
     "data": {"name": "mnist", "classes": [2, 7], "n_train": 100, "n_test": 200},

@@ -1,0 +1,79 @@
+"""The report every reproduction writes: claim, measured tables, figures, verdict."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Report", "markdown_table", "atomic_write_text"]
+
+
+def atomic_write_text(path: Path, text: str) -> Path:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "—"
+        if v != 0 and (abs(v) >= 1e4 or abs(v) < 1e-3):
+            return f"{v:.3e}"
+        return f"{v:.4g}"
+    return str(v)
+
+
+def markdown_table(headers: list[str], rows: list[list[Any]]) -> str:
+    out = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    out += ["| " + " | ".join(_fmt(c) for c in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+@dataclass
+class Report:
+    """A reproduction's outcome. ``reproduced`` is True, False, or None (inconclusive)."""
+
+    name: str
+    title: str
+    claim: str
+    size: str
+    reproduced: bool | None
+    reason: str
+    tables: list[tuple[str, str]] = field(default_factory=list)
+    figures: list[Path] = field(default_factory=list)
+    defaults: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    verdicts_md: str = ""
+    numbers: dict[str, Any] = field(default_factory=dict)
+    seconds: float | None = None
+
+    def to_markdown(self) -> str:
+        verdict = {True: "yes", False: "**no**", None: "inconclusive"}[self.reproduced]
+        lines = [f"# {self.title}", "", f"Experiment `{self.name}`, size `{self.size}`."]
+        if self.seconds is not None:
+            lines.append(f"Wall time: {self.seconds:.0f} s.")
+        lines += ["", "## Claim", "", self.claim.strip(), "", f"**Reproduced?** {verdict}: {self.reason}", ""]
+        for caption, table in self.tables:
+            lines += [f"## {caption}", "", table, ""]
+        if self.figures:
+            lines += ["## Figures", ""] + [f"![{p.stem}]({p.name})" for p in self.figures] + [""]
+        if self.verdicts_md:
+            lines += ["## Theorem checks (`steepest verify`)", "", self.verdicts_md, ""]
+        if self.notes:
+            lines += ["## Notes", ""] + [f"- {n}" for n in self.notes] + [""]
+        if self.defaults:
+            lines += ["## Values that are our defaults (the paper's are not known)", ""] + [f"- {d}" for d in self.defaults] + [""]
+        return "\n".join(lines)
+
+    def write(self, out: Path) -> Path:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "results.json", json.dumps(
+            {"name": self.name, "size": self.size, "reproduced": self.reproduced, "reason": self.reason,
+             "numbers": self.numbers, "seconds": self.seconds}, indent=2, sort_keys=True, default=float))
+        return atomic_write_text(out / "report.md", self.to_markdown())
