@@ -259,3 +259,23 @@ def test_sigkill_and_resume_gives_identical_results(tmp_path):
 def test_resume_without_anything_to_resume_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="nothing to resume"):
         train(_cfg(), db=tmp_path / "r.db", resume=True, progress=False)
+
+
+def test_mnist_mlp_reaches_log_loss_minus_1000_with_finite_records(tmp_path):
+    """Issue bar: a small bias-free MLP on two real MNIST digits reaches log𝓛 ≤ −1000, every
+    recorded value is finite, and its own-norm margin is higher at the end than at separation."""
+    cfg = {
+        "name": "mnist-late",
+        "data": {"name": "mnist", "classes": [2, 7], "n_train": 100, "n_test": 100},
+        "model": {"name": "mlp", "widths": [16], "init_scale": 0.5},
+        "seeds": [0],
+        "algorithms": [{"algorithm": "sign", "schedule": "constant", "lr": 0.05}],
+        "stop": {"steps": 3000, "log_loss": -1000},
+    }
+    res = train(cfg, db=tmp_path / "r.db", progress=False)
+    assert res.final[0]["log_loss"] <= -1000
+    with RunStore(tmp_path / "r.db") as store:
+        cols = _finite_rows(store, res.run_ids[0])
+        sep_step = store.get_run(res.run_ids[0]).info["separated_at"]
+    at_sep = cols["margin_own"][cols["step"] == sep_step][0]
+    assert cols["margin_own"][-1] > at_sep > 0
