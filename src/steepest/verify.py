@@ -151,6 +151,10 @@ class Tolerances:
     kkt_tau: float = 0.05
     flavor_rtol: float = 1e-3
     min_rows: int = 3
+    # The ℓp (1 < p < ∞, p ≠ 2) and spectral residuals are conic programs (Clarabel) with one
+    # variable per parameter; past this size they take minutes per checkpoint, so they are
+    # reported as unavailable instead (ℓ1, ℓ2, ℓ∞ use LP/NNLS and have no limit).
+    kkt_max_conic_params: int = 5000
 
 
 @dataclass
@@ -852,6 +856,15 @@ def _flavor(
             )
 
 
+def _param_shapes(rec: RunRecord) -> list[tuple[int, ...]]:
+    """Parameter shapes of a stored run, read from its latest checkpoint (stacked over runs)."""
+    path = rec.info.get("checkpoint")
+    if not path:
+        return []
+    sd = torch.load(path, weights_only=True, map_location="cpu")
+    return [tuple(p.shape[1:]) for p in sd["params"]]
+
+
 def verify_runs(
     store: RunStore,
     run_ids: Sequence[int],
@@ -878,7 +891,13 @@ def verify_runs(
             not_hom = "no homogeneity degree stored with the run"
         if kkt and degree is not None:
             try:
-                _kind(get_norm(own))
+                kind, _ = _kind(get_norm(own))
+                n_params = sum(int(math.prod(v)) for v in _param_shapes(rec))
+                if kind in ("lp", "spectral") and n_params > tol.kkt_max_conic_params:
+                    raise ValueError(
+                        f"the {own} program has {n_params} variables (> kkt_max_conic_params = "
+                        f"{tol.kkt_max_conic_params}); the conic solver would take minutes per checkpoint"
+                    )
                 kpts = _kkt_points_for_run(loader, rec, own, tol, float(degree))
             except ValueError as exc:
                 unavailable = f"KKT residual unavailable: {exc}"
