@@ -31,7 +31,7 @@ def test_full_size_configs_validate():
 
     for cfg in batch_configs(load_spec("flavors-f1"), "full").values():
         c = load_config(cfg)
-        assert c.data.n_train == 800 and c.stop.steps == 20000
+        assert c.data.n_train == 800 and c.stop.steps >= 20000  # CD batches get 30000
 
 
 @pytest.mark.slow
