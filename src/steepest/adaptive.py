@@ -186,6 +186,16 @@ def _rescaled(xs: Sequence[Tensor], log_factor: Tensor, power: float) -> list[Te
     return [x * torch.exp(power * log_factor).to(x.dtype) for x in xs]
 
 
+def _rescale_moments(state: State, log_factor: Tensor) -> State:
+    """Adam-style state for gradients scaled by e^{log_factor}: m·e^{lf}, v·e^{2lf}, s + lf."""
+    return {
+        **state,
+        "exp_avg": _rescaled(state["exp_avg"], log_factor, 1.0),
+        "exp_avg_sq": _rescaled(state["exp_avg_sq"], log_factor, 2.0),
+        "log_grad_scale": state["log_grad_scale"] + log_factor,
+    }
+
+
 def _eps_now(eps: float, state: State, power: float = 1.0, dtype: torch.dtype | None = None) -> Tensor | float:
     """ε in the units of the gradients fed now (see ``Algorithm.rescale_state``).
 
@@ -347,12 +357,7 @@ class AdamRule(Algorithm):
 
     def rescale_state(self, state: State, log_factor: Tensor) -> State:
         """m scales with the gradient, v with its square, and ε is tracked in log space."""
-        return {
-            **state,
-            "exp_avg": _rescaled(state["exp_avg"], log_factor, 1.0),
-            "exp_avg_sq": _rescaled(state["exp_avg_sq"], log_factor, 2.0),
-            "log_grad_scale": state["log_grad_scale"] + log_factor,
-        }
+        return _rescale_moments(state, log_factor)
 
     def update(self, params, grads, state, lr):
         b1, b2 = self.betas
@@ -784,12 +789,7 @@ class MuonAdamRule(_HybridBase):
 
     def rescale_state(self, state: State, log_factor: Tensor) -> State:
         """Momentum and m scale with the gradients, v with their square; ε in log space."""
-        return {
-            **state,
-            "exp_avg": _rescaled(state["exp_avg"], log_factor, 1.0),
-            "exp_avg_sq": _rescaled(state["exp_avg_sq"], log_factor, 2.0),
-            "log_grad_scale": state["log_grad_scale"] + log_factor,
-        }
+        return _rescale_moments(state, log_factor)
 
     def update(self, params, grads, state, lr):
         muon, other = self.predicted_norm.groups(params)

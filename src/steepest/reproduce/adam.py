@@ -45,7 +45,7 @@ from .common import (  # noqa: E402
     plot_margin_panels,
     run_batches,
 )
-from .report import Report, markdown_table  # noqa: E402
+from .report import SMOKE_REASON, Report, markdown_table  # noqa: E402
 from .verdicts import verify_markdown  # noqa: E402
 
 __all__ = ["run_f2", "margin_at_log_loss", "matched_level", "adam_drift_trace", "crossing_step"]
@@ -290,7 +290,7 @@ def run_f2(size: str, out: Path) -> Report:
                "at_level": at_level, "drift": drift_num, "checks": checks, "degree": L}
     verdicts_md = verify_markdown(out / "runs.db", batch.result.run_ids)
     if size == "smoke":
-        reproduced, reason = None, "smoke size: a pipeline check, too short to test the claim."
+        reproduced, reason = None, SMOKE_REASON
     else:
         reproduced = ok_all
         reason = ("every check passed: " + "; ".join(checks)) if ok_all else "; ".join(reasons) + "."

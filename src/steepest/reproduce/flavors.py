@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .common import flavor_matrix, late_phase_ok, load_spec, merge_batches, plot_margin_panels, plot_own_smoothed, run_batches
-from .report import Report
+from .report import Report, verdict
 from .verdicts import verify_markdown
 
 LATE_PHASE = -100.0  # the matrix is read only once every run is deep in the late phase
@@ -58,7 +58,7 @@ def run_f1(size: str, out: Path) -> Report:
         reason = "; ".join(reasons) + "."
     else:
         reason = "the runs did not reach the late phase (see notes)."
-    return Report(name="flavors-f1", title=spec["title"], claim=spec["claim"], size=size, reproduced=ok_all if size != "smoke" else None,
-                  reason=reason if size != "smoke" else "smoke size: a pipeline check, too short to test the claim.",
+    reproduced, reason = verdict(size, ok_all, reason)
+    return Report(name="flavors-f1", title=spec["title"], claim=spec["claim"], size=size, reproduced=reproduced, reason=reason,
                   tables=tables, figures=figures, defaults=list(spec.get("defaults", [])), notes=notes,
                   verdicts_md="\n\n".join(verdict_parts), numbers=numbers, seconds=seconds)

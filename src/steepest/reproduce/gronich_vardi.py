@@ -25,7 +25,7 @@ from ..adaptive import HybridNorm
 from ..metrics import directional_cosine
 from ..store import RunStore
 from .common import BatchRuns, final_value, load_spec, plot_margin_panels, run_batches
-from .report import Report, markdown_table
+from .report import Report, markdown_table, verdict
 from .verdicts import verify_markdown
 
 __all__ = [
@@ -314,10 +314,8 @@ def run(size: str, out: Path) -> Report:
         title=spec["title"],
         claim=spec["claim"],
         size=size,
-        reproduced=ok_all if size != "smoke" else None,
-        reason=reason
-        if size != "smoke"
-        else "smoke size: a pipeline check, too short to test the claim.",
+        reproduced=verdict(size, ok_all, reason)[0],
+        reason=verdict(size, ok_all, reason)[1],
         tables=tables,
         figures=figures,
         defaults=list(spec.get("defaults", [])),

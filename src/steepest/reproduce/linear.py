@@ -35,7 +35,7 @@ import torch
 from ..algorithms import Algorithm, algorithm
 from ..oracles import max_margin
 from ..schedules import Schedule, schedule
-from .report import Report
+from .report import SMOKE_REASON, Report
 
 __all__ = [
     "NORMS",
@@ -459,6 +459,6 @@ def run(size: str, out: Path) -> Report:
               "Adam with ε = 0 reached ≥ 0.99 γ*_∞ and Adam with a large ε ends closer to the ℓ2 max margin") if ok else "; ".join(reasons) + "."
     return Report(name="linear", title=spec["title"], claim=spec["claim"], size=size,
                   reproduced=ok if size != "smoke" else None,
-                  reason=reason if size != "smoke" else "smoke size: a pipeline check, too short to test the claim.",
+                  reason=reason if size != "smoke" else SMOKE_REASON,
                   tables=tables, figures=figures, defaults=list(spec.get("defaults", [])), notes=notes,
                   verdicts_md="\n\n".join(vparts), numbers=numbers, seconds=seconds)

@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 from ..plots import save_figure  # noqa: E402
 from .common import BatchRuns, final_value, load_spec, run_batches  # noqa: E402
 from .gronich_vardi import single_thread  # noqa: E402
-from .report import Report, markdown_table  # noqa: E402
+from .report import Report, markdown_table, verdict  # noqa: E402
 from .verdicts import verify_markdown  # noqa: E402
 
 __all__ = ["run", "margin_at", "increase_fraction", "LOSS_BASED", "CONSTANT", "TABLE_STEPS"]
@@ -217,10 +217,8 @@ def run(size: str, out: Path) -> Report:
         title=spec["title"],
         claim=spec["claim"],
         size=size,
-        reproduced=ok_all if size != "smoke" else None,
-        reason=reason
-        if size != "smoke"
-        else "smoke size: a pipeline check, too short to test the claim.",
+        reproduced=verdict(size, ok_all, reason)[0],
+        reason=verdict(size, ok_all, reason)[1],
         tables=tables,
         figures=figures,
         defaults=list(spec.get("defaults", [])),

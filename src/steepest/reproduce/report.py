@@ -9,7 +9,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Report", "markdown_table", "atomic_write_text"]
+__all__ = ["Report", "markdown_table", "atomic_write_text", "verdict"]
+
+SMOKE_REASON = "smoke size: a pipeline check, too short to test the claim."
+
+
+def verdict(size: str, reproduced: bool, reason: str) -> tuple[bool | None, str]:
+    """(reproduced, reason) for the report; a smoke-size run never claims either way."""
+    if size == "smoke":
+        return None, SMOKE_REASON
+    return reproduced, reason
 
 
 def atomic_write_text(path: Path, text: str) -> Path:

@@ -24,7 +24,7 @@ from .common import (
     plot_margin_panels,
     run_batches,
 )
-from .report import Report, markdown_table
+from .report import SMOKE_REASON, Report, markdown_table
 from .verdicts import verify_markdown
 
 #: The KKT check of max-spectral runs is skipped: the verifier's nuclear-norm SDP over a
@@ -128,7 +128,7 @@ def run_f3(size: str, out: Path) -> Report:
                          "the digits at width 16; their other checks (monotone smoothed margin, growth, alignment, flavor) ran.")
         parts.append(f"### {batch.name}\n\n" + md)
     if size == "smoke":
-        reproduced, reason = None, "smoke size: a pipeline check, too short to test the claim."
+        reproduced, reason = None, SMOKE_REASON
     else:
         reproduced = ok_all
         reason = ("in every variant a spectral-family algorithm has the largest final γ_spectral and each family member "
