@@ -567,7 +567,6 @@ class _Runner:
                 self.checkpoint()
 
 
-
 class _Progress:
     """A rich progress bar when stderr is a terminal (or forced); silent otherwise."""
 
