@@ -856,13 +856,18 @@ def _flavor(
             )
 
 
-def _param_shapes(rec: RunRecord) -> list[tuple[int, ...]]:
-    """Parameter shapes of a stored run, read from its latest checkpoint (stacked over runs)."""
+def _param_shapes(rec: RunRecord, cache: dict[str, list[tuple[int, ...]]]) -> list[tuple[int, ...]]:
+    """Parameter shapes of a stored run, read from its latest checkpoint (stacked over runs).
+
+    The K runs of a batch share one checkpoint file: ``cache`` loads it once per file.
+    """
     path = rec.info.get("checkpoint")
     if not path:
         return []
-    sd = torch.load(path, weights_only=True, map_location="cpu")
-    return [tuple(p.shape[1:]) for p in sd["params"]]
+    if path not in cache:
+        sd = torch.load(path, weights_only=True, map_location="cpu")
+        cache[path] = [tuple(p.shape[1:]) for p in sd["params"]]
+    return cache[path]
 
 
 def verify_runs(
@@ -875,6 +880,7 @@ def verify_runs(
     """Check the theory's predictions on stored runs (module docstring lists the checks)."""
     tol = tolerances or Tolerances()
     loader = _Loader(store)
+    shape_cache: dict[str, list[tuple[int, ...]]] = {}
     out: list[RunVerdict] = []
     records: dict[int, RunRecord] = {}
     for rid in run_ids:
@@ -892,7 +898,7 @@ def verify_runs(
         if kkt and degree is not None:
             try:
                 kind, _ = _kind(get_norm(own))
-                n_params = sum(int(math.prod(v)) for v in _param_shapes(rec))
+                n_params = sum(int(math.prod(v)) for v in _param_shapes(rec, shape_cache))
                 if kind in ("lp", "spectral") and n_params > tol.kkt_max_conic_params:
                     raise ValueError(
                         f"the {own} program has {n_params} variables (> kkt_max_conic_params = "
