@@ -291,3 +291,81 @@ def test_block_groups_validation():
         BlockMax(LpNorm(2), weights=[0.0])
     with pytest.raises(ValueError, match="groups"):
         BlockMax([LpNorm(2)])
+
+
+STACKED_NAMES = NAMES + ["block-sum", "weighted-max"]
+
+
+def _stacked_norm(name):
+    if name == "block-sum":
+        return BlockSum([LpNorm(2), Spectral()], groups=[[0, 2], [1]], weights=[1.0, 0.5])
+    if name == "weighted-max":
+        return weighted_max(0.3, "spectral", "linf", groups=[[0, 2], [1]])
+    return steepest.norm(name)
+
+
+def _stack(sets):
+    return [torch.stack([s[j] for s in sets]) for j in range(len(sets[0]))]
+
+
+@pytest.mark.parametrize("name", STACKED_NAMES)
+def test_stacked_maps_equal_the_single_set_maps(name):
+    """The natively batched ``stacked*`` overrides (used by the engine) equal the per-set maps.
+
+    Each row is one of the hard cases (ties, zeros, zero blocks, rank 1, repeated singular
+    values) or a random set, so a batched tie-break (lowest index *per run*), rank mask or zero
+    guard that mixed runs would show here. Tolerance: rtol 1e-14 — the same float64 operations
+    in the same order, only reduced along a row instead of a vector (at most a few ulps).
+    """
+    N = _stacked_norm(name)
+    shapes = [(3, 4), (5,), (2, 2, 3)]
+    g = torch.Generator().manual_seed(31)
+    sets = [[torch.randn(s, generator=g, dtype=torch.float64) for s in shapes] for _ in range(3)]
+    ties = [torch.ones(s, dtype=torch.float64) for s in shapes]
+    ties[1][2] = -1.0
+    zeros = [torch.zeros(s, dtype=torch.float64) for s in shapes]
+    zero_block = [torch.zeros(shapes[0], dtype=torch.float64), sets[0][1], sets[0][2]]
+    a = torch.randn(3, 1, generator=g, dtype=torch.float64)
+    rank1 = [a @ torch.randn(1, 4, generator=g, dtype=torch.float64), sets[1][1], sets[1][2]]
+    sets += [ties, zeros, zero_block, rank1]
+    G = _stack(sets)
+    dirs, duals = N.stacked_direction_and_dual(G)
+    norms, duals2 = N.stacked(G), N.stacked_dual(G)
+    assert duals.shape == norms.shape == duals2.shape == (len(sets),)
+    for k, s in enumerate(sets):
+        u, d = N.direction_and_dual(s)
+        torch.testing.assert_close(duals[k], d, rtol=1e-14, atol=0)
+        torch.testing.assert_close(duals2[k], N.dual(s), rtol=1e-14, atol=0)
+        torch.testing.assert_close(norms[k], N(s), rtol=1e-14, atol=0)
+        for x, y in zip([o[k] for o in dirs], u, strict=True):
+            torch.testing.assert_close(x, y, rtol=1e-14, atol=1e-15)
+
+
+@pytest.mark.parametrize("name", ["l1", "l2", "linf", "l3", "spectral"])
+def test_stacked_overrides_equal_the_vmap_default(name):
+    """Norm's default ``stacked*`` (vmap) and the override agree on one random batch."""
+    N = steepest.norm(name)
+    G = _rand([(6, 3, 5), (6, 5)], seed=41)
+    d1, n1 = N.stacked_direction_and_dual(G)
+    d0, n0 = Norm.stacked_direction_and_dual(N, G)
+    torch.testing.assert_close(n1, n0, rtol=1e-14, atol=0)
+    for a, b in zip(d1, d0, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-14, atol=1e-15)
+    torch.testing.assert_close(N.stacked(G), Norm.stacked(N, G), rtol=1e-14, atol=0)
+
+
+def test_one_lapack_thread_restores_the_thread_count():
+    from steepest.norms import one_lapack_thread
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with one_lapack_thread():
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        with pytest.raises(RuntimeError):
+            with one_lapack_thread():
+                raise RuntimeError("inside")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(saved)

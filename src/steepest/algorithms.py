@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.func import vmap
 
 from .norms import LpNorm, Norm, Spectral, get_norm
 
@@ -73,6 +74,23 @@ class Algorithm:
         """
         return state
 
+    # Stacked forms: K runs on a leading axis (every tensor (K, *shape), lr a (K,) tensor), as
+    # the engine steps them. Defaults are ``vmap`` of the pure functions; rules override them
+    # with natively batched code where vmap's per-op dispatch dominates small steps.
+    def stacked_init(self, params: Sequence[Tensor]) -> State:
+        return vmap(self.init)(list(params))
+
+    def stacked_update(
+        self, params: Sequence[Tensor], grads: Sequence[Tensor], state: State, lr: Tensor
+    ) -> tuple[list[Tensor], State]:
+        new_params, new_state = vmap(self.update)(list(params), list(grads), state, lr)
+        return list(new_params), new_state
+
+    def stacked_rescale_state(self, state: State, log_factor: Tensor) -> State:
+        if type(self).rescale_state is Algorithm.rescale_state:
+            return state
+        return vmap(self.rescale_state)(state, log_factor)
+
     def __repr__(self) -> str:
         hp = ", ".join(f"{k}={v!r}" for k, v in self.hyperparams.items())
         return f"{type(self).__name__}({self.name!r}{', ' if hp else ''}{hp})"
@@ -111,6 +129,16 @@ class SteepestDescentRule(Algorithm):
     def update(self, params, grads, state, lr):
         delta, dual = self.step_direction(grads)
         new_params = [p - lr * d for p, d in zip(params, delta, strict=True)]
+        return new_params, {"step": state["step"] + 1, "grad_dual": dual}
+
+    def stacked_update(self, params, grads, state, lr):
+        u, dual = self.norm.stacked_direction_and_dual(grads)
+        new_params = []
+        for p, d in zip(params, u, strict=True):
+            shape = (-1,) + (1,) * (p.dim() - 1)
+            if not self.normalized:
+                d = dual.reshape(shape) * d  # same operation order as update()
+            new_params.append(p - lr.reshape(shape) * d)
         return new_params, {"step": state["step"] + 1, "grad_dual": dual}
 
 

@@ -2,7 +2,8 @@
 
 Runs share the architecture and the data; they differ in seed, algorithm and learning rate.
 Parameters are stacked along a leading run axis and every step is one batched
-``torch.func.vmap(grad(log 𝓛))`` over all K runs plus one ``vmap(update)`` per algorithm.
+``torch.func.vmap(grad(log 𝓛))`` (or plain autograd through a model's ``batched_forward``) over
+all K runs plus one ``Algorithm.stacked_update`` per algorithm.
 
 Late-phase numerics (spec §2.5, §3.8, §6 item 3):
 
@@ -47,7 +48,7 @@ from .losses import log_loss as _log_loss
 from .losses import margins as _margins
 from .losses import per_sample_log_losses, smoothed_margin_numerator
 from .models import build_model, homogeneity_degree
-from .norms import Norm, get_norm
+from .norms import LpNorm, Norm, Spectral, _flat, get_norm
 from .schedules import LOG_LOSS0
 from .store import RunStore, default_db_path
 
@@ -114,9 +115,6 @@ class _Group:
         self.idx = None if indices == list(range(K)) else torch.tensor(indices, device=device)
         self.k = len(indices)
         self.rescales = type(algo).rescale_state is not Algorithm.rescale_state
-        self.vupdate = vmap(algo.update)
-        self.vrescale = vmap(algo.rescale_state)
-        self.vinit = vmap(algo.init)
 
 
 class Engine:
@@ -309,15 +307,33 @@ class Engine:
             res[f"smoothed_{suffix}"] = numer / rho**L
             res[f"beta_{suffix}"] = neg_inner / (rho * dual)
 
+        # ℓp norms of θ and g share one flattening per event; each norm is computed once per
+        # event and reused for the own-norm columns.
+        flat_p, flat_g = _flat(p64, stacked=True), _flat(g64, stacked=True)
+        cache: dict[object, tuple[Tensor, Tensor]] = {}
+
+        def rho_and_dual(N: Norm, pg: list[Tensor], gg: list[Tensor], idx: Tensor | None) -> tuple[Tensor, Tensor]:
+            key = ("lp", N.p) if isinstance(N, LpNorm) else ("spectral",) if type(N) is Spectral else id(N)
+            if idx is None and key in cache:
+                return cache[key]
+            if isinstance(N, LpNorm):
+                fp, fg = (flat_p, flat_g) if idx is None else (flat_p.index_select(0, idx), flat_g.index_select(0, idx))
+                val = (LpNorm._vec_norm(fp, N.p), LpNorm._vec_norm(fg, N.q))
+            else:
+                val = (N.stacked(pg), N.stacked_dual(gg))
+            if idx is None:
+                cache[key] = val
+            return val
+
         for suffix, N in self.metric_norms.items():
-            add(suffix, vmap(N.__call__)(p64), vmap(N.dual)(g64))
+            add(suffix, *rho_and_dual(N, p64, g64, None))
         own_rho = torch.empty(self.K, dtype=torch.float64, device=self.device)
         own_dual = torch.empty_like(own_rho)
         for g in self.groups:
             N = self.own_norms[g.indices[0]]
-            pg, gg = _gather(p64, g.idx), _gather(g64, g.idx)
-            own_rho = _scatter(own_rho, g.idx, vmap(N.__call__)(pg))
-            own_dual = _scatter(own_dual, g.idx, vmap(N.dual)(gg))
+            rho, dual = rho_and_dual(N, _gather(p64, g.idx), _gather(g64, g.idx), g.idx)
+            own_rho = _scatter(own_rho, g.idx, rho)
+            own_dual = _scatter(own_dual, g.idx, dual)
         add("own", own_rho, own_dual)
         ln10 = math.log(10.0)
         for k in (1, 2, 3, 5, 7):
@@ -359,7 +375,7 @@ class _Runner:
     def fresh_state(self, params: list[Tensor]) -> None:
         e, K, dev = self.e, self.e.K, self.e.device
         self.params = params
-        self.algo_states = [g.vinit(_gather(params, g.idx)) for g in e.groups]
+        self.algo_states = [g.algo.stacked_init(_gather(params, g.idx)) for g in e.groups]
         self.t = torch.zeros(K, dtype=torch.long, device=dev)
         self.iteration = 0
         self.log_alpha = torch.zeros(K, dtype=torch.float64, device=dev)
@@ -479,7 +495,7 @@ class _Runner:
         if bool((e.norm_power != 0).any()):
             own = torch.empty(K, dtype=torch.float64, device=e.device)
             for g in e.groups:
-                own = _scatter(own, g.idx, vmap(e.own_norms[g.indices[0]].__call__)(_gather(self.params, g.idx)).to(torch.float64))
+                own = _scatter(own, g.idx, e.own_norms[g.indices[0]].stacked(_gather(self.params, g.idx)).to(torch.float64))
             log_eta = log_eta + e.norm_power * torch.log(own)
         new_params = list(self.params)
         new_states = []
@@ -490,16 +506,16 @@ class _Runner:
             ll_g = _gather(self.ll, g.idx)
             st = self.algo_states[gi]
             if g.rescales:  # stateless-in-scale rules (plain steepest descent) skip the call
-                st = g.vrescale(st, _gather(self.frame, g.idx) - ll_g)
+                st = algo.stacked_rescale_state(st, _gather(self.frame, g.idx) - ll_g)
             eta_g = _gather(log_eta, g.idx)
             log_lr_eff = eta_g if algo.normalized else eta_g + ll_g
             lr_eff = torch.exp(log_lr_eff).to(pg[0].dtype)
-            upd, st_new = g.vupdate(pg, gg, st, lr_eff)
+            upd, st_new = algo.stacked_update(pg, gg, st, lr_eff)
             for j in range(len(new_params)):
                 new_params[j] = _scatter(new_params[j], g.idx, upd[j])
             new_states.append(st_new)
             if algo.normalized:
-                dual = st_new["grad_dual"] if isinstance(st_new, dict) and "grad_dual" in st_new else vmap(e.own_norms[g.indices[0]].dual)(gg)
+                dual = st_new["grad_dual"] if isinstance(st_new, dict) and "grad_dual" in st_new else e.own_norms[g.indices[0]].stacked_dual(gg)
                 dual = dual.to(torch.float64)
                 # g = 0 (e.g. every ReLU dead): the step moves nowhere, so no flow time passes.
                 safe = torch.where(dual > 0, dual, torch.ones_like(dual))
