@@ -103,6 +103,10 @@ def test_config_errors_name_the_field():
         load_config(_cfg(algorithms=[{"algorithm": "sign", "lr": 0.1, "schedule": "loss_based"}]))
     with pytest.raises(ConfigError, match="needs the decay exponent"):
         load_config(_cfg(algorithms=[{"algorithm": "sign", "lr": 0.1, "schedule": "power"}]))
+    with pytest.raises(ConfigError, match=r"algorithms\.0: .*up and down apply to schedule 'loss_based' only"):
+        load_config(_cfg(algorithms=[{"algorithm": "gd", "lr": 0.1, "schedule": "constant", "down": 2.0}]))
+    with pytest.raises(ConfigError, match=r"algorithms\.0\.down"):
+        load_config(_cfg(algorithms=[{"algorithm": "gd", "lr": 0.1, "schedule": "loss_based", "down": 1.0}]))
 
 
 def test_late_phase_reaches_e_minus_10000_without_nan(tmp_path):
@@ -170,6 +174,23 @@ def test_loss_based_schedule_never_accepts_a_loss_increase(tmp_path):
         ll = store.metrics(res.run_ids[0])["log_loss"]
     assert (np.diff(ll) <= 0).all()
     assert res.final[0]["rollbacks"] > 0  # it did probe too-large steps and rolled them back
+
+
+def test_loss_based_up_and_down_set_the_rollback_rate(tmp_path):
+    """α ×up per accepted step and ÷down per rollback hover at the stability edge, so in
+    equilibrium rollbacks/accepted ≈ log(up)/log(down): about 2 for Lyu & Li's 2^(1/5), 2^(1/10),
+    about 0.3 for up = 2^(1/5), down = 2 (bounds leave room for the first steps, where α only grows)."""
+    rates = {}
+    for name, extra in (("lyu-li", {}), ("fast", {"up": 2 ** 0.2, "down": 2.0})):
+        algo = {"algorithm": "gd", "schedule": "loss_based", "lr": 0.1, **extra}
+        res = train(_cfg(seeds=[0], algorithms=[algo], stop={"steps": 300}), db=tmp_path / f"{name}.db", progress=False)
+        with RunStore(tmp_path / f"{name}.db") as store:
+            assert store.get_run(res.run_ids[0]).info["schedule"]["down"] == extra.get("down", 2 ** 0.1)
+            ll = store.metrics(res.run_ids[0])["log_loss"]
+        assert (np.diff(ll) <= 0).all()
+        rates[name] = res.final[0]["rollbacks"] / 300
+    assert 1.5 < rates["lyu-li"] < 2.5
+    assert 0.1 < rates["fast"] < 0.5
 
 
 def test_flow_time_makes_normalized_and_unnormalized_comparable(tmp_path):

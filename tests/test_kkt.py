@@ -233,3 +233,50 @@ def test_errors():
     biased = nn.Sequential(nn.Linear(12, 4), nn.ReLU(), nn.Linear(4, 1), nn.Flatten(0)).double()
     with pytest.raises(NotHomogeneousError):
         kkt_residual(biased, X, y, "l2")
+
+
+@pytest.mark.parametrize("kind", ["l1", "l2", "linf"])
+@pytest.mark.parametrize("seed", range(3))
+def test_alignment_equals_the_conic_program(kind, seed):
+    """β* (NNLS via Moreau for ℓ2; Clarabel with tight gaps otherwise) equals the plain
+    cvxpy + Clarabel program max ⟨θ, Hᵀλ⟩ s.t. ‖Hᵀλ‖_* ≤ 1, λ ≥ 0. Tolerance 1e-7: Clarabel's
+    default gaps are 1e-8 relative on O(1) values."""
+    import cvxpy as cp
+
+    from steepest.kkt import _optimized_alignment
+
+    rng = np.random.default_rng(seed)
+    H = rng.standard_normal((6, 40))
+    theta = rng.standard_normal(40) + 0.5 * H[0] + 0.3 * H[2]  # partly inside the cone
+    N = get_norm(kind)
+    rho = float(N([torch.from_numpy(theta)]))
+    fast, _ = _optimized_alignment(H, [theta], N, rho)
+    lam = cp.Variable(6, nonneg=True)
+    v = H.T @ lam
+    dual = {"l1": cp.norm_inf(v), "l2": cp.norm(v, 2), "linf": cp.norm1(v)}[kind]
+    prob = cp.Problem(cp.Maximize((H @ (theta / rho)) @ lam), [dual <= 1])
+    prob.solve(solver=cp.CLARABEL)
+    assert 0.0 < fast < 1.0
+    assert abs(fast - prob.value) < 1e-7
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_l2_least_slackness_stage_in_row_space_equals_full_space(seed):
+    """The ℓ2 second stage runs in H's m-dimensional row space (Hᵀ = QR); it must pick the same
+    multipliers as the p-dimensional program min gap·λ s.t. ‖θ − Hᵀλ‖₂ ≤ cap(r). Tolerance
+    1e-6 on λ: both are Clarabel solutions (gaps 1e-8 relative) of the same convex program."""
+    import cvxpy as cp
+
+    from steepest.kkt import _cap, _solve_l2
+
+    rng = np.random.default_rng(seed)
+    H = rng.standard_normal((8, 300))
+    theta = H.T @ np.abs(rng.standard_normal(8)) + 0.05 * rng.standard_normal(300)
+    theta /= np.linalg.norm(theta)
+    gap = np.abs(rng.standard_normal(8)) * (np.arange(8) % 2)
+    r, lam, solver, _ = _solve_l2(H, theta, gap)
+    assert solver == "scipy-nnls+clarabel"  # the second stage ran (no silent fallback)
+    var = cp.Variable(8, nonneg=True)
+    cp.Problem(cp.Minimize(gap @ var), [cp.norm(theta - H.T @ var, 2) <= _cap(r)]).solve(solver=cp.CLARABEL)
+    assert np.abs(lam - np.maximum(var.value, 0.0)).max() < 1e-6
+    assert np.linalg.norm(theta - H.T @ lam) <= _cap(r) * (1 + 1e-6)

@@ -91,6 +91,10 @@ class AlgorithmConfig(_Strict):
     lr: float | list[float]
     schedule: Literal["constant", "power", "loss_based", "norm_scaled"] = "constant"
     a: float | None = None  # decay exponent for power / norm_scaled
+    # loss_based only: α ×= up after an accepted step, α ÷= down after a rollback (Lyu & Li:
+    # up = 2^(1/5), down = 2^(1/10); then about two proposals are rolled back per accepted step).
+    up: float | None = Field(default=None, ge=1)
+    down: float | None = Field(default=None, gt=1)
     options: dict[str, Any] = Field(default_factory=dict)
     label: str | None = None
 
@@ -119,6 +123,8 @@ class AlgorithmConfig(_Strict):
                 "schedule 'loss_based' (η ∝ 1/𝓛) is for unnormalized rules such as 'gd'; "
                 f"{self.algorithm!r} is normalized, use 'constant' or 'power'"
             )
+        if self.schedule != "loss_based" and (self.up is not None or self.down is not None):
+            raise ValueError(f"up and down apply to schedule 'loss_based' only, not {self.schedule!r}")
         if self.schedule in ("power",) and self.a is None:
             raise ValueError("schedule 'power' needs the decay exponent a (η = lr·t^-a)")
         return self
@@ -127,7 +133,8 @@ class AlgorithmConfig(_Strict):
         from .schedules import schedule
 
         lrs = self.lr if isinstance(self.lr, list) else [self.lr]
-        kw = {} if self.a is None or self.schedule in ("constant", "loss_based") else {"a": self.a}
+        kw: dict[str, float] = {} if self.a is None or self.schedule in ("constant", "loss_based") else {"a": self.a}
+        kw.update({k: v for k, v in (("up", self.up), ("down", self.down)) if v is not None})
         return [schedule(self.schedule, lr=lr, **kw) for lr in lrs]
 
 

@@ -265,9 +265,12 @@ class Engine:
         return self.batched_margins(out, y).min(dim=1).values
 
     def _finite_runs(self, tensors: Sequence[Tensor]) -> Tensor:
+        # A per-run sum is non-finite whenever an entry is inf/NaN (one reduction pass instead
+        # of isfinite + all). It can also overflow with finite entries near 1e308: that only
+        # rolls the step back, which is the safe side.
         ok = torch.ones(self.K, dtype=torch.bool, device=self.device)
         for x in tensors:
-            ok = ok & torch.isfinite(x.reshape(self.K, -1)).all(dim=1)
+            ok = ok & torch.isfinite(x.reshape(self.K, -1).sum(dim=1))
         return ok
 
     # ------------------------------------------------------------------ metrics
@@ -497,7 +500,9 @@ class _Runner:
             for g in e.groups:
                 own = _scatter(own, g.idx, e.own_norms[g.indices[0]].stacked(_gather(self.params, g.idx)).to(torch.float64))
             log_eta = log_eta + e.norm_power * torch.log(own)
-        new_params = list(self.params)
+        # Groups partition the runs: with several groups, fill fresh tensors in place (one
+        # out-of-place index_copy per group would copy every parameter once per group).
+        new_params = list(self.params) if len(e.groups) == 1 else [torch.empty_like(p) for p in self.params]
         new_states = []
         log_dtau = torch.empty(K, dtype=torch.float64, device=e.device)
         for gi, g in enumerate(e.groups):
@@ -512,7 +517,10 @@ class _Runner:
             lr_eff = torch.exp(log_lr_eff).to(pg[0].dtype)
             upd, st_new = algo.stacked_update(pg, gg, st, lr_eff)
             for j in range(len(new_params)):
-                new_params[j] = _scatter(new_params[j], g.idx, upd[j])
+                if g.idx is None:
+                    new_params[j] = upd[j]
+                else:
+                    new_params[j].index_copy_(0, g.idx, upd[j])
             new_states.append(st_new)
             if algo.normalized:
                 dual = st_new["grad_dual"] if isinstance(st_new, dict) and "grad_dual" in st_new else e.own_norms[g.indices[0]].stacked_dual(gg)
@@ -541,8 +549,11 @@ class _Runner:
             acc_g = _gather(accept, g.idx)
             self.algo_states[gi] = _tree_map(lambda a, b: _where_runs(acc_g, a, b), new_states[gi], self.algo_states[gi])
         self.frame = torch.where(accept, self.ll, self.frame)
-        self.params = [_where_runs(accept, n, o) for n, o in zip(new_params, self.params, strict=True)]
-        self.g = [_where_runs(accept, n, o) for n, o in zip(g2, self.g, strict=True)]
+        if bool(accept.all()):  # the common case: no per-run select over every parameter
+            self.params, self.g = new_params, list(g2)
+        else:
+            self.params = [_where_runs(accept, n, o) for n, o in zip(new_params, self.params, strict=True)]
+            self.g = [_where_runs(accept, n, o) for n, o in zip(g2, self.g, strict=True)]
         self.log_flow = torch.where(accept, torch.logaddexp(self.log_flow, log_dtau), self.log_flow)
         self.last_log_lr = torch.where(accept, log_eta, self.last_log_lr)
         self.ll = torch.where(accept, ll2, self.ll)

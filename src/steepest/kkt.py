@@ -370,8 +370,15 @@ def _solve_l2(H: np.ndarray, theta: np.ndarray, gap: np.ndarray):
     r = float(rnorm)
     if not np.any(gap > 0) or not np.any(lam[gap > 0] > 1e-12):
         return r, lam, "scipy-nnls", "optimal"
+    # ‖θ − Hᵀλ‖₂ in the m-dimensional row space of H: with Hᵀ = QR (reduced),
+    # ‖θ − Hᵀλ‖² = ‖Qᵀθ − Rλ‖² + ‖θ − QQᵀθ‖², so the cone has m entries instead of p
+    # (measured: 1.5 s → well under 0.1 s per solve on a 50k-parameter net).
+    Q, R = np.linalg.qr(H.T)
+    qt = Q.T @ theta
+    perp = theta - Q @ qt  # computed directly: ‖θ‖² − ‖Qᵀθ‖² would cancel when r is tiny
+    perp2 = float(perp @ perp)
     var = cp.Variable(H.shape[0], nonneg=True)
-    prob = cp.Problem(cp.Minimize(gap @ var), [cp.norm(theta - H.T @ var, 2) <= _cap(r)])
+    prob = cp.Problem(cp.Minimize(gap @ var), [cp.norm(qt - R @ var, 2) <= float(np.sqrt(max(_cap(r) ** 2 - perp2, 0.0)))])
     try:
         _cvx_solve(prob)
     except RuntimeError:
@@ -432,7 +439,10 @@ def _solve_spectral(H: np.ndarray, blocks: list[np.ndarray], gap: np.ndarray, ti
 def _optimized_alignment(
     H: np.ndarray, blocks: list[np.ndarray], N: Norm, rho: float
 ) -> tuple[float, str]:
-    """β* = max_{λ ≥ 0, ‖Hᵀλ‖_* ≤ 1} ⟨θ/‖θ‖, Hᵀλ⟩ ∈ [0, 1] (cvxpy + Clarabel).
+    """β* = max_{λ ≥ 0, ‖Hᵀλ‖_* ≤ 1} ⟨θ/‖θ‖, Hᵀλ⟩ ∈ [0, 1].
+
+    ℓ2: from NNLS (Moreau decomposition); other norms: cvxpy + Clarabel (for ℓ1/ℓ∞ a HiGHS LP
+    was measured 100× slower than Clarabel on 50k-parameter nets).
 
     1 − β* is zero exactly when some Σλ_i∇q_i lies in the cone of ∂Q(θ) (stationarity), and it
     varies continuously with θ, unlike the residual on a face of ∂Q fixed by a tie tolerance.
@@ -443,6 +453,13 @@ def _optimized_alignment(
     kind, p = _kind(N)
     theta = np.concatenate([b.reshape(-1) for b in blocks]) / rho
     m = H.shape[0]
+    if kind == "l2":
+        # Moreau: with C = {Hᵀλ : λ ≥ 0}, max_{v∈C, ‖v‖₂≤1} ⟨θ, v⟩ = ‖Π_C θ‖₂ and
+        # ‖Π_C θ‖² = ‖θ‖² − min_{λ≥0} ‖θ − Hᵀλ‖² (NNLS), so no conic solve is needed.
+        from scipy.optimize import nnls
+
+        _, rnorm = nnls(H.T, theta, maxiter=50 * max(H.shape))
+        return float(np.sqrt(max(1.0 - rnorm**2, 0.0))), "optimal"
     lam = cp.Variable(m, nonneg=True)
     v = H.T @ lam
     if kind == "l2":
