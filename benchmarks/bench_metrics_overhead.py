@@ -7,7 +7,7 @@ the overhead-bound digits setting (0 vs 1, width 64, normalized GD) and wraps ti
                           store writes (it is called every step and returns at once when no run
                           is at a log event; that check is counted too);
 * ``Engine.metrics``    — the metric computation alone (inside ``log``);
-* ``RunStore.log_metrics`` — the SQLite writes alone (inside ``log``);
+* ``RunStore.log_metrics_many`` — the SQLite writes alone (inside ``log``; one transaction per event);
 * ``_Runner.checkpoint`` — checkpoints (not logging; shown for completeness);
 * ``_Runner.run``       — the whole training loop (the denominator).
 
@@ -85,7 +85,7 @@ def main() -> None:
 
     timers.wrap(_Runner, "log", "log", on_call=count_event)
     timers.wrap(Engine, "metrics", "metrics")
-    timers.wrap(RunStore, "log_metrics", "store")
+    timers.wrap(RunStore, "log_metrics_many", "store")
     timers.wrap(_Runner, "checkpoint", "checkpoint")
     timers.wrap(_Runner, "run", "run")
 

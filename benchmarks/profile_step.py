@@ -2,10 +2,10 @@
 
 Three views of ``_Runner._step`` (log/checkpoint stubbed, as in the stepping benchmark):
 
-1. segments: wall time inside ``Engine.evaluate`` (vmap grad forward+backward), the vmapped
-   ``algo.update`` / ``algo.rescale_state`` / norm calls (via a wrapper around the engine
-   module's ``vmap``), ``Engine._finite_runs``, ``Engine.q_min``; the rest of ``_step`` (schedule
-   math, where-selects, event bookkeeping, Python) is the remainder;
+1. segments: wall time inside ``Engine.evaluate`` (forward+backward), the rules'
+   ``stacked_update`` / ``stacked_rescale_state``, ``Norm.stacked*`` calls, ``_finite_runs`` and
+   ``q_min``; the rest of ``_step`` (schedule math, where-selects, event bookkeeping, Python) is
+   the remainder;
 2. cProfile: Python function calls per step and the top functions by own time;
 3. torch.profiler: aten ops per step and the top ops by self CPU time.
 
@@ -23,7 +23,6 @@ from typing import Any
 
 from _common import digits_config, header, make_runner, mnist_config, parse_args, step_rate
 
-import steepest.engine as engine_mod
 from steepest.engine import Engine
 
 
@@ -52,13 +51,23 @@ def main() -> None:
     for name, key in (("evaluate", "evaluate: vmap(grad) fwd+bwd"), ("_finite_runs", "_finite_runs (isfinite)"),
                       ("q_min", "q_min (vmap margins)")):
         setattr(Engine, name, timed(key, getattr(Engine, name)))
-    orig_vmap = engine_mod.vmap
+    # The per-algorithm update and the per-step norm calls (``stacked*`` methods, vmap only as
+    # their default) are timed by wrapping the classes' methods.
+    from steepest.algorithms import Algorithm, SteepestDescentRule
+    from steepest.norms import Norm
 
-    def vmap_timed(fn: Any, *a: Any, **k: Any) -> Any:
-        label = getattr(fn, "__name__", "fn")
-        return timed(f"vmap({label})", orig_vmap(fn, *a, **k))
-
-    engine_mod.vmap = vmap_timed  # only calls made inside _step after this point are wrapped
+    patched: list[tuple[type, str, Any]] = []
+    classes = {Algorithm, SteepestDescentRule, *Algorithm.__subclasses__()}
+    for cls in classes:
+        for meth in ("stacked_update", "stacked_rescale_state"):
+            if meth in vars(cls):
+                patched.append((cls, meth, vars(cls)[meth]))
+                setattr(cls, meth, timed(f"algo.{meth}", vars(cls)[meth]))
+    for cls in {Norm, *Norm.__subclasses__()}:
+        for meth in ("stacked", "stacked_dual"):
+            if meth in vars(cls):
+                patched.append((cls, meth, vars(cls)[meth]))
+                setattr(cls, meth, timed(f"norm.{meth} (schedule / flow time)", vars(cls)[meth]))
 
     r = make_runner(cfg)
     step_rate(r, 3)()
@@ -72,7 +81,8 @@ def main() -> None:
         print(f"   {1e3 * v / n:8.3f} ms/step {100 * v / total:5.1f}%  {k}")
     print(f"   {1e3 * (total - inner) / n:8.3f} ms/step {100 * (total - inner) / total:5.1f}%  rest of _step "
           "(schedule math, where-selects, event bookkeeping, Python)")
-    engine_mod.vmap = orig_vmap
+    for cls, meth, fn in patched:
+        setattr(cls, meth, fn)
 
     pr = cProfile.Profile()
     pr.enable()

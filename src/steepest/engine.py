@@ -312,7 +312,7 @@ class Engine:
 
         # ℓp norms of θ and g share one flattening per event; each norm is computed once per
         # event and reused for the own-norm columns.
-        flat_p, flat_g = _flat(p64, stacked=True), _flat(g64, stacked=True)
+        abs_p, abs_g = _flat(p64, stacked=True).abs(), _flat(g64, stacked=True).abs()
         cache: dict[object, tuple[Tensor, Tensor]] = {}
 
         def rho_and_dual(N: Norm, pg: list[Tensor], gg: list[Tensor], idx: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -320,8 +320,8 @@ class Engine:
             if idx is None and key in cache:
                 return cache[key]
             if isinstance(N, LpNorm):
-                fp, fg = (flat_p, flat_g) if idx is None else (flat_p.index_select(0, idx), flat_g.index_select(0, idx))
-                val = (LpNorm._vec_norm(fp, N.p), LpNorm._vec_norm(fg, N.q))
+                ap, ag = (abs_p, abs_g) if idx is None else (abs_p.index_select(0, idx), abs_g.index_select(0, idx))
+                val = (LpNorm._vec_norm(ap, N.p, nonneg=True), LpNorm._vec_norm(ag, N.q, nonneg=True))
             else:
                 val = (N.stacked(pg), N.stacked_dual(gg))
             if idx is None:

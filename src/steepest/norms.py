@@ -189,16 +189,17 @@ class LpNorm(Norm):
         self.name = _lp_name(p)
 
     @staticmethod
-    def _vec_norm(v: Tensor, p: float) -> Tensor:
-        """‖v‖_p over the last axis (a flat θ, or (K, P) stacked rows)."""
+    def _vec_norm(v: Tensor, p: float, *, nonneg: bool = False) -> Tensor:
+        """‖v‖_p over the last axis (a flat θ, or (K, P) stacked rows); ``nonneg``: v is |v| already."""
+        a = v if nonneg else v.abs()
         if math.isinf(p):
-            return v.abs().amax(-1)
+            return a.amax(-1)
         if p == 1.0:
-            return v.abs().sum(-1)
+            return a.sum(-1)
         # Scale by max|v| so that |v|^p neither overflows nor underflows (‖1e-200·g‖₂ would
         # otherwise square to 0).
-        m = v.abs().amax(-1, keepdim=True)
-        scaled = _safe_div(v.abs(), m)
+        m = a.amax(-1, keepdim=True)
+        scaled = _safe_div(a, m)
         return (m * scaled.pow(p).sum(-1, keepdim=True).pow(1.0 / p)).squeeze(-1)
 
     def __call__(self, xs: Tensors) -> Tensor:
