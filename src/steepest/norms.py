@@ -148,7 +148,7 @@ class Norm:
     # Stacked maps: K parameter sets on a leading run axis (every tensor (K, *shape)), as the
     # engine holds them. The defaults are ``vmap`` of the single-set maps; LpNorm, Spectral and
     # the block norms override them with natively batched code (no per-op vmap dispatch, one
-    # batched LAPACK call), which gives the same values (tested to 1e-15).
+    # batched LAPACK call), which gives the same values (tested to rtol 1e-14).
     def stacked(self, xs: Tensors) -> Tensor:
         """‖x_k‖ for each of the K stacked sets: a (K,) tensor."""
         return vmap(self.__call__)(list(xs))
