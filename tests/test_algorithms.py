@@ -237,3 +237,8 @@ def test_stacked_update_matches_the_single_run_update(name):
     if "grad_dual" in S:
         for i, (_, s) in enumerate(singles):
             torch.testing.assert_close(S["grad_dual"][i], s["grad_dual"], rtol=1e-13, atol=0)
+    # A float lr applies to every run, as in update().
+    P1, _ = a.stacked_update(P, G, S, 0.1)
+    P2, _ = a.stacked_update(P, G, S, torch.full((K,), 0.1, dtype=torch.float64))
+    for x, z in zip(P1, P2, strict=True):
+        torch.testing.assert_close(x, z, rtol=0, atol=0)

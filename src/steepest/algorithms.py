@@ -83,6 +83,8 @@ class Algorithm:
     def stacked_update(
         self, params: Sequence[Tensor], grads: Sequence[Tensor], state: State, lr: Tensor
     ) -> tuple[list[Tensor], State]:
+        p0 = params[0]
+        lr = torch.as_tensor(lr, dtype=p0.dtype, device=p0.device).expand(p0.shape[:1])  # a float: every run
         new_params, new_state = vmap(self.update)(list(params), list(grads), state, lr)
         return list(new_params), new_state
 
@@ -133,6 +135,7 @@ class SteepestDescentRule(Algorithm):
 
     def stacked_update(self, params, grads, state, lr):
         u, dual = self.norm.stacked_direction_and_dual(grads)
+        lr = torch.as_tensor(lr, dtype=dual.dtype, device=dual.device).expand(dual.shape)  # a float: every run
         new_params = []
         for p, d in zip(params, u, strict=True):
             shape = (-1,) + (1,) * (p.dim() - 1)

@@ -372,7 +372,8 @@ def _solve_l2(H: np.ndarray, theta: np.ndarray, gap: np.ndarray):
         return r, lam, "scipy-nnls", "optimal"
     # ‖θ − Hᵀλ‖₂ in the m-dimensional row space of H: with Hᵀ = QR (reduced),
     # ‖θ − Hᵀλ‖² = ‖Qᵀθ − Rλ‖² + ‖θ − QQᵀθ‖², so the cone has m entries instead of p
-    # (measured: 1.5 s → well under 0.1 s per solve on a 50k-parameter net).
+    # (measured with the ℓ2 alignment from NNLS: verify of 15 runs of a 50k-parameter net,
+    # 33 s → 23 s).
     Q, R = np.linalg.qr(H.T)
     qt = Q.T @ theta
     perp = theta - Q @ qt  # computed directly: ‖θ‖² − ‖Qᵀθ‖² would cancel when r is tiny
