@@ -45,7 +45,7 @@ from .common import (  # noqa: E402
     plot_margin_panels,
     run_batches,
 )
-from .report import SMOKE_REASON, Report, markdown_table  # noqa: E402
+from .report import Report, markdown_table  # noqa: E402
 from .verdicts import verify_markdown  # noqa: E402
 
 __all__ = ["run_f2", "margin_at_log_loss", "matched_level", "adam_drift_trace", "crossing_step"]
@@ -289,11 +289,6 @@ def run_f2(size: str, out: Path) -> Report:
     numbers = {"matrix": {lab: {n: list(v) for n, v in r.items()} for lab, r in mat.items()}, "matched_level": level,
                "at_level": at_level, "drift": drift_num, "checks": checks, "degree": L}
     verdicts_md = verify_markdown(out / "runs.db", batch.result.run_ids)
-    if size == "smoke":
-        reproduced, reason = None, SMOKE_REASON
-    else:
-        reproduced = ok_all
-        reason = ("every check passed: " + "; ".join(checks)) if ok_all else "; ".join(reasons) + "."
-    return Report(name="flavors-f2", title=spec["title"], claim=spec["claim"], size=size, reproduced=reproduced, reason=reason,
-                  tables=tables, figures=figures, defaults=list(spec.get("defaults", [])), notes=notes,
-                  verdicts_md=verdicts_md, numbers=numbers, seconds=time.perf_counter() - t0)
+    reason = ("every check passed: " + "; ".join(checks)) if ok_all else "; ".join(reasons) + "."
+    return Report.for_spec(spec, size, ok_all, reason, tables=tables, figures=figures, notes=notes,
+                           verdicts_md=verdicts_md, numbers=numbers, seconds=time.perf_counter() - t0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .common import flavor_matrix, late_phase_ok, load_spec, merge_batches, plot_margin_panels, plot_own_smoothed, run_batches
-from .report import Report, verdict
+from .report import Report
 from .verdicts import verify_markdown
 
 LATE_PHASE = -100.0  # the matrix is read only once every run is deep in the late phase
@@ -58,7 +58,5 @@ def run_f1(size: str, out: Path) -> Report:
         reason = "; ".join(reasons) + "."
     else:
         reason = "the runs did not reach the late phase (see notes)."
-    reproduced, reason = verdict(size, ok_all, reason)
-    return Report(name="flavors-f1", title=spec["title"], claim=spec["claim"], size=size, reproduced=reproduced, reason=reason,
-                  tables=tables, figures=figures, defaults=list(spec.get("defaults", [])), notes=notes,
-                  verdicts_md="\n\n".join(verdict_parts), numbers=numbers, seconds=seconds)
+    return Report.for_spec(spec, size, ok_all, reason, tables=tables, figures=figures, notes=notes,
+                           verdicts_md="\n\n".join(verdict_parts), numbers=numbers, seconds=seconds)

@@ -25,7 +25,7 @@ from ..adaptive import HybridNorm
 from ..metrics import directional_cosine
 from ..store import RunStore
 from .common import BatchRuns, final_value, load_spec, plot_margin_panels, run_batches
-from .report import Report, markdown_table, verdict
+from .report import Report, markdown_table
 from .verdicts import verify_markdown
 
 __all__ = [
@@ -309,18 +309,5 @@ def run(size: str, out: Path) -> Report:
         )
     else:
         reason = "; ".join(reasons) + "."
-    return Report(
-        name="gronich-vardi",
-        title=spec["title"],
-        claim=spec["claim"],
-        size=size,
-        reproduced=verdict(size, ok_all, reason)[0],
-        reason=verdict(size, ok_all, reason)[1],
-        tables=tables,
-        figures=figures,
-        defaults=list(spec.get("defaults", [])),
-        notes=notes,
-        verdicts_md="\n\n".join(verdict_parts),
-        numbers=numbers,
-        seconds=seconds,
-    )
+    return Report.for_spec(spec, size, ok_all, reason, tables=tables, figures=figures, notes=notes,
+                           verdicts_md="\n\n".join(verdict_parts), numbers=numbers, seconds=seconds)

@@ -35,7 +35,7 @@ import torch
 from ..algorithms import Algorithm, algorithm
 from ..oracles import max_margin
 from ..schedules import Schedule, schedule
-from .report import SMOKE_REASON, Report
+from .report import Report
 
 __all__ = [
     "NORMS",
@@ -457,8 +457,5 @@ def run(size: str, out: Path) -> Report:
     notes.append("Seconds are the loop's wall time to the first hit (recording excluded), on a shared 2-core CPU.")
     reason = ("every N-steepest algorithm reached ≥ 0.99 γ*_N, each diagonal entry is the largest in its column, "
               "Adam with ε = 0 reached ≥ 0.99 γ*_∞ and Adam with a large ε ends closer to the ℓ2 max margin") if ok else "; ".join(reasons) + "."
-    return Report(name="linear", title=spec["title"], claim=spec["claim"], size=size,
-                  reproduced=ok if size != "smoke" else None,
-                  reason=reason if size != "smoke" else SMOKE_REASON,
-                  tables=tables, figures=figures, defaults=list(spec.get("defaults", [])), notes=notes,
-                  verdicts_md="\n\n".join(vparts), numbers=numbers, seconds=seconds)
+    return Report.for_spec(spec, size, ok, reason, tables=tables, figures=figures, notes=notes,
+                           verdicts_md="\n\n".join(vparts), numbers=numbers, seconds=seconds)

@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 from ..plots import save_figure  # noqa: E402
 from .common import BatchRuns, final_value, load_spec, run_batches  # noqa: E402
 from .gronich_vardi import single_thread  # noqa: E402
-from .report import Report, markdown_table, verdict  # noqa: E402
+from .report import Report, markdown_table  # noqa: E402
 from .verdicts import verify_markdown  # noqa: E402
 
 __all__ = ["run", "margin_at", "increase_fraction", "LOSS_BASED", "CONSTANT", "TABLE_STEPS"]
@@ -212,18 +212,5 @@ def run(size: str, out: Path) -> Report:
         )
     else:
         reason = "; ".join(reasons) + "."
-    return Report(
-        name="lyu-li",
-        title=spec["title"],
-        claim=spec["claim"],
-        size=size,
-        reproduced=verdict(size, ok_all, reason)[0],
-        reason=verdict(size, ok_all, reason)[1],
-        tables=tables,
-        figures=figures,
-        defaults=list(spec.get("defaults", [])),
-        notes=notes,
-        verdicts_md="\n\n".join(verdict_parts),
-        numbers=numbers,
-        seconds=seconds,
-    )
+    return Report.for_spec(spec, size, ok_all, reason, tables=tables, figures=figures, notes=notes,
+                           verdicts_md="\n\n".join(verdict_parts), numbers=numbers, seconds=seconds)

@@ -62,6 +62,14 @@ class Report:
     numbers: dict[str, Any] = field(default_factory=dict)
     seconds: float | None = None
 
+    @classmethod
+    def for_spec(cls, spec: dict[str, Any], size: str, reproduced: bool, reason: str, **parts: Any) -> Report:
+        """The report of experiment ``spec`` at ``size``: name, title, claim and defaults come from
+        the spec, the verdict goes through :func:`verdict` (a smoke run never claims either way)."""
+        ok, why = verdict(size, reproduced, reason)
+        return cls(name=spec["name"], title=spec["title"], claim=spec["claim"], size=size, reproduced=ok, reason=why,
+                   defaults=list(spec.get("defaults", [])), **parts)
+
     def to_markdown(self) -> str:
         verdict = {True: "yes", False: "**no**", None: "inconclusive"}[self.reproduced]
         lines = [f"# {self.title}", "", f"Experiment `{self.name}`, size `{self.size}`."]

@@ -24,7 +24,7 @@ from .common import (
     plot_margin_panels,
     run_batches,
 )
-from .report import SMOKE_REASON, Report, markdown_table
+from .report import Report, markdown_table
 from .verdicts import verify_markdown
 
 #: The KKT check of max-spectral runs is skipped: the verifier's nuclear-norm SDP over a
@@ -127,12 +127,7 @@ def run_f3(size: str, out: Path) -> Report:
                          "nuclear-norm SDP does not fit in memory on MNIST (757 GB asked at width 8) and takes ~26 s per run on "
                          "the digits at width 16; their other checks (monotone smoothed margin, growth, alignment, flavor) ran.")
         parts.append(f"### {batch.name}\n\n" + md)
-    if size == "smoke":
-        reproduced, reason = None, SMOKE_REASON
-    else:
-        reproduced = ok_all
-        reason = ("in every variant a spectral-family algorithm has the largest final γ_spectral and each family member "
-                  "is above GD and sign descent." if ok_all else "; ".join(reasons) + ".")
-    return Report(name="flavors-f3", title=spec["title"], claim=spec["claim"], size=size, reproduced=reproduced, reason=reason,
-                  tables=tables, figures=figures, defaults=list(spec.get("defaults", [])), notes=notes,
-                  verdicts_md="\n\n".join(parts), numbers=numbers, seconds=time.perf_counter() - t0)
+    reason = ("in every variant a spectral-family algorithm has the largest final γ_spectral and each family member "
+              "is above GD and sign descent." if ok_all else "; ".join(reasons) + ".")
+    return Report.for_spec(spec, size, ok_all, reason, tables=tables, figures=figures, notes=notes,
+                           verdicts_md="\n\n".join(parts), numbers=numbers, seconds=time.perf_counter() - t0)
