@@ -960,6 +960,25 @@ def _row(model: nn.Module, X: Tensor, y: Tensor, N: Norm, L: float, loss: str) -
     return row
 
 
+def _user_inputs(
+    model: nn.Module | Callable[[], nn.Module],
+    checkpoints: Sequence[tuple[int, Mapping[str, Tensor]]],
+    X: Tensor,
+    y: Tensor,
+) -> tuple[nn.Module, list[tuple[int, Mapping[str, Tensor]]], Tensor, Tensor]:
+    """Checked user inputs: the module (built if ``model`` is a factory), the checkpoints in step
+    order, and X, y in float64 (class-id labels stay integers)."""
+    base = model() if callable(model) and not isinstance(model, nn.Module) else model
+    if not isinstance(base, nn.Module):
+        raise TypeError(
+            f"model must be an nn.Module or a factory returning one, got {type(base).__name__}"
+        )
+    if not checkpoints:
+        raise ValueError("checkpoints must be a non-empty list of (step, state_dict)")
+    y64 = y.to(torch.float64) if y.is_floating_point() else y
+    return base, sorted(checkpoints, key=lambda c: c[0]), X.to(torch.float64), y64
+
+
 def trajectory_metrics(
     model: nn.Module | Callable[[], nn.Module],
     checkpoints: Sequence[tuple[int, Mapping[str, Tensor]]],
@@ -977,20 +996,12 @@ def trajectory_metrics(
     l1, l2, linf, spectral and "own" (= ``norm``); ``lr`` when given (a number or one per
     checkpoint). ``model`` is a module or a zero-argument factory; it is never modified.
     """
-    base = model() if callable(model) and not isinstance(model, nn.Module) else model
-    if not isinstance(base, nn.Module):
-        raise TypeError(
-            f"model must be an nn.Module or a factory returning one, got {type(base).__name__}"
-        )
-    if not checkpoints:
-        raise ValueError("checkpoints must be a non-empty list of (step, state_dict)")
+    base, ordered, X64, y64 = _user_inputs(model, checkpoints, X, y)
     N = get_norm(norm)
-    X64 = X.to(torch.float64)
-    y64 = y.to(torch.float64) if y.is_floating_point() else y
     if L is None:
-        L = float(homogeneity_degree(_load_state(base, checkpoints[-1][1]), X64[:64]))
+        L = float(homogeneity_degree(_load_state(base, ordered[-1][1]), X64[:64]))
     rows = []
-    for step, state in sorted(checkpoints, key=lambda c: c[0]):
+    for step, state in ordered:
         r = _row(_load_state(base, state), X64, y64, N, float(L), loss)
         r["step"] = int(step)
         rows.append(r)
@@ -1029,17 +1040,8 @@ def verify_model_trajectory(
     algorithms and is "not applicable" here.
     """
     tol = tolerances or Tolerances()
-    base = model() if callable(model) and not isinstance(model, nn.Module) else model
-    if not isinstance(base, nn.Module):
-        raise TypeError(
-            f"model must be an nn.Module or a factory returning one, got {type(base).__name__}"
-        )
+    base, ordered, X64, y64 = _user_inputs(model, checkpoints, X, y)
     N = get_norm(norm)
-    X64 = X.to(torch.float64)
-    y64 = y.to(torch.float64) if y.is_floating_point() else y
-    if not checkpoints:
-        raise ValueError("checkpoints must be a non-empty list of (step, state_dict)")
-    ordered = sorted(checkpoints, key=lambda c: c[0])
     try:
         L: float | None = float(homogeneity_degree(_load_state(base, ordered[-1][1]), X64[:64]))
         not_hom = None
