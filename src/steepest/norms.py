@@ -433,9 +433,12 @@ class BlockMax(_Blocks):
         return sum(n.dual(b) / w for n, b, w in self._split(gs))  # type: ignore[return-value]
 
     def direction_and_dual(self, gs: Tensors) -> tuple[list[Tensor], Tensor]:
+        return self._direction_and_dual(gs, stacked=False)
+
+    def _direction_and_dual(self, gs: Tensors, stacked: bool) -> tuple[list[Tensor], Tensor]:
         dirs, total = [], None
         for n, b, w in self._split(gs):
-            u, d = n.direction_and_dual(b)
+            u, d = n.stacked_direction_and_dual(b) if stacked else n.direction_and_dual(b)
             dirs.append([x / w for x in u])
             total = d / w if total is None else total + d / w
         return self._assemble(gs, dirs), total  # type: ignore[return-value]
@@ -454,12 +457,7 @@ class BlockMax(_Blocks):
         return sum(n.stacked_dual(b) / w for n, b, w in self._split(gs))  # type: ignore[return-value]
 
     def stacked_direction_and_dual(self, gs: Tensors) -> tuple[list[Tensor], Tensor]:
-        dirs, total = [], None
-        for n, b, w in self._split(gs):
-            u, d = n.stacked_direction_and_dual(b)
-            dirs.append([x / w for x in u])
-            total = d / w if total is None else total + d / w
-        return self._assemble(gs, dirs), total  # type: ignore[return-value]
+        return self._direction_and_dual(gs, stacked=True)
 
 
 class BlockSum(_Blocks):
@@ -481,14 +479,18 @@ class BlockSum(_Blocks):
         return torch.stack([n.dual(b) / w for n, b, w in self._split(gs)]).amax()
 
     def direction_and_dual(self, gs: Tensors) -> tuple[list[Tensor], Tensor]:
-        parts = [(n.direction_and_dual(b), w) for n, b, w in self._split(gs)]
-        duals = torch.stack([d / w for (_, d), w in parts])
-        winner = torch.argmax(duals)  # first maximal block: lowest-index tie-break
+        return self._direction_and_dual(gs, stacked=False)
+
+    def _direction_and_dual(self, gs: Tensors, stacked: bool) -> tuple[list[Tensor], Tensor]:
+        parts = [(n.stacked_direction_and_dual(b) if stacked else n.direction_and_dual(b), w)
+                 for n, b, w in self._split(gs)]
+        duals = torch.stack([d / w for (_, d), w in parts], dim=-1)  # (blocks,) or (K, blocks)
+        winner = torch.argmax(duals, dim=-1)  # first maximal block (per run): lowest-index tie-break
         dirs = []
         for k, ((u, _), w) in enumerate(parts):
             on = (winner == k).to(duals.dtype)
-            dirs.append([on * x / w for x in u])
-        return self._assemble(gs, dirs), duals.amax()
+            dirs.append([on.reshape(on.shape + (1,) * (x.dim() - on.dim())) * x / w for x in u])
+        return self._assemble(gs, dirs), duals.amax(-1)
 
     def direction(self, gs: Tensors) -> list[Tensor]:
         return self.direction_and_dual(gs)[0]
@@ -504,14 +506,7 @@ class BlockSum(_Blocks):
         return torch.stack([n.stacked_dual(b) / w for n, b, w in self._split(gs)], dim=1).amax(1)
 
     def stacked_direction_and_dual(self, gs: Tensors) -> tuple[list[Tensor], Tensor]:
-        parts = [(n.stacked_direction_and_dual(b), w) for n, b, w in self._split(gs)]
-        duals = torch.stack([d / w for (_, d), w in parts], dim=1)  # (K, blocks)
-        winner = torch.argmax(duals, dim=1)  # first maximal block per run: lowest-index tie-break
-        dirs = []
-        for k, ((u, _), w) in enumerate(parts):
-            on = (winner == k).to(duals.dtype)
-            dirs.append([on.reshape(-1, *([1] * (x.dim() - 1))) * x / w for x in u])
-        return self._assemble(gs, dirs), duals.amax(1)
+        return self._direction_and_dual(gs, stacked=True)
 
 
 def weighted_max(
