@@ -32,6 +32,7 @@ if "--omp-active" not in sys.argv:
 import torch  # noqa: E402
 
 from steepest.config import load_config  # noqa: E402
+from steepest.devices import resolve_device  # noqa: E402
 from steepest.engine import Engine, _load_data, _Runner  # noqa: E402
 from steepest.store import RunStore  # noqa: E402
 
@@ -66,7 +67,7 @@ def parse_args(description: str, extra: Callable[[argparse.ArgumentParser], None
 def header(title: str) -> None:
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
     print(f"== {title}")
-    print(f"   torch {torch.__version__}, float64, CPU, threads={torch.get_num_threads()}, "
+    print(f"   torch {torch.__version__}, float64, threads={torch.get_num_threads()}, "
           f"cores={os.cpu_count()}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'default')}, load average at start {load[0]:.2f} (other processes share the cores)")
 
 
@@ -127,20 +128,21 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], repeat: int) -> dict[str
 
 
 def make_runner(cfg_dict: dict[str, Any], *, steps_cap: int | None = None, stub_logging: bool = True,
-                dataset: Any = None) -> _Runner:
+                dataset: Any = None, device: str = "cpu") -> _Runner:
     """An engine runner on an in-memory store, ready for ``_step()`` calls.
 
     Does what :func:`steepest.engine.train` and ``_Runner.run`` do before the loop (build the
     engine, fresh state, first evaluation). With ``stub_logging`` the runner's ``log`` and
     ``checkpoint`` are replaced by no-ops on the instance, so that timing ``_step`` measures the
-    stepping alone (the milestone/event bookkeeping in ``_step`` still runs).
+    stepping alone (the milestone/event bookkeeping in ``_step`` still runs). ``device`` is
+    where the batch lives (``auto | cpu | cuda | cuda:N``).
     """
     cfg = load_config(cfg_dict)
     if steps_cap is not None:
         cfg = cfg.model_copy(update={"stop": cfg.stop.model_copy(update={"steps": steps_cap})})
     specs = cfg.run_specs()
     ds = dataset if dataset is not None else _load_data(cfg)
-    eng = Engine(cfg, specs, ds, "cpu")
+    eng = Engine(cfg, specs, ds, resolve_device(device))
     store = RunStore(":memory:")
     ids = [store.create_run(name=f"b/{sp.seed}", algorithm=sp.algorithm, seed=sp.seed, config={}) for sp in specs]
     r = _Runner(eng, store, ids, Path(os.devnull), progress=False)

@@ -19,6 +19,7 @@ import typer
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
 
 DbOpt = Annotated[Path | None, typer.Option("--db", help="results database (default: $STEEPEST_DB or ./steepest-runs/runs.db)")]
+DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda | cuda:N (default: the config's device, auto)")]
 
 
 def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -72,11 +73,12 @@ def train(
     db: DbOpt = None,
     resume: Annotated[bool, typer.Option(help="continue the latest interrupted batch of this config")] = False,
     progress: Annotated[bool | None, typer.Option("--progress/--no-progress", help="progress bar (default: only on a terminal)")] = None,
+    device: DeviceOpt = None,
 ) -> None:
     """Train every run of CONFIG (algorithms x lrs x seeds) and store the results."""
     from .engine import train as run_train
 
-    res = run_train(config, db=db, resume=resume, progress=progress)
+    res = run_train(config, db=db, resume=resume, progress=progress, device=device)
     rows = [[rid, lab, st, f.get("step"), f.get("log_loss"), f.get("margin_own"), f.get("train_acc")]
             for rid, lab, st, f in zip(res.run_ids, res.labels, res.statuses, res.final, strict=True)]
     typer.echo(_table(["run", "algorithm", "status", "step", "log_loss", "margin_own", "train_acc"], rows))
@@ -163,11 +165,12 @@ def reproduce(
     name: Annotated[str, typer.Argument(help="experiment: flavors-f1, flavors-f2, flavors-f3, gronich-vardi, lyu-li, linear")],
     size: Annotated[str, typer.Option(help="smoke | quick | full")] = "quick",
     out: Annotated[Path | None, typer.Option(help="output folder (default ./reproduce/NAME)")] = None,
+    device: DeviceOpt = None,
 ) -> None:
     """Reproduce a figure of the paper (or a neighbour's): train, verify, write PNGs and report.md."""
     from .reproduce import reproduce as run_reproduce
 
-    report = run_reproduce(name, size=size, out=out)
+    report = run_reproduce(name, size=size, out=out, device=device)
     for caption, table in report.tables:
         typer.echo(f"\n{caption}\n{table}")
     verdict = {True: "yes", False: "NO", None: "inconclusive"}[report.reproduced]

@@ -178,12 +178,22 @@ class ExperimentConfig(_Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     loss: Literal["exponential", "logistic", "cross_entropy"] = "exponential"
     dtype: Literal["float64", "float32"] = "float64"
+    #: auto | cpu | cuda | cuda:N (``steepest.devices``); not part of the config hash, so a
+    #: batch interrupted on one machine can be resumed on another.
+    device: str = "auto"
     batch_size: int | None = Field(default=None, gt=0)
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     algorithms: list[AlgorithmConfig] = Field(min_length=1)
     stop: StopConfig = Field(default_factory=StopConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     warm_start: WarmStartConfig | None = None
+
+    @field_validator("device")
+    @classmethod
+    def _device_spelling(cls, v: str) -> str:
+        from .devices import check_device_name
+
+        return check_device_name(v)
 
     @model_validator(mode="after")
     def _check(self) -> ExperimentConfig:
@@ -195,7 +205,9 @@ class ExperimentConfig(_Strict):
         return json.loads(self.model_dump_json())
 
     def config_hash(self) -> str:
-        blob = json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"))
+        """Hash of everything that defines the runs' mathematics (the device does not)."""
+        canon = {k: v for k, v in self.canonical().items() if k != "device"}
+        blob = json.dumps(canon, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def run_specs(self) -> list[RunSpec]:

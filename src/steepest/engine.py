@@ -44,6 +44,7 @@ from torch.func import functional_call, grad_and_value, vmap
 from .algorithms import Algorithm, algorithm
 from .config import ExperimentConfig, RunSpec, load_config
 from .data import Dataset, load_dataset
+from .devices import resolve_device
 from .losses import log_loss as _log_loss
 from .losses import margins as _margins
 from .losses import per_sample_log_losses, smoothed_margin_numerator
@@ -219,6 +220,8 @@ class Engine:
         self.log_up = torch.tensor([math.log(s["up"]) for s in sch], **f64)
         self.log_down = torch.tensor([math.log(s["down"]) for s in sch], **f64)
         self.log_min_alpha = torch.tensor([math.log(s["min_alpha"]) for s in sch], **f64)
+        # Decided once from the config, so the step never branches on a device tensor.
+        self.any_norm_power = any(s["norm_power"] != 0 for s in sch)
 
     # ------------------------------------------------------------------ math
     def _out_fn(self, pdict: dict[str, Tensor], X: Tensor) -> Tensor:
@@ -373,6 +376,7 @@ class _Runner:
             k += 1
         self.is_milestone = torch.zeros(self.steps + 2, dtype=torch.bool)
         self.is_milestone[sorted(milestones)] = True
+        self.is_milestone = self.is_milestone.to(engine.device)
 
     # -------------------------------------------------------------- state
     def fresh_state(self, params: list[Tensor]) -> None:
@@ -386,6 +390,8 @@ class _Runner:
         self.log_flow = torch.full((K,), -math.inf, dtype=torch.float64, device=dev)
         self.last_log_lr = torch.full((K,), -math.inf, dtype=torch.float64, device=dev)
         self.done = torch.zeros(K, dtype=torch.bool, device=dev)
+        self.done_host = [False] * K
+        self.t_host_max = 0
         self.separated_at = torch.full((K,), -1, dtype=torch.long, device=dev)
         self.rollbacks = torch.zeros(K, dtype=torch.long, device=dev)
         self.decade = torch.zeros(K, dtype=torch.long, device=dev)
@@ -393,7 +399,9 @@ class _Runner:
         self.elapsed = 0.0
 
     def state_dict(self) -> dict[str, Any]:
-        return {
+        """The batch's state with every tensor on the CPU, so a checkpoint written on a GPU
+        machine loads on any machine (``torch.load(..., map_location=...)`` moves it back)."""
+        return _tree_map(lambda x: x.detach().cpu(), {
             "version": CHECKPOINT_VERSION,
             "params": self.params,
             "algo_states": self.algo_states,
@@ -411,7 +419,7 @@ class _Runner:
             "elapsed": self.elapsed,
             "run_ids": list(self.run_ids),
             "names": list(self.e.names),
-        }
+        })
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
         if sd.get("version") != CHECKPOINT_VERSION:
@@ -420,8 +428,11 @@ class _Runner:
             raise ValueError("checkpoint parameters do not match the model in the config")
         for k in ("params", "algo_states", "t", "iteration", "log_alpha", "frame", "log_flow", "last_log_lr",
                   "done", "separated_at", "rollbacks", "decade", "status", "elapsed"):
-            setattr(self, k, sd[k])
+            v = sd[k]
+            setattr(self, k, _tree_map(lambda x: x.to(self.e.device), v) if k not in ("status", "iteration", "elapsed") else v)
         self.status = list(self.status)
+        self.done_host = [bool(d) for d in self.done.tolist()]
+        self.t_host_max = max(self.t.tolist())
 
     def checkpoint(self, final: bool = False) -> Path | None:
         if self.ckpt_dir is None:  # a warm-start phase keeps no checkpoints
@@ -431,15 +442,16 @@ class _Runner:
         _atomic_torch_save(self.state_dict(), path)
         latest = self.ckpt_dir / "latest.pt"
         _atomic_torch_save(self.state_dict(), latest)
-        ts = self.t.tolist()
+        ts, lls = self.t.tolist(), self.ll.tolist()
         for i, rid in enumerate(self.run_ids):
-            self.store.add_checkpoint(rid, step=ts[i], path=str(path), log_loss=float(self.ll[i]))
+            self.store.add_checkpoint(rid, step=ts[i], path=str(path), log_loss=lls[i])
             self.store.update_run(rid, info={"checkpoint": str(latest)})
         return path
 
     # -------------------------------------------------------------- metrics
-    def log(self, which: Tensor, full_batch: bool, extra: dict[int, dict[str, float]] | None = None) -> None:
-        if not bool(which.any()):
+    def log(self, which: Sequence[bool], full_batch: bool, extra: dict[int, dict[str, float]] | None = None) -> None:
+        """Store one metric row for every run ``i`` with ``which[i]`` (a host-side list)."""
+        if not any(which):
             return
         if full_batch:
             m = self.e.metrics(self.params, self.g, self.ll, self.out)
@@ -450,11 +462,14 @@ class _Runner:
         m["log_lr"] = self.last_log_lr
         m["lr"] = torch.exp(self.last_log_lr)
         m["rollbacks"] = self.rollbacks.to(torch.float64)
-        cols = {k: v.tolist() for k, v in m.items()}
-        ts = self.t.tolist()
+        # One device-to-host transfer for the whole event: every column and the step counter.
+        names = list(m)
+        block = torch.stack([m[k].to(torch.float64) for k in names] + [self.t.to(torch.float64)]).tolist()
+        cols = dict(zip(names, block[:-1], strict=True))
+        ts = [int(v) for v in block[-1]]
         wall = self.elapsed + (time.perf_counter() - self._t0)
         rows: dict[int, list[dict[str, float]]] = {}
-        for i in torch.nonzero(which).flatten().tolist():
+        for i in (j for j, w in enumerate(which) if w):
             row: dict[str, float] = {"step": ts[i], "wall_time": wall, "iteration": float(self.iteration)}
             for k, v in cols.items():
                 if not math.isnan(v[i]):  # β is 0/0 at g = 0 exactly: leave it out rather than store NaN
@@ -479,12 +494,13 @@ class _Runner:
         self.g, self.ll, self.out = e.evaluate(self.params, batch)
         self.qmin = e.q_min(self.out, e.y if batch is None else e.y[batch])
         if not resumed:
-            self.log(torch.ones(K, dtype=torch.bool), batch is None)
+            self.log([True] * K, batch is None)
         bar = _Progress(self.steps, enabled=self.progress)
         try:
-            while not bool(self.done.all()):
+            while not all(self.done_host):
                 self._step()
-                bar.update(int(self.t.max()), float(self.ll.min()), self.last_logged.get("margin_own") if hasattr(self, "last_logged") else None)
+                bar.update(self.t_host_max, lambda: float(self.ll.min()),
+                           self.last_logged.get("margin_own") if hasattr(self, "last_logged") else None)
         finally:
             bar.close()
             self.elapsed += time.perf_counter() - self._t0
@@ -495,7 +511,7 @@ class _Runner:
         active = ~self.done
         t_next = (self.t + 1).to(torch.float64)
         log_eta = e.log_lr0 + self.log_alpha - e.decay * torch.log(t_next) + e.loss_power * (LOG_LOSS0 - self.ll)
-        if bool((e.norm_power != 0).any()):
+        if e.any_norm_power:
             own = torch.empty(K, dtype=torch.float64, device=e.device)
             for g in e.groups:
                 own = _scatter(own, g.idx, e.own_norms[g.indices[0]].stacked(_gather(self.params, g.idx)).to(torch.float64))
@@ -544,53 +560,63 @@ class _Runner:
         shrink = torch.where(e.adaptive, e.log_down, torch.full_like(e.log_down, math.log(2.0)))
         self.log_alpha = self.log_alpha - torch.where(rejected, shrink, torch.zeros_like(shrink))
         self.rollbacks = self.rollbacks + rejected.to(torch.long)
+        qmin2 = e.q_min(out2, e.y if batch is None else e.y[batch])
+        t_new = self.t + accept.to(torch.long)
+        qmin_new = torch.where(accept, qmin2, self.qmin)
+        ll_new = torch.where(accept, ll2, self.ll)
+        # Events, decided on the device: log-spaced steps, first separated step, end of run.
+        newly_separated = accept & (self.separated_at < 0) & (qmin_new > 0)
+        finished = active & (t_new >= self.steps)
+        if self.target is not None:
+            finished = finished | (active & (ll_new <= self.target))
+        dead = active & (self.log_alpha < e.log_min_alpha)
+        milestone = accept & self.is_milestone[t_new.clamp(max=self.steps + 1)]
+        decade = torch.floor(torch.log10(torch.clamp(-ll_new, min=1.0))).to(torch.long)
+        crossed = active & (decade > self.decade)
+        # The step's only host-device synchronization: every flag the host acts on, in one transfer.
+        flags = torch.stack([accept.to(torch.long), newly_separated.to(torch.long), finished.to(torch.long),
+                             dead.to(torch.long), milestone.to(torch.long), crossed.to(torch.long), t_new]).tolist()
+        acc_h, sep_h, fin_h, dead_h, mile_h, cross_h, ts = flags
         for gi, g in enumerate(e.groups):
             # A rejected run keeps its state as it was before the rescale (and its frame).
             acc_g = _gather(accept, g.idx)
             self.algo_states[gi] = _tree_map(lambda a, b: _where_runs(acc_g, a, b), new_states[gi], self.algo_states[gi])
         self.frame = torch.where(accept, self.ll, self.frame)
-        if bool(accept.all()):  # the common case: no per-run select over every parameter
+        if all(acc_h):  # the common case: no per-run select over every parameter
             self.params, self.g = new_params, list(g2)
         else:
             self.params = [_where_runs(accept, n, o) for n, o in zip(new_params, self.params, strict=True)]
             self.g = [_where_runs(accept, n, o) for n, o in zip(g2, self.g, strict=True)]
         self.log_flow = torch.where(accept, torch.logaddexp(self.log_flow, log_dtau), self.log_flow)
         self.last_log_lr = torch.where(accept, log_eta, self.last_log_lr)
-        self.ll = torch.where(accept, ll2, self.ll)
+        self.ll = ll_new
         self.out = _where_runs(accept, out2, self.out) if batch is None else out2
-        qmin2 = e.q_min(out2, e.y if batch is None else e.y[batch])
-        self.qmin = torch.where(accept, qmin2, self.qmin)
-        self.t = self.t + accept.to(torch.long)
-        ts = self.t
-        # Events: log-spaced steps, first separated step, end of run.
-        newly_separated = accept & (self.separated_at < 0) & (self.qmin > 0)
-        self.separated_at = torch.where(newly_separated, ts, self.separated_at)
-        finished = active & (ts >= self.steps)
-        if self.target is not None:
-            finished = finished | (active & (self.ll <= self.target))
-        dead = active & (self.log_alpha < e.log_min_alpha)
+        self.qmin = qmin_new
+        self.t = t_new
+        self.t_host_max = max(ts)
+        self.separated_at = torch.where(newly_separated, t_new, self.separated_at)
+        self.decade = torch.maximum(decade, self.decade)
         wall = self.elapsed + (time.perf_counter() - self._t0)
         if self.wall_limit is not None and wall >= self.wall_limit:
-            finished = finished | active
-        milestone = accept & self.is_milestone[ts.clamp(max=self.steps + 1)].to(accept.device)
-        ending = finished | dead
+            fin_h = [a or not d for a, d in zip(fin_h, self.done_host, strict=True)]
+        ending = [bool(f or d) for f, d in zip(fin_h, dead_h, strict=True)]
         extra = {}
-        for i in torch.nonzero(newly_separated).flatten().tolist():
+        for i in (j for j in range(K) if sep_h[j]):
             extra[i] = {"separated": 1.0}
             self.store.update_run(self.run_ids[i], info={"separated_at": int(ts[i])})
-        self.log(milestone | newly_separated | ending, batch is None, extra)
-        for i in torch.nonzero(dead).flatten().tolist():
-            self.status[i] = "diverged"
-        for i in torch.nonzero(finished & ~dead).flatten().tolist():
-            self.status[i] = "completed"
-        self.done = self.done | ending
-        decade = torch.floor(torch.log10(torch.clamp(-self.ll, min=1.0))).to(torch.long)
-        crossed = active & (decade > self.decade)
-        self.decade = torch.maximum(decade, self.decade)
+        self.log([bool(m or s_ or en) for m, s_, en in zip(mile_h, sep_h, ending, strict=True)], batch is None, extra)
+        for i in range(K):
+            if dead_h[i]:
+                self.status[i] = "diverged"
+            elif fin_h[i] and not self.done_host[i]:
+                self.status[i] = "completed"
+        if any(ending):
+            self.done_host = [a or b for a, b in zip(self.done_host, ending, strict=True)]
+            self.done = torch.tensor(self.done_host, dtype=torch.bool, device=e.device)
         # Checkpoints: a run's −log𝓛 passes a power of ten, a run first separates (the KKT
         # check compares against the state at separation), or every ``checkpoint_every``.
-        if bool(crossed.any()) or bool(newly_separated.any()) or (self.ckpt_every and self.iteration % self.ckpt_every == 0):
-            if not bool(self.done.all()):
+        if any(cross_h) or any(sep_h) or (self.ckpt_every and self.iteration % self.ckpt_every == 0):
+            if not all(self.done_host):
                 self.checkpoint()
 
 
@@ -608,11 +634,12 @@ class _Progress:
             self.task = self.p.add_task("training", total=total)
             self.p.start()
 
-    def update(self, step: int, log_loss: float, margin: Any) -> None:
+    def update(self, step: int, log_loss: Callable[[], float], margin: Any) -> None:
+        """``log_loss`` is called only when the bar is shown: reading it is a device sync."""
         if not self.enabled or step == self._last:
             return
         self._last = step
-        desc = f"log𝓛 {log_loss:.4g}"
+        desc = f"log𝓛 {log_loss():.4g}"
         if margin is not None:
             desc += f" γ_own {float(margin.max()):.4g}"
         self.p.update(self.task, completed=step, description=desc)
@@ -680,18 +707,25 @@ def _resumable(store: RunStore, cfg: ExperimentConfig, K: int) -> list[Any]:
 
 
 def train(config: str | Path | dict[str, Any] | ExperimentConfig, *, db: str | Path | None = None,
-          resume: bool = False, progress: bool | None = None, device: str = "cpu") -> TrainResult:
+          resume: bool = False, progress: bool | None = None, device: str | None = None) -> TrainResult:
     """Run an experiment config: K = algorithms × lrs × seeds runs stepped together.
 
     Results go to the SQLite store at ``db`` (default ``./steepest-runs/runs.db`` or
     ``$STEEPEST_DB``); checkpoints to ``<db folder>/checkpoints/<batch>/``. With
     ``resume=True`` the latest interrupted batch of the same config continues from its last
     checkpoint; metric rows logged after that checkpoint are replaced, never duplicated.
+
+    ``device`` (``auto | cpu | cuda | cuda:N``) overrides the config's ``device`` key; an
+    unavailable device is a :class:`steepest.devices.DeviceError` raised before the store is
+    opened, so nothing is written.
     """
     cfg = load_config(config)
+    if device is not None:
+        cfg = cfg.model_copy(update={"device": load_config({**cfg.canonical(), "device": device}).device})
+    dev = resolve_device(cfg.device)
     specs = cfg.run_specs()
     dataset = _load_data(cfg)
-    engine = Engine(cfg, specs, dataset, device)
+    engine = Engine(cfg, specs, dataset, dev)
     db_path = Path(db) if db is not None else default_db_path()
     store = RunStore(db_path)
     show = progress if progress is not None else (cfg.logging.progress if cfg.logging.progress is not None else sys.stderr.isatty())

@@ -199,10 +199,10 @@ def plot_drift(traces: dict[float, dict[str, np.ndarray]], gd: dict[str, np.ndar
     return save_figure(fig, path)
 
 
-def run_f2(size: str, out: Path) -> Report:
+def run_f2(size: str, out: Path, device: str | None = None) -> Report:
     t0 = time.perf_counter()
     spec = load_spec("flavors-f2")
-    batches, _ = run_batches(spec, size, out)
+    batches, _ = run_batches(spec, size, out, device=device)
     batch = batches[0]
     L = batch.infos[0]["degree"]
     norms = ["l2", "linf", "spectral"]

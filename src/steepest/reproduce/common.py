@@ -103,13 +103,15 @@ def merge_batches(batches: Sequence[BatchRuns]) -> list[BatchRuns]:
     return merged
 
 
-def run_batches(spec: dict[str, Any], size: str, out: Path) -> tuple[list[BatchRuns], float]:
-    """Train every batch into ``out/runs.db``; return their stored trajectories and the time."""
+def run_batches(spec: dict[str, Any], size: str, out: Path, device: str | None = None) -> tuple[list[BatchRuns], float]:
+    """Train every batch into ``out/runs.db``; return their stored trajectories and the time.
+
+    ``device`` overrides each batch config's ``device`` (default ``auto``)."""
     db = out / "runs.db"
     t0 = time.perf_counter()
     batches = []
     for bname, cfg in batch_configs(spec, size).items():
-        res = train(cfg, db=db, progress=False)
+        res = train(cfg, db=db, progress=False, device=device)
         with RunStore(db) as store:
             mets = [store.metrics(r) for r in res.run_ids]
             infos = [store.get_run(r).info for r in res.run_ids]

@@ -19,9 +19,9 @@ def diagonal_dominates(mat: dict[str, dict[str, tuple[float, float]]]) -> dict[s
     return {n: all(mat[lab][n][0] <= mat[DIAGONAL[n]][n][0] for lab in rows) for n in DIAGONAL}
 
 
-def run_f1(size: str, out: Path) -> Report:
+def run_f1(size: str, out: Path, device: str | None = None) -> Report:
     spec = load_spec("flavors-f1")
-    batches, seconds = run_batches(spec, size, out)
+    batches, seconds = run_batches(spec, size, out, device=device)
     batches = merge_batches(batches)
     tables, figures, notes, numbers = [], [], [], {}
     verdict_parts = []

@@ -230,11 +230,11 @@ def _table(res: dict[str, Any], own_names: dict[str, str]) -> str:
     return markdown_table(heads, rows)
 
 
-def run(size: str, out: Path) -> Report:
+def run(size: str, out: Path, device: str | None = None) -> Report:
     """Train both GV1 batches at ``size`` into ``out/runs.db`` and build the report."""
     spec = load_spec("gronich-vardi")
     with single_thread(size in ("smoke", "quick")):
-        batches, seconds = run_batches(spec, size, out)
+        batches, seconds = run_batches(spec, size, out, device=device)
         db = out / "runs.db"
         tables, figures, notes, numbers, reasons, verdict_parts = [], [], [], {}, [], []
         ok_all = True

@@ -359,7 +359,7 @@ def _loop_size(spec: dict[str, Any], size: str) -> dict[str, Any]:
     return deep_merge(spec["loop"], sizes[size] or {})
 
 
-def run(size: str, out: Path) -> Report:
+def run(size: str, out: Path, device: str | None = None) -> Report:
     """``steepest reproduce linear``: flavor matrix, time to margin, Adam ε drift, figures."""
     from .common import load_spec, run_batches
     from .report import Report, markdown_table
@@ -416,7 +416,7 @@ def run(size: str, out: Path) -> Report:
                            f"linear model, n={X.shape[0]}, d={X.shape[1]}: γ_N/γ*_N vs step")]
 
     # Engine cross-check + theorem checks on the same data through steepest.engine.
-    batches, _ = run_batches(spec, size, out)
+    batches, _ = run_batches(spec, size, out, device=device)
     vparts = []
     for b in batches:
         rows = []

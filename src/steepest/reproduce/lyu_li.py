@@ -126,11 +126,11 @@ def _analyse(batch: BatchRuns) -> dict[str, Any]:
     return res
 
 
-def run(size: str, out: Path) -> Report:
+def run(size: str, out: Path, device: str | None = None) -> Report:
     """Train the LL1-reduced batch at ``size`` into ``out/runs.db`` and build the report."""
     spec = load_spec("lyu-li")
     with single_thread(size in ("smoke", "quick")):
-        batches, seconds = run_batches(spec, size, out)
+        batches, seconds = run_batches(spec, size, out, device=device)
     tables, figures, notes, numbers, reasons, verdict_parts = [], [], [], {}, [], []
     ok_all = True
     for batch in batches:

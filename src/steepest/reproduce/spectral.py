@@ -91,10 +91,10 @@ def _batch_tables(batch: BatchRuns) -> tuple[list[tuple[str, str]], dict, dict[s
     return tables, nums, checks, f"log𝓛 = {level:.3g}"
 
 
-def run_f3(size: str, out: Path) -> Report:
+def run_f3(size: str, out: Path, device: str | None = None) -> Report:
     t0 = time.perf_counter()
     spec = load_spec("flavors-f3")
-    batches, _ = run_batches(spec, size, out)
+    batches, _ = run_batches(spec, size, out, device=device)
     tables, figures, notes, numbers, reasons, parts = [], [], [], {}, [], []
     ok_all = True
     for batch in batches:

@@ -1,0 +1,179 @@
+"""Device selection (``device:`` / ``--device``) and the engine's host-device synchronizations."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import yaml
+
+from steepest.config import ConfigError, load_config
+from steepest.devices import DeviceError, check_device_name, resolve_device
+from steepest.engine import train
+
+CFG = {
+    "name": "dev",
+    "data": {"name": "digits", "classes": [0, 1], "n_train": 60, "n_test": 40},
+    "model": {"name": "mlp", "widths": [8], "init_scale": 0.5},
+    "seeds": [0, 1],
+    "algorithms": [
+        {"algorithm": "ngd", "schedule": "power", "lr": 0.1, "a": 0.5},
+        {"algorithm": "sign", "schedule": "power", "lr": 0.01, "a": 0.5},
+        {"algorithm": "gd", "schedule": "loss_based", "lr": 0.1},
+    ],
+    "stop": {"steps": 60},
+}
+NO_CUDA = not torch.cuda.is_available()
+
+
+@pytest.mark.parametrize("name", ["auto", "cpu", "cuda", "cuda:0", "cuda:3"])
+def test_valid_device_spellings(name):
+    assert check_device_name(name) == name
+
+
+@pytest.mark.parametrize("name", ["gpu", "CUDA", "cuda:", "cuda:x", "mps", "", "cpu:0"])
+def test_misspelled_device_is_refused_in_config(name):
+    with pytest.raises(ConfigError, match="device: .*device must be auto, cpu, cuda or cuda:N"):
+        load_config({**CFG, "device": name})
+
+
+def test_auto_and_cpu_resolve_on_this_machine():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@pytest.mark.skipif(not NO_CUDA, reason="checks the error on a machine without CUDA")
+def test_cuda_without_cuda_is_one_clear_error():
+    with pytest.raises(DeviceError, match="CUDA is not available on this machine"):
+        resolve_device("cuda:0")
+
+
+def test_device_is_not_part_of_the_config_hash():
+    """A batch interrupted on one machine can be resumed on another: the device is not the math."""
+    hashes = {load_config({**CFG, "device": d}).config_hash() for d in ("auto", "cpu", "cuda", "cuda:1")}
+    assert len(hashes) == 1
+    assert load_config({**CFG, "seeds": [0]}).config_hash() not in hashes  # the hash still sees the math
+
+
+def test_device_cpu_trains_exactly_as_the_default(tmp_path):
+    """``device: cpu`` (and ``--device cpu``) is today's engine, bit for bit."""
+    a = train(CFG, db=tmp_path / "a.db", progress=False)
+    b = train({**CFG, "device": "cpu"}, db=tmp_path / "b.db", progress=False)
+    c = train(CFG, db=tmp_path / "c.db", progress=False, device="cpu")
+    for fa, fb, fc in zip(a.final, b.final, c.final, strict=True):
+        for k in fa:
+            if k == "wall_time":
+                continue
+            same = fa[k] == fb[k] == fc[k] or all(math.isnan(x) for x in (fa[k], fb[k], fc[k]))
+            assert same, (k, fa[k], fb[k], fc[k])
+
+
+def test_checkpoints_hold_cpu_tensors(tmp_path):
+    res = train(CFG, db=tmp_path / "r.db", progress=False)
+    sd = torch.load(res.checkpoint, weights_only=True, map_location="cpu")
+    tensors = [*sd["params"], sd["t"], sd["frame"], sd["log_flow"]]
+    assert all(t.device.type == "cpu" for t in tensors)
+
+
+@pytest.mark.skipif(not NO_CUDA, reason="checks the error on a machine without CUDA")
+def test_cli_device_cuda_without_cuda_writes_nothing(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(CFG))
+    db = tmp_path / "sub" / "runs.db"
+    for argv in (["train", str(cfg), "--db", str(db), "--device", "cuda"],
+                 ["reproduce", "linear", "--size", "smoke", "--out", str(tmp_path / "rep"), "--device", "cuda:0"]):
+        proc = subprocess.run([sys.executable, "-m", "steepest.cli", *argv], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 2, proc.stderr
+        lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+        assert len(lines) == 1 and "CUDA is not available" in lines[0], proc.stderr
+        assert "Traceback" not in proc.stderr
+    assert not db.exists() and not db.parent.exists()
+    assert not (tmp_path / "rep").exists()
+
+
+# ---------------------------------------------------------------------- host syncs per step
+
+#: Tensor methods that copy a device value to the host (each is a host-device synchronization
+#: on CUDA). ``torch.nonzero`` also syncs (its output shape depends on the values).
+_SYNC_METHODS = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__", "__index__")
+
+
+class _SyncCounter:
+    def __init__(self, monkeypatch):
+        self.calls: list[str] = []
+        for name in _SYNC_METHODS:
+            orig = getattr(torch.Tensor, name)
+            monkeypatch.setattr(torch.Tensor, name, self._wrap(name, orig))
+        orig_nz = torch.nonzero
+        monkeypatch.setattr(torch, "nonzero", self._wrap("nonzero", orig_nz))
+
+    def _wrap(self, name, orig):
+        def counted(*args, **kwargs):
+            self.calls.append(name)
+            return orig(*args, **kwargs)
+        return counted
+
+
+def _runner(tmp_path, cfg):
+    """A runner set up as ``train`` does it, with logging and checkpoints stubbed out."""
+    from steepest.data import load_dataset
+    from steepest.engine import Engine, _Runner
+    from steepest.store import RunStore
+
+    c = load_config(cfg)
+    d = c.data
+    ds = load_dataset(d.name, n_train=d.n_train, n_test=d.n_test, classes=d.classes, seed=d.seed, dtype=torch.float64)
+    eng = Engine(c, c.run_specs(), ds, "cpu")
+    store = RunStore(tmp_path / "s.db")
+    ids = [store.create_run(name=f"r{i}", algorithm=s.algorithm, seed=s.seed, config={}) for i, s in enumerate(c.run_specs())]
+    r = _Runner(eng, store, ids, tmp_path / "ck", progress=False)
+    r.fresh_state(eng.init_params())
+    r.log = lambda which, *a, **k: None  # type: ignore[method-assign]
+    r.checkpoint = lambda *a, **k: None  # type: ignore[method-assign]
+    r._t0 = time.perf_counter()
+    r.g, r.ll, r.out = eng.evaluate(r.params)
+    r.qmin = eng.q_min(r.out, eng.y)
+    return r
+
+
+@pytest.mark.parametrize("algos", [
+    CFG["algorithms"],
+    [{"algorithm": "adam", "schedule": "power", "lr": 0.01, "a": 0.5},
+     {"algorithm": "muon", "schedule": "power", "lr": 0.01, "a": 0.5},
+     {"algorithm": "cd", "schedule": "power", "lr": 0.5, "a": 0.3}],
+], ids=["ngd-sign-lossbased-gd", "adam-muon-cd"])
+def test_a_step_without_events_makes_one_host_transfer(tmp_path, monkeypatch, algos):
+    """The step's only synchronization is the one packed transfer of its event flags (a metric
+    event adds one more: the stacked columns, see ``_Runner.log``). Counted on the CPU by
+    wrapping every Tensor method that copies to the host."""
+    r = _runner(tmp_path, {**CFG, "algorithms": algos, "stop": {"steps": 400}})
+    for _ in range(5):  # past step 1's milestone and the first-separation event
+        r._step()
+    counter = _SyncCounter(monkeypatch)
+    per_step = []
+    for _ in range(40):
+        before = len(counter.calls)
+        r._step()
+        per_step.append(counter.calls[before:])
+    monkeypatch.undo()
+    assert per_step, "no step ran"
+    assert all(calls == ["tolist"] for calls in per_step), per_step
+
+
+def test_a_metrics_event_moves_its_numbers_in_one_transfer(tmp_path, monkeypatch):
+    from steepest.engine import _Runner
+
+    r = _runner(tmp_path, {**CFG, "stop": {"steps": 50}})
+    for _ in range(3):
+        r._step()
+    counter = _SyncCounter(monkeypatch)
+    _Runner.log(r, [True] * r.e.K, True)
+    calls = list(counter.calls)
+    monkeypatch.undo()
+    rows = r.store.metrics(r.run_ids[0])
+    assert len(rows["step"]) == 1 and rows["step"][0] == 3  # the event was stored ...
+    assert calls == ["tolist"], calls  # ... from one device-to-host transfer
