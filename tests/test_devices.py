@@ -177,3 +177,23 @@ def test_a_metrics_event_moves_its_numbers_in_one_transfer(tmp_path, monkeypatch
     rows = r.store.metrics(r.run_ids[0])
     assert len(rows["step"]) == 1 and rows["step"][0] == 3  # the event was stored ...
     assert calls == ["tolist"], calls  # ... from one device-to-host transfer
+
+
+def test_batches_trained_concurrently_equal_batches_trained_in_turn(tmp_path):
+    """The GPU path of the reproductions (one process per batch, one shared SQLite store)
+    stores the same numbers as training the batches one after another."""
+    from steepest.reproduce.common import batch_configs, load_spec, train_batches
+    from steepest.store import RunStore
+
+    cfgs = batch_configs(load_spec("flavors-f1"), "smoke")
+    seq = train_batches(cfgs, tmp_path / "seq.db", device="cpu", parallel=False)
+    par = train_batches(cfgs, tmp_path / "par.db", device="cpu", parallel=True)
+    assert list(par) == list(cfgs)
+    with RunStore(tmp_path / "seq.db") as a, RunStore(tmp_path / "par.db") as b:
+        assert len(b.list_runs()) == len(a.list_runs()) == sum(len(r.run_ids) for r in seq.values())
+        for name in cfgs:
+            for ra, rb in zip(seq[name].run_ids, par[name].run_ids, strict=True):
+                ma, mb = a.metrics(ra), b.metrics(rb)
+                assert list(ma["step"]) == list(mb["step"])
+                for col in ("log_loss", "margin_l1", "margin_l2", "margin_linf"):
+                    assert (ma[col] == mb[col]).all(), (name, col)

@@ -67,7 +67,9 @@ def main() -> None:
                 proc = subprocess.run(cmd, capture_output=True, text=True, timeout=max(1.0, left))
                 rc, text = proc.returncode, proc.stdout + proc.stderr
             except subprocess.TimeoutExpired as exc:
-                rc, text = 124, (exc.stdout or b"").decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+                def _s(x):
+                    return x.decode(errors="replace") if isinstance(x, bytes) else (x or "")
+                rc, text = 124, _s(exc.stdout) + _s(exc.stderr)
             secs = time.perf_counter() - t0
             verdict = next((ln for ln in text.splitlines() if ln.startswith("reproduced?")), "")
             entry.update(status="done" if rc == 0 else ("killed at the time limit" if rc == 124 else f"failed (exit {rc})"),
@@ -77,6 +79,12 @@ def main() -> None:
             for f in list(dest.glob("*.png")) + [dest / k for k in KEEP]:
                 if f.exists():
                     shutil.copy2(f, keep / f.name)
+            (keep / "reproduce.log").write_text(text)
+            # The trajectories, even of a reproduction killed at the limit (checkpoints stay behind:
+            # at full size they are tens of MB each).
+            db = dest / "runs.db"
+            if db.exists() and db.stat().st_size < 15 * 2**20:
+                shutil.copy2(db, keep / "runs.db")
         print(json.dumps({k: v for k, v in entry.items() if k != "tail"}), flush=True)
         summary.append(entry)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))

@@ -169,10 +169,12 @@ class Engine:
         elif out != 1:
             raise ValueError(f"model {name!r} has a single output but the data have {out} classes")
         try:
-            model = build_model(name, seed=seed, dtype=self.dtype, **kw)
+            # Drawn in float64 and rounded: a float32 run starts from the float64 run's
+            # initialization, so the two differ only by the precision of the steps.
+            model = build_model(name, seed=seed, dtype=torch.float64, **kw)
         except TypeError as exc:
             raise ValueError(f"model: {exc}") from None
-        return model.to(self.device)
+        return model.to(self.device, self.dtype)
 
     def _check_degree(self) -> int | float:
         declared = getattr(self.template, "homogeneity_degree", None)
