@@ -4,7 +4,10 @@ Run on a GPU machine with ``pytest -m gpu``; every test here skips without CUDA 
 Tolerance rtol 1e-10: the two devices sum in different orders (cuBLAS vs MKL GEMMs, CUDA
 reductions), which moves float64 results by a few ulps per step; 20 steps of these rules
 amplify that by far less than 10^5, and a wrong device placement or a dropped state would be
-off by orders of magnitude more.
+off by orders of magnitude more. Two rules miss 1e-10 on an H200 (measured 2026-12-04, see
+docs/gpu.md): Shampoo (greatest relative difference 5.8e-8) and Muon-Adam (2.1e-7). They take
+inverse roots or SVDs of small, nearly singular matrices, which amplify the devices' rounding
+differences; they are held to 1e-6, which still catches a misplaced or dropped state.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 
 #: Options for the rules that need them; the test covers every registered rule.
 OPTIONS = {"lp": {"p": 3}, "steepest": {"norm": "l1.5"}, "cd": {"normalized": False}}
+#: Measured exceptions to rtol 1e-10 (module docstring).
+RTOL = {"shampoo": 1e-6, "muon-adam": 1e-6}
 LRS = {"gd": 0.05, "cd": 0.05, "sign": 0.01, "adam": 0.01, "signum": 0.01, "muon-adam": 0.01, "muon-signum": 0.01}
 
 
@@ -43,11 +48,11 @@ def test_gpu_equals_cpu_float64(tmp_path, name):
     b = torch.load(gpu.checkpoint, weights_only=True, map_location="cpu")  # saved on the GPU machine as CPU tensors
     assert a["t"].tolist() == b["t"].tolist() and a["rollbacks"].tolist() == b["rollbacks"].tolist()
     for pa, pb in zip(a["params"], b["params"], strict=True):
-        torch.testing.assert_close(pb, pa, rtol=1e-10, atol=1e-300)
-    torch.testing.assert_close(b["log_flow"], a["log_flow"], rtol=1e-10, atol=0.0)
+        torch.testing.assert_close(pb, pa, rtol=RTOL.get(name, 1e-10), atol=1e-300)
+    torch.testing.assert_close(b["log_flow"], a["log_flow"], rtol=RTOL.get(name, 1e-10), atol=0.0)
     for fa, fb in zip(cpu.final, gpu.final, strict=True):
         for k in ("log_loss", "margin_own", "smoothed_own", "margin_l2", "margin_linf", "margin_spectral"):
-            assert fb[k] == pytest.approx(fa[k], rel=1e-10), k
+            assert fb[k] == pytest.approx(fa[k], rel=RTOL.get(name, 1e-10)), k
 
 
 def test_float32_runs_on_gpu_and_measures_in_float64(tmp_path):

@@ -25,6 +25,20 @@ from pathlib import Path
 KEEP = ("report.md", "results.json")
 
 
+def _copy_store(src: Path, dst: Path, limit: int = 15 * 2**20) -> None:
+    """A consistent copy of a SQLite store through the backup API: it includes the rows still
+    in the write-ahead log (a plain file copy of runs.db alone misses them, and did once: a
+    killed reproduction came back with an empty runs table)."""
+    import sqlite3
+
+    if not src.exists():
+        return
+    with sqlite3.connect(f"file:{src}?mode=ro", uri=True, timeout=30) as a, sqlite3.connect(dst) as b:
+        a.backup(b)
+    if dst.stat().st_size > limit:  # the device tool brings back files up to 16 MB
+        dst.unlink()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--estimates", required=True, help="JSON written by estimate_full_size.py --json")
@@ -82,9 +96,7 @@ def main() -> None:
             (keep / "reproduce.log").write_text(text)
             # The trajectories, even of a reproduction killed at the limit (checkpoints stay behind:
             # at full size they are tens of MB each).
-            db = dest / "runs.db"
-            if db.exists() and db.stat().st_size < 15 * 2**20:
-                shutil.copy2(db, keep / "runs.db")
+            _copy_store(dest / "runs.db", keep / "runs.db")
         print(json.dumps({k: v for k, v in entry.items() if k != "tail"}), flush=True)
         summary.append(entry)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
