@@ -7,8 +7,10 @@ naming the problem and exit with status 2; they never print a traceback.
 
 from __future__ import annotations
 
+import errno
 import functools
 import math
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -22,29 +24,67 @@ DbOpt = Annotated[Path | None, typer.Option("--db", help="results database (defa
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda | cuda:N (default: the config's device, auto)")]
 
 
+_DEBUG = {"on": os.environ.get("STEEPEST_DEBUG", "") not in ("", "0")}
+
+
+@app.callback()
+def _options(
+    debug: Annotated[bool, typer.Option("--debug", help="show the full traceback of an error (also: STEEPEST_DEBUG=1)")] = False,
+) -> None:
+    """Implicit bias of steepest descent: train, verify, reproduce."""
+    _DEBUG["on"] = debug or os.environ.get("STEEPEST_DEBUG", "") not in ("", "0")
+
+
+def _one_line(exc: BaseException) -> str:
+    """The error as one line; a full disk anywhere in the exception chain is named as such."""
+    seen: list[BaseException] = []
+    e: BaseException | None = exc
+    while e is not None and not any(e is x for x in seen):
+        seen.append(e)
+        e = e.__cause__ or e.__context__
+    for e in seen:
+        text = str(e)
+        if (isinstance(e, OSError) and e.errno == errno.ENOSPC) or "disk is full" in text or "No space left" in text:
+            return (f"no space left on device ({' '.join(text.split())[:200]}); free some space, then "
+                    "`steepest train CONFIG --resume` continues from the last whole-step checkpoint")
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn errors about user input into one clear line and exit status 2."""
+    """Turn every expected error into one line on stderr and exit status 2 (130/143 for an
+    interrupt); ``--debug`` re-raises with the traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from .store import RunNotFoundError
+        import sqlite3
+
+        from .engine import Interrupted
+        from .store import BatchBusyError, RunNotFoundError
 
         try:
             return fn(*args, **kwargs)
-        except RunNotFoundError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2) from None
-        except (ValueError, FileNotFoundError, ImportError) as exc:
-            typer.echo(f"error: {exc}", err=True)
+        except (typer.Exit, typer.Abort):
+            raise
+        except Interrupted as exc:
+            typer.echo(f"stopped: {exc}", err=True)
+            raise typer.Exit(128 + exc.signum) from None
+        except KeyboardInterrupt:
+            typer.echo("stopped: interrupted", err=True)
+            raise typer.Exit(130) from None
+        except (RunNotFoundError, BatchBusyError, ValueError, OSError, ImportError, RuntimeError, sqlite3.Error) as exc:
+            if _DEBUG["on"]:
+                raise
+            typer.echo(f"error: {_one_line(exc)}", err=True)
             raise typer.Exit(2) from None
 
     return wrapper
 
 
-def _store(db: Path | None):
+def _store(db: Path | None, create: bool = False):
+    """The results database; read commands never create one (a mistyped --db is an error)."""
     from .store import RunStore
 
-    return RunStore(db)
+    return RunStore(db, create=create)
 
 
 def _fmt(v: Any) -> str:
@@ -78,7 +118,7 @@ def train(
     """Train every run of CONFIG (algorithms x lrs x seeds) and store the results."""
     from .engine import train as run_train
 
-    res = run_train(config, db=db, resume=resume, progress=progress, device=device)
+    res = run_train(config, db=db, resume=resume, progress=progress, device=device)  # writes: may create the db
     rows = [[rid, lab, st, f.get("step"), f.get("log_loss"), f.get("margin_own"), f.get("train_acc")]
             for rid, lab, st, f in zip(res.run_ids, res.labels, res.statuses, res.final, strict=True)]
     typer.echo(_table(["run", "algorithm", "status", "step", "log_loss", "margin_own", "train_acc"], rows))
@@ -90,12 +130,57 @@ def train(
 def runs(
     db: DbOpt = None,
     experiment: Annotated[str | None, typer.Option(help="only this experiment")] = None,
+    mark_failed: Annotated[list[int] | None, typer.Option("--mark-failed", help="settle these runs (ids) as failed; their rows are kept")] = None,
 ) -> None:
-    """List stored runs."""
+    """List stored runs. A "running" run whose batch has no live owner is shown as an orphan
+    (its process died); settle it with --mark-failed ID or `steepest gc`, or continue it with
+    `steepest train CONFIG --resume`."""
     with _store(db) as store:
+        if mark_failed:
+            for rid in mark_failed:
+                rec = store.get_run(rid)
+                if rec.status not in ("running", "interrupted"):
+                    raise ValueError(f"run {rid} is {rec.status!r}; only running or interrupted runs can be marked failed")
+                store.update_run(rid, status="failed", info={"error": "marked failed by the user"})
+                typer.echo(f"run {rid}: marked failed (rows kept)")
+            return
+        orphans = {r.id for r in store.orphans()}
         recs = store.list_runs(experiment=experiment)
-        rows = [[r.id, r.experiment or "", r.info.get("label", r.algorithm), r.seed, r.status, r.created_at[:19]] for r in recs]
+        rows = [[r.id, r.experiment or "", r.info.get("label", r.algorithm), r.seed,
+                 "running (orphan: no live owner)" if r.id in orphans else r.status, r.created_at[:19]] for r in recs]
         typer.echo(_table(["run", "experiment", "algorithm", "seed", "status", "created"], rows))
+        if orphans:
+            typer.echo(f"{len(orphans)} orphaned run(s): `steepest gc` marks them failed (keeping their rows), "
+                       "or `steepest train CONFIG --resume` continues their batch")
+
+
+@app.command()
+@_user_errors
+def gc(
+    db: DbOpt = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")] = False,
+) -> None:
+    """Settle orphaned runs: "running" runs whose process died. They are marked failed; their
+    metric rows and checkpoints are kept. Only the temp files of checkpoint writes that a kill
+    cut short are removed."""
+    with _store(db) as store:
+        orphans = store.orphans()
+        if not orphans:
+            typer.echo("no orphaned runs")
+            return
+        typer.echo(_table(["run", "name", "batch"], [[r.id, r.name, r.info.get("batch", "")] for r in orphans]))
+        if not yes and not typer.confirm(f"mark these {len(orphans)} run(s) failed and remove their half-written "
+                                         "checkpoint temp files? (rows and checkpoints are kept)"):
+            typer.echo("nothing changed")
+            return
+        from .checkpoints import remove_stale_temps
+
+        removed = []
+        for r in orphans:
+            store.update_run(r.id, status="failed", info={"error": "orphaned: its process died (settled by steepest gc)"})
+            if r.info.get("checkpoint_dir"):
+                removed += remove_stale_temps(Path(r.info["checkpoint_dir"]))  # half-written files of dead writers
+        typer.echo(f"marked {len(orphans)} run(s) failed" + (f"; removed {len(removed)} half-written checkpoint file(s)" if removed else ""))
 
 
 @app.command()

@@ -138,14 +138,19 @@ class AlgorithmConfig(_Strict):
         return [schedule(self.schedule, lr=lr, **kw) for lr in lrs]
 
 
+#: Bounds that keep a typo from becoming a run that can never end or a table that cannot fit.
+MAX_STEPS = 10**10
+MAX_PER_DECADE = 1000
+
+
 class StopConfig(_Strict):
-    steps: int = Field(default=1000, gt=0)
+    steps: int = Field(default=1000, gt=0, le=MAX_STEPS)
     log_loss: float | None = None
     wall_time: float | None = Field(default=None, gt=0)
 
 
 class LoggingConfig(_Strict):
-    per_decade: int = Field(default=20, gt=0)
+    per_decade: int = Field(default=20, gt=0, le=MAX_PER_DECADE)
     checkpoint_every: int | None = Field(default=None, gt=0)
     progress: bool | None = None  # None: a bar only when stderr is a terminal
     # Norms measured besides l1, l2, linf, spectral and each run's own: e.g. ["l1.5", "l3"].
@@ -169,7 +174,7 @@ class WarmStartConfig(_Strict):
     schedule: Literal["constant", "power"] = "constant"
     a: float | None = None
     until_log_loss: float = -2.0
-    max_steps: int = Field(default=5000, gt=0)
+    max_steps: int = Field(default=5000, gt=0, le=MAX_STEPS)
 
 
 class ExperimentConfig(_Strict):
@@ -242,7 +247,7 @@ def _format_error(exc: ValidationError) -> str:
         if err["type"] == "extra_forbidden":
             msg = "unknown field"
         lines.append(f"{loc}: {msg}")
-    return "invalid experiment config:\n  " + "\n  ".join(lines)
+    return "invalid experiment config: " + "; ".join(lines)
 
 
 def load_config(source: str | Path | dict[str, Any] | ExperimentConfig) -> ExperimentConfig:

@@ -19,20 +19,27 @@ Late-phase numerics (spec §2.5, §3.8, §6 item 3):
   log(η/‖∇𝓛‖_*) = log η − log 𝓛 − log ‖∇log𝓛‖_* for normalized ones (spec §3.8).
 
 Metrics are recorded at log-spaced steps (``per_decade`` per decade), at the first step where
-every training point is classified, and at the end. Checkpoints are written atomically every
-time −log 𝓛 of a run passes a power of ten, every ``checkpoint_every`` iterations, and at the
-end; ``resume=True`` continues an interrupted batch bit-for-bit (CPU, float64, same threads).
+every training point is classified, and at the end. Checkpoints are written atomically, only
+between whole steps: at step 0, every time −log 𝓛 of a run passes a power of ten, when a run
+first separates, every ``checkpoint_every`` iterations, at a SIGINT/SIGTERM, and at the end;
+``resume=True`` continues an interrupted batch bit-for-bit (CPU, float64, same threads). One
+process owns a batch at a time (a lease with a heartbeat in the store).
+
+On a GPU a step makes one host-device synchronization: the packed event flags (``_Runner._step``).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
+import shutil
+import signal
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +49,7 @@ from torch import Tensor
 from torch.func import functional_call, grad_and_value, vmap
 
 from .algorithms import Algorithm, algorithm
+from .checkpoints import atomic_torch_save, load_checkpoint, remove_stale_temps
 from .config import ExperimentConfig, RunSpec, load_config
 from .data import Dataset, load_dataset
 from .devices import resolve_device
@@ -51,7 +59,7 @@ from .losses import per_sample_log_losses, smoothed_margin_numerator
 from .models import build_model, homogeneity_degree
 from .norms import LpNorm, Norm, Spectral, _flat, get_norm
 from .schedules import LOG_LOSS0
-from .store import RunStore, default_db_path
+from .store import HEARTBEAT_EVERY_S, RunStore, default_db_path
 
 __all__ = ["train", "TrainResult", "METRIC_NORMS", "Engine"]
 
@@ -98,13 +106,41 @@ def _scatter(full: Tensor, idx: Tensor | None, part: Tensor) -> Tensor:
     return part if idx is None else full.index_copy(0, idx, part)
 
 
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        torch.save(obj, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+class Interrupted(KeyboardInterrupt):
+    """Training stopped at a step boundary by SIGINT or SIGTERM; the batch was checkpointed
+    there and ``--resume`` continues it exactly."""
+
+    def __init__(self, signum: int, step: int):
+        self.signum, self.step = signum, step
+        super().__init__(f"interrupted by {signal.Signals(signum).name} after step {step}; "
+                         "the batch is checkpointed there and --resume continues it exactly")
+
+
+class _StopFlag:
+    """The signal that asked training to stop (None: none yet)."""
+
+    signum: int | None = None
+
+
+@contextmanager
+def _deferred_signals(stop: _StopFlag):
+    """SIGINT and SIGTERM set ``stop.signum``; the training loop stops between two whole steps.
+    A second SIGINT interrupts at once (no checkpoint is then written mid-step)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, _frame: Any) -> None:
+        if stop.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        stop.signum = signum
+
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
 
 
 class _Group:
@@ -376,9 +412,13 @@ class _Runner:
                 break
             milestones.add(s)
             k += 1
-        self.is_milestone = torch.zeros(self.steps + 2, dtype=torch.bool)
-        self.is_milestone[sorted(milestones)] = True
-        self.is_milestone = self.is_milestone.to(engine.device)
+        # Sorted milestone steps, looked up by binary search: O(per_decade·log10 steps) memory
+        # (a dense per-step table would be 1 TB at steps = 1e12).
+        self.milestones = torch.tensor(sorted(milestones), dtype=torch.long, device=engine.device)
+        self.stop = _StopFlag()
+        self.consistent = True  # False while a step is half-done: no checkpoint may be taken then
+        self.batch_id: str | None = None
+        self._last_beat = time.monotonic()
 
     # -------------------------------------------------------------- state
     def fresh_state(self, params: list[Tensor]) -> None:
@@ -441,9 +481,9 @@ class _Runner:
             return None
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         path = self.ckpt_dir / ("final.pt" if final else f"iter-{self.iteration:09d}.pt")
-        _atomic_torch_save(self.state_dict(), path)
+        atomic_torch_save(self.state_dict(), path)
         latest = self.ckpt_dir / "latest.pt"
-        _atomic_torch_save(self.state_dict(), latest)
+        atomic_torch_save(self.state_dict(), latest)
         ts, lls = self.t.tolist(), self.ll.tolist()
         for i, rid in enumerate(self.run_ids):
             self.store.add_checkpoint(rid, step=ts[i], path=str(path), log_loss=lls[i])
@@ -459,10 +499,10 @@ class _Runner:
             m = self.e.metrics(self.params, self.g, self.ll, self.out)
         else:
             m = self.e.metrics(self.params)
+        # Flow time and lr are stored by their logs only: exp overflows to inf in long runs
+        # while the logs stay finite (``steepest export`` adds the exp'd columns, explained).
         m["log_flow_time"] = self.log_flow
-        m["flow_time"] = torch.exp(self.log_flow)
         m["log_lr"] = self.last_log_lr
-        m["lr"] = torch.exp(self.last_log_lr)
         m["rollbacks"] = self.rollbacks.to(torch.float64)
         # One device-to-host transfer for the whole event: every column and the step counter.
         names = list(m)
@@ -483,10 +523,12 @@ class _Runner:
         self.last_logged = m
 
     # -------------------------------------------------------------- loop
-    def _batch(self) -> Tensor | None:
+    def _batch(self, iteration: int | None = None) -> Tensor | None:
+        """The minibatch of ``iteration`` (default: the current one); None when full batch."""
         if self.batch_size is None or self.batch_size >= len(self.e.X):
             return None
-        gen = torch.Generator().manual_seed(1_000_003 * (self.e.specs[0].seed + 1) + self.iteration)
+        it = self.iteration if iteration is None else iteration
+        gen = torch.Generator().manual_seed(1_000_003 * (self.e.specs[0].seed + 1) + it)
         return torch.randperm(len(self.e.X), generator=gen)[: self.batch_size].to(self.e.device)
 
     def run(self, resumed: bool) -> None:
@@ -497,10 +539,18 @@ class _Runner:
         self.qmin = e.q_min(self.out, e.y if batch is None else e.y[batch])
         if not resumed:
             self.log([True] * K, batch is None)
+            self.checkpoint()  # step 0: an interruption from here on can always be resumed
         bar = _Progress(self.steps, enabled=self.progress)
         try:
             while not all(self.done_host):
+                if self.stop.signum is not None:
+                    raise Interrupted(self.stop.signum, self.t_host_max)
+                if self.batch_id is not None and time.monotonic() - self._last_beat > HEARTBEAT_EVERY_S:
+                    self.store.heartbeat(self.batch_id)
+                    self._last_beat = time.monotonic()
+                self.consistent = False
                 self._step()
+                self.consistent = True
                 bar.update(self.t_host_max, lambda: float(self.ll.min()),
                            self.last_logged.get("margin_own") if hasattr(self, "last_logged") else None)
         finally:
@@ -549,8 +599,8 @@ class _Runner:
             else:
                 dt = eta_g
             log_dtau = _scatter(log_dtau, g.idx, dt)
-        self.iteration += 1
-        batch = self._batch()
+        iteration = self.iteration + 1
+        batch = self._batch(iteration)
         g2, ll2, out2 = e.evaluate(new_params, batch)
         # Overflowing parameters show up in the outputs, so outputs, loss and gradients suffice.
         finite = e._finite_runs(g2) & e._finite_runs([out2]) & torch.isfinite(ll2)
@@ -572,13 +622,16 @@ class _Runner:
         if self.target is not None:
             finished = finished | (active & (ll_new <= self.target))
         dead = active & (self.log_alpha < e.log_min_alpha)
-        milestone = accept & self.is_milestone[t_new.clamp(max=self.steps + 1)]
+        pos = torch.searchsorted(self.milestones, t_new).clamp(max=len(self.milestones) - 1)
+        milestone = accept & (self.milestones[pos] == t_new)
         decade = torch.floor(torch.log10(torch.clamp(-ll_new, min=1.0))).to(torch.long)
         crossed = active & (decade > self.decade)
         # The step's only host-device synchronization: every flag the host acts on, in one transfer.
         flags = torch.stack([accept.to(torch.long), newly_separated.to(torch.long), finished.to(torch.long),
                              dead.to(torch.long), milestone.to(torch.long), crossed.to(torch.long), t_new]).tolist()
         acc_h, sep_h, fin_h, dead_h, mile_h, cross_h, ts = flags
+        # From here the step is committed: the iteration counter moves with the state.
+        self.iteration = iteration
         for gi, g in enumerate(e.groups):
             # A rejected run keeps its state as it was before the rescale (and its frame).
             acc_g = _gather(accept, g.idx)
@@ -684,7 +737,7 @@ def _warm_start(cfg: ExperimentConfig, dataset: Dataset, engine: Engine, params:
         steps = runner.t.tolist()
     if any(ll > ws.until_log_loss for ll in lls):
         bad = [s for s, ll in zip(seeds, lls, strict=True) if ll > ws.until_log_loss]
-        raise RuntimeError(f"warm start did not reach log-loss {ws.until_log_loss} within {ws.max_steps} steps for seeds {bad} "
+        raise ValueError(f"warm start did not reach log-loss {ws.until_log_loss} within {ws.max_steps} steps for seeds {bad} "
                            f"(reached {lls}); raise warm_start.max_steps or lr")
     pos = {s: i for i, s in enumerate(seeds)}
     sel = torch.tensor([pos[sp.seed] for sp in engine.specs], device=engine.device)
@@ -694,18 +747,44 @@ def _warm_start(cfg: ExperimentConfig, dataset: Dataset, engine: Engine, params:
 
 
 def _resumable(store: RunStore, cfg: ExperimentConfig, K: int) -> list[Any]:
+    """The runs of the latest batch of this exact config that has a checkpoint for every run
+    and at least one run left unfinished (running, interrupted or failed)."""
     h = cfg.config_hash()
-    runs = [r for r in store.list_runs(experiment=cfg.name)
-            if r.status in ("running", "interrupted") and r.info.get("config_hash") == h]
     batches: dict[str, list[Any]] = {}
-    for r in runs:
-        batches.setdefault(r.info.get("batch", ""), []).append(r)
-    complete = [b for b in batches.values() if len(b) == K and all("checkpoint" in r.info for r in b)]
+    for r in store.list_runs(experiment=cfg.name):
+        if r.info.get("config_hash") == h:
+            batches.setdefault(r.info.get("batch", ""), []).append(r)
+    complete = [b for b in batches.values()
+                if len(b) == K and all("checkpoint" in r.info for r in b)
+                and any(r.status in ("running", "interrupted", "failed") for r in b)]
     if not complete:
-        raise ValueError(f"nothing to resume: no interrupted batch of experiment {cfg.name!r} with this exact "
+        raise ValueError(f"nothing to resume: no unfinished batch of experiment {cfg.name!r} with this exact "
                          f"config (hash {h}) and a checkpoint in {store.path}")
     latest = max(complete, key=lambda b: max(r.id for r in b))
     return sorted(latest, key=lambda r: r.info["index"])
+
+
+def _tree_bytes(tree: Any) -> int:
+    total = 0
+
+    def add(x: Tensor) -> Tensor:
+        nonlocal total
+        total += x.numel() * x.element_size()
+        return x
+
+    _tree_map(add, tree)
+    return total
+
+
+def _check_disk_space(folder: Path, nbytes: int) -> None:
+    """Fail before any run row exists if the first checkpoints cannot fit."""
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if free < nbytes:
+        raise OSError(f"not enough disk space for the checkpoints in {folder}: each needs about "
+                      f"{nbytes / 2 / 1e6:.1f} MB (two are kept), {free / 1e6:.1f} MB free")
 
 
 def train(config: str | Path | dict[str, Any] | ExperimentConfig, *, db: str | Path | None = None,
@@ -713,13 +792,21 @@ def train(config: str | Path | dict[str, Any] | ExperimentConfig, *, db: str | P
     """Run an experiment config: K = algorithms × lrs × seeds runs stepped together.
 
     Results go to the SQLite store at ``db`` (default ``./steepest-runs/runs.db`` or
-    ``$STEEPEST_DB``); checkpoints to ``<db folder>/checkpoints/<batch>/``. With
-    ``resume=True`` the latest interrupted batch of the same config continues from its last
-    checkpoint; metric rows logged after that checkpoint are replaced, never duplicated.
+    ``$STEEPEST_DB``); checkpoints to ``<db folder>/checkpoints/<batch>/``.
 
-    ``device`` (``auto | cpu | cuda | cuda:N``) overrides the config's ``device`` key; an
-    unavailable device is a :class:`steepest.devices.DeviceError` raised before the store is
-    opened, so nothing is written.
+    What can be checked up front (the config, the device, the data, the model, the warm start's
+    target, the disk space for the first checkpoints) is checked before any run row is written.
+    A checkpoint is written at step 0 and then between whole steps only; SIGINT and SIGTERM stop
+    the loop at the next step boundary, checkpoint there, mark the runs "interrupted" and raise
+    :class:`Interrupted`. Any other failure marks the unfinished runs "failed" with the reason.
+
+    ``resume=True`` continues the latest unfinished batch of the same config from its last
+    checkpoint, exactly: metric rows logged after that checkpoint are replaced, and the resumed
+    batch equals an uninterrupted one row for row (minibatches too). One process owns a batch
+    at a time (a lease in the store); a second resume of a batch whose owner is alive is
+    refused (:class:`steepest.store.BatchBusyError`).
+
+    ``device`` (``auto | cpu | cuda | cuda:N``) overrides the config's ``device`` key.
     """
     cfg = load_config(config)
     if device is not None:
@@ -729,54 +816,106 @@ def train(config: str | Path | dict[str, Any] | ExperimentConfig, *, db: str | P
     dataset = _load_data(cfg)
     engine = Engine(cfg, specs, dataset, dev)
     db_path = Path(db) if db is not None else default_db_path()
-    store = RunStore(db_path)
     show = progress if progress is not None else (cfg.logging.progress if cfg.logging.progress is not None else sys.stderr.isatty())
+    if resume:
+        if not db_path.is_file():
+            raise ValueError(f"nothing to resume: no results database at {db_path}")
+        store = RunStore(db_path, create=False)
+    else:
+        params = engine.init_params()
+        winfo = None
+        if cfg.warm_start is not None:
+            params, winfo = _warm_start(cfg, dataset, engine, params)  # before any row is written
+        batch = uuid.uuid4().hex[:12]
+        ckpt_dir = db_path.parent / "checkpoints" / batch
+        probe = _Runner(engine, None, [], None, progress=False)  # type: ignore[arg-type]
+        probe.fresh_state(params)
+        _check_disk_space(ckpt_dir, 2 * _tree_bytes(probe.state_dict()) + 2**20)
+        store = RunStore(db_path)
+    stop = _StopFlag()
     try:
-        if resume:
-            records = _resumable(store, cfg, engine.K)
-            run_ids = [r.id for r in records]
-            batch = records[0].info["batch"]
-            ckpt_dir = Path(records[0].info["checkpoint_dir"])
-            runner = _Runner(engine, store, run_ids, ckpt_dir, show)
-            sd = torch.load(records[0].info["checkpoint"], weights_only=True, map_location=engine.device)
-            runner.load_state_dict(sd)
-            for rid, t in zip(run_ids, runner.t.tolist(), strict=True):
-                store.delete_metrics_after(rid, t)
-                store.update_run(rid, status="running")
-        else:
-            batch = uuid.uuid4().hex[:12]
-            ckpt_dir = db_path.parent / "checkpoints" / batch
-            h = cfg.config_hash()
-            run_ids = []
-            for sp in specs:
-                lr = sp.schedule["lr"]
-                info = {"batch": batch, "index": sp.index, "label": sp.label, "config_hash": h,
-                        "schedule": sp.schedule, "options": sp.options, "own_norm": engine.own_norms[sp.index].name,
-                        "degree": engine.L, "loss": cfg.loss, "dataset": dataset.info, "checkpoint_dir": str(ckpt_dir),
-                        "normalized": next(g.algo.normalized for g in engine.groups if sp.index in g.indices)}
-                run_ids.append(store.create_run(name=f"{cfg.name}/{sp.label}/lr={lr:g}/seed={sp.seed}",
-                                                algorithm=sp.algorithm, seed=sp.seed, config=cfg.canonical(),
-                                                experiment=cfg.name, info=info))
-            params = engine.init_params()
-            if cfg.warm_start is not None:
-                params, winfo = _warm_start(cfg, dataset, engine, params)
-                for rid in run_ids:
-                    store.update_run(rid, info={"warm_start": winfo})
-            runner = _Runner(engine, store, run_ids, ckpt_dir, show)
-            runner.fresh_state(params)
-        try:
-            runner.run(resumed=resume)
-        except BaseException:
-            runner.checkpoint()
-            for rid, st in zip(run_ids, runner.status, strict=True):
-                store.update_run(rid, status="interrupted" if st == "running" else st)
-            raise
-        path = runner.checkpoint(final=True)
-        for rid, st in zip(run_ids, runner.status, strict=True):
-            store.update_run(rid, status=st if st != "running" else "completed")
-        final = [{"step": float(store.metrics(rid)["step"][-1]), **store.final_metrics(rid)} for rid in run_ids]
-        statuses = [store.get_run(rid).status for rid in run_ids]
-        return TrainResult(run_ids=run_ids, batch=batch, db=db_path, final=final,
-                           labels=[sp.label for sp in specs], checkpoint=path, statuses=statuses)
+        with _deferred_signals(stop):  # from the first row written: a signal stops between whole steps
+            return _train_batch(engine, cfg, specs, dataset, store, db_path, resume, show, stop,
+                                params=None if resume else params, winfo=None if resume else winfo,
+                                batch=None if resume else batch, ckpt_dir=None if resume else ckpt_dir)
     finally:
         store.close()
+
+
+def _train_batch(engine: Engine, cfg: ExperimentConfig, specs: list[RunSpec], dataset: Dataset, store: RunStore,
+                 db_path: Path, resume: bool, show: bool, stop: _StopFlag, *, params: list[Tensor] | None,
+                 winfo: dict[str, Any] | None, batch: str | None, ckpt_dir: Path | None) -> TrainResult:
+    """Create (or find) the batch's rows, own it, train it, settle it: :func:`train`'s body."""
+    if resume:
+        records = _resumable(store, cfg, engine.K)
+        run_ids = [r.id for r in records]
+        batch = records[0].info["batch"]
+        ckpt_dir = Path(records[0].info["checkpoint_dir"])
+        store.acquire_lease(batch)
+        remove_stale_temps(ckpt_dir)  # a writer SIGKILLed mid-checkpoint leaves its temp file
+        runner = _Runner(engine, store, run_ids, ckpt_dir, show)
+        runner.load_state_dict(load_checkpoint(records[0].info["checkpoint"], engine.device))
+        for rid, t in zip(run_ids, runner.t.tolist(), strict=True):
+            store.delete_metrics_after(rid, t)
+            store.update_run(rid, status="running")
+    else:
+        h = cfg.config_hash()
+        run_ids = []
+        for sp in specs:
+            lr = sp.schedule["lr"]
+            info = {"batch": batch, "index": sp.index, "label": sp.label, "config_hash": h,
+                    "schedule": sp.schedule, "options": sp.options, "own_norm": engine.own_norms[sp.index].name,
+                    "degree": engine.L, "loss": cfg.loss, "dataset": dataset.info, "checkpoint_dir": str(ckpt_dir),
+                    "normalized": next(g.algo.normalized for g in engine.groups if sp.index in g.indices)}
+            if winfo is not None:
+                info["warm_start"] = winfo
+            run_ids.append(store.create_run(name=f"{cfg.name}/{sp.label}/lr={lr:g}/seed={sp.seed}",
+                                            algorithm=sp.algorithm, seed=sp.seed, config=cfg.canonical(),
+                                            experiment=cfg.name, info=info))
+        store.acquire_lease(batch)
+        runner = _Runner(engine, store, run_ids, ckpt_dir, show)
+        runner.fresh_state(params)
+    runner.batch_id = batch
+    runner.stop = stop
+    try:
+        runner.run(resumed=resume)
+    except BaseException as exc:
+        _settle_after_failure(runner, store, run_ids, exc)
+        raise
+    path = runner.checkpoint(final=True)
+    for rid, st in zip(run_ids, runner.status, strict=True):
+        store.update_run(rid, status=st if st != "running" else "completed")
+    store.release_lease(batch)
+    final = [{"step": float(store.metrics(rid)["step"][-1]), **store.final_metrics(rid)} for rid in run_ids]
+    statuses = [store.get_run(rid).status for rid in run_ids]
+    return TrainResult(run_ids=run_ids, batch=batch, db=db_path, final=final,
+                       labels=[sp.label for sp in specs], checkpoint=path, statuses=statuses)
+
+
+def _settle_after_failure(runner: _Runner, store: RunStore, run_ids: list[int], exc: BaseException) -> None:
+    """Checkpoint the last whole step (if the failure came between steps) and mark the
+    unfinished runs "interrupted" (a signal) or "failed" (with the reason). Best effort: on a
+    full disk these writes can fail too, and then the last checkpoint on disk stays the one to
+    resume from (its rows past that point are replaced on resume)."""
+    interrupted = isinstance(exc, KeyboardInterrupt)
+    try:
+        if runner.consistent:
+            runner.checkpoint()
+    except BaseException:  # noqa: BLE001 - the original failure is what the user must see
+        pass
+    reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}" if str(exc) else type(exc).__name__
+    for rid, st in zip(run_ids, runner.status, strict=True):
+        if st != "running":
+            continue
+        try:
+            if interrupted:
+                store.update_run(rid, status="interrupted")
+            else:
+                store.update_run(rid, status="failed", info={"error": reason})
+        except BaseException:  # noqa: BLE001
+            pass
+    try:
+        if runner.batch_id is not None:
+            store.release_lease(runner.batch_id)
+    except BaseException:  # noqa: BLE001
+        pass

@@ -26,6 +26,9 @@ Schema (version :data:`SCHEMA_VERSION`)::
     metrics(run_id, step, name, value REAL, PRIMARY KEY (run_id, step, name))
     checkpoints(run_id, step, path, log_loss, PRIMARY KEY (run_id, step))
     meta(key PRIMARY KEY, value)            -- holds schema_version
+    leases(batch PRIMARY KEY, pid, host, started, heartbeat)
+                                            -- one owner per batch being trained; a lease whose
+                                               owner is dead or silent is stale (taken over)
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import json
 import math
 import operator
 import os
+import socket
 import sqlite3
 import subprocess
 import tempfile
@@ -59,6 +63,8 @@ __all__ = [
     "RunRecord",
     "RunNotFoundError",
     "RunStore",
+    "StoreNotFoundError",
+    "BatchBusyError",
 ]
 
 DEFAULT_DB = Path("steepest-runs/runs.db")
@@ -100,6 +106,13 @@ CREATE TABLE IF NOT EXISTS metrics (
     value  REAL NOT NULL,
     PRIMARY KEY (run_id, step, name)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS leases (
+    batch     TEXT PRIMARY KEY,
+    pid       INTEGER NOT NULL,
+    host      TEXT NOT NULL,
+    started   TEXT NOT NULL,
+    heartbeat REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS checkpoints (
     run_id   INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
     step     INTEGER NOT NULL,
@@ -142,6 +155,33 @@ def provenance() -> dict[str, str | None]:
     except (OSError, subprocess.SubprocessError):
         pass
     return {"version": pkg_version, "git_hash": git_hash}
+
+
+class StoreNotFoundError(FileNotFoundError):
+    """A read command was pointed at a results database that does not exist."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(f"no results database at {path} (check --db or ${ENV_VAR})")
+
+
+class BatchBusyError(RuntimeError):
+    """Another live process holds the lease on a batch (one owner per batch)."""
+
+
+#: A lease whose heartbeat is older than this is stale and may be taken over (the engine beats
+#: every ``HEARTBEAT_EVERY_S`` while it trains).
+LEASE_STALE_AFTER_S = 300.0
+HEARTBEAT_EVERY_S = 30.0
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
 
 
 class RunNotFoundError(KeyError):
@@ -241,16 +281,20 @@ class RunStore:
     """A handle on one results database (SQLite, WAL mode). Use as a context manager.
 
     ``path=None`` uses :func:`default_db_path`; the parent directory and the schema are created
-    when missing; ``":memory:"`` gives a private in-memory database. One instance holds one
+    when missing, unless ``create=False`` (read commands), which raises
+    :class:`StoreNotFoundError` instead; ``":memory:"`` gives a private in-memory database. One instance holds one
     connection: share the *path*, not the instance, across threads or processes.
     """
 
-    def __init__(self, path: str | Path | None = None) -> None:
+    def __init__(self, path: str | Path | None = None, *, create: bool = True) -> None:
         if path is None:
             path = default_db_path()
         self._memory = str(path) == ":memory:"
         self.path: Path = Path(path) if self._memory else Path(path).expanduser()
         if not self._memory:
+            if not create and not self.path.is_file():
+                # Read commands never create files: a mistyped --db is an error, not a new database.
+                raise StoreNotFoundError(self.path)
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self._conn = sqlite3.connect(
             ":memory:" if self._memory else str(self.path),
@@ -557,6 +601,55 @@ class RunStore:
         ).fetchall()
         return [{"step": s, "path": p, "log_loss": ll} for s, p, ll in rows]
 
+    # ---------------------------------------------------------------- leases
+    def lease(self, batch: str) -> dict[str, Any] | None:
+        """The lease on ``batch`` (pid, host, started, heartbeat, stale), or None."""
+        row = self._conn.execute("SELECT pid, host, started, heartbeat FROM leases WHERE batch = ?", (batch,)).fetchone()
+        if row is None:
+            return None
+        pid, host, started, hb = row
+        return {"pid": pid, "host": host, "started": started, "heartbeat": hb,
+                "stale": self._lease_stale(pid, host, hb)}
+
+    @staticmethod
+    def _lease_stale(pid: int, host: str, heartbeat: float, stale_after: float = LEASE_STALE_AFTER_S) -> bool:
+        if host == socket.gethostname() and not _pid_alive(pid):
+            return True  # its owner is dead
+        return time.time() - heartbeat > stale_after  # another host's owner stopped beating
+
+    def acquire_lease(self, batch: str, stale_after: float = LEASE_STALE_AFTER_S) -> None:
+        """Become the one owner of ``batch``; a live owner's lease raises :class:`BatchBusyError`,
+        a dead or stale one is taken over."""
+        me, host = os.getpid(), socket.gethostname()
+
+        def take(conn: sqlite3.Connection) -> None:
+            row = conn.execute("SELECT pid, host, heartbeat FROM leases WHERE batch = ?", (batch,)).fetchone()
+            if row is not None and (row[0], row[1]) != (me, host) and not self._lease_stale(*row, stale_after=stale_after):
+                age = time.time() - row[2]
+                raise BatchBusyError(f"batch {batch} is being trained by pid {row[0]} on {row[1]} "
+                                     f"(heartbeat {age:.0f} s ago); wait for it, or stop it first")
+            conn.execute("INSERT OR REPLACE INTO leases(batch, pid, host, started, heartbeat) VALUES (?, ?, ?, ?, ?)",
+                         (batch, me, host, _now(), time.time()))
+
+        self._transact(take)
+
+    def heartbeat(self, batch: str) -> None:
+        self._transact(lambda c: c.execute("UPDATE leases SET heartbeat = ? WHERE batch = ? AND pid = ? AND host = ?",
+                                           (time.time(), batch, os.getpid(), socket.gethostname())))
+
+    def release_lease(self, batch: str) -> None:
+        self._transact(lambda c: c.execute("DELETE FROM leases WHERE batch = ? AND pid = ? AND host = ?",
+                                           (batch, os.getpid(), socket.gethostname())))
+
+    def orphans(self) -> list[RunRecord]:
+        """Runs marked "running" whose batch has no live owner (its lease is stale or absent)."""
+        out = []
+        for r in self.list_runs(status="running"):
+            lease = self.lease(str(r.info.get("batch", "")))
+            if lease is None or lease["stale"]:
+                out.append(r)
+        return out
+
     # ---------------------------------------------------------------- export
     def export(self, run_id: int, path: str | Path, fmt: str = "csv") -> Path:
         """Write the run's wide metric table (see :meth:`metrics`) to ``path``, atomically.
@@ -571,6 +664,8 @@ class RunStore:
             raise ValueError(f"fmt must be one of {EXPORT_FORMATS}, got {fmt!r}")
         cols = self.metrics(run_id)
         path = Path(path)
+        if path.is_dir():
+            raise IsADirectoryError(f"export: {path} is a folder; give a file name, e.g. {path / f'run-{run_id}.{fmt}'}")
         if fmt == "csv":
             buf = io.StringIO()
             writer = csv.writer(buf, lineterminator="\n")

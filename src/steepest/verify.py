@@ -77,6 +77,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .checkpoints import load_checkpoint
 from .kkt import NotSeparatedError, _kind, kkt_residual
 from .losses import log_loss as _log_loss
 from .losses import margins as _margins
@@ -675,9 +676,7 @@ class _Loader:
     def file(self, path: str | Path) -> dict[str, Any]:
         key = str(path)
         if key not in self._files:
-            if not Path(key).exists():
-                raise FileNotFoundError(f"checkpoint file {key} is missing")
-            self._files[key] = torch.load(key, weights_only=True, map_location="cpu")
+            self._files[key] = load_checkpoint(key, require=("params", "run_ids"))
         return self._files[key]
 
     def model_at(self, rec: RunRecord, path: str | Path) -> tuple[nn.Module, int]:
@@ -865,7 +864,7 @@ def _param_shapes(rec: RunRecord, cache: dict[str, list[tuple[int, ...]]]) -> li
     if not path:
         return []
     if path not in cache:
-        sd = torch.load(path, weights_only=True, map_location="cpu")
+        sd = load_checkpoint(path, require=("params",))
         cache[path] = [tuple(p.shape[1:]) for p in sd["params"]]
     return cache[path]
 
@@ -1142,7 +1141,7 @@ def main(
     could not be checked (never separated, not homogeneous, loss outside the theorem).
     """
     echo = echo or (lambda s: print(s, file=sys.stdout))
-    with RunStore(db) as store:
+    with RunStore(db, create=False) as store:
         ids = resolve_runs(store, run_ids)
         report = verify_runs(store, ids, kkt=kkt)
     echo(report.to_text())

@@ -24,6 +24,7 @@ import torch
 from ..adaptive import HybridNorm
 from ..metrics import directional_cosine
 from ..store import RunStore
+from ..checkpoints import load_checkpoint
 from .common import BatchRuns, final_value, load_spec, plot_margin_panels, run_batches
 from .report import Report, markdown_table
 from .verdicts import verify_markdown
@@ -68,7 +69,7 @@ def single_thread(enabled: bool = True) -> Iterator[None]:
 
 def checkpoint_params(path: str | Path, run_id: int) -> list[torch.Tensor]:
     """The parameters of run ``run_id`` in an engine checkpoint (stacked (K, ...) → run's slice)."""
-    sd = torch.load(path, weights_only=True, map_location="cpu")
+    sd = load_checkpoint(path, require=("params", "run_ids"))
     ids = list(sd["run_ids"])
     if run_id not in ids:
         raise ValueError(f"run_id {run_id} is not in checkpoint {path} (runs: {ids})")
