@@ -44,6 +44,7 @@ __all__ = [
     "time_interleaved",
     "make_runner",
     "step_rate",
+    "seconds_per_step",
     "header",
 ]
 
@@ -185,3 +186,19 @@ def step_rate(runner: _Runner, n: int) -> Callable[[], None]:
             runner._step()
 
     return go
+
+
+def seconds_per_step(runner: _Runner, steps: int, warmup: int = 1) -> float:
+    """Wall seconds per ``_step()`` after ``warmup`` untimed steps; on CUDA the timed block is
+    fenced by ``torch.cuda.synchronize()`` so that queued kernels are counted."""
+    cuda = runner.e.device.type == "cuda"
+    for _ in range(warmup):
+        runner._step()
+    if cuda:
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        runner._step()
+    if cuda:
+        torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / steps

@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from pathlib import Path
 
 import torch
-from _common import header, make_runner, parse_args
+from _common import header, make_runner, parse_args, seconds_per_step
 from torch.utils.flop_counter import FlopCounterMode
 
 from steepest.reproduce import experiment_names
@@ -36,11 +35,6 @@ def _iterations_per_step(cfg: dict) -> float:
             up, down = a.get("up", 2 ** 0.2), a.get("down", 2 ** 0.1)
             worst = max(worst, 1.0 + math.log(up) / math.log(down))
     return worst
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def main() -> None:
@@ -71,13 +65,7 @@ def main() -> None:
                 with FlopCounterMode(display=False) as fc:
                     r._step()
                 flops = fc.get_total_flops()
-                r._step()
-                _sync(args.device)
-                t0 = time.perf_counter()
-                for _ in range(args.steps):
-                    r._step()
-                _sync(args.device)
-                per = (time.perf_counter() - t0) / args.steps
+                per = seconds_per_step(r, args.steps)
             except Exception as exc:  # report and go on: one bad batch should not hide the rest
                 print(f"   {name + '/' + bname:<44} could not be built or stepped: {type(exc).__name__}: {exc}")
                 rows.append({"experiment": name, "batch": bname, "error": f"{type(exc).__name__}: {exc}"})

@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
-from _common import digits_config, header, make_runner, parse_args  # noqa: E402
+from _common import digits_config, header, make_runner, parse_args, seconds_per_step  # noqa: E402
 
 SYNC_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy")
 
@@ -70,14 +70,7 @@ def main() -> None:
         t_build = time.perf_counter()
         r = make_runner(digits_config(K, 100_000), device=args.device)
         build = time.perf_counter() - t_build
-        for _ in range(10):
-            r._step()
-        _sync(args.device)
-        t0 = time.perf_counter()
-        for _ in range(args.steps):
-            r._step()
-        _sync(args.device)
-        dt = (time.perf_counter() - t0) / args.steps
+        dt = seconds_per_step(r, args.steps, warmup=10)
         rates[K] = K / dt
         base = rates.get(ks[0])
         print(f"   {K:>6} {dt * 1e3:>9.3f} {rates[K]:>12.0f} {rates[K] / base:>6.1f}x   (set-up {build:.1f} s)")
