@@ -433,3 +433,18 @@ def test_malformed_configs_write_nothing_through_the_cli(tmp_path):
         res = runner.invoke(app, ["train", str(path), "--db", str(db)])
         assert res.exit_code == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
         assert not db.parent.exists()
+
+
+def test_a_run_with_a_live_owner_cannot_be_marked_failed(tmp_path):
+    import socket
+
+    db = tmp_path / "o.db"
+    with RunStore(db) as store:
+        rid = store.create_run(name="x", algorithm="ngd", seed=0, config={}, info={"batch": "b"})
+        store.update_run(rid, status="running")
+        store._transact(lambda c: c.execute("INSERT INTO leases VALUES (?, ?, ?, ?, ?)",
+                                            ("b", os.getppid(), socket.gethostname(), "t", time.time())))
+    res = runner.invoke(app, ["runs", "--db", str(db), "--mark-failed", str(rid)])
+    assert res.exit_code == 2 and f"being trained by pid {os.getppid()}" in res.stderr
+    res = runner.invoke(app, ["gc", "--db", str(db), "--yes"])
+    assert res.exit_code == 0 and "no orphaned runs" in res.output

@@ -141,6 +141,9 @@ def runs(
                 rec = store.get_run(rid)
                 if rec.status not in ("running", "interrupted"):
                     raise ValueError(f"run {rid} is {rec.status!r}; only running or interrupted runs can be marked failed")
+                lease = store.lease(str(rec.info.get("batch", "")))
+                if rec.status == "running" and lease is not None and not lease["stale"]:
+                    raise ValueError(f"run {rid} is being trained by pid {lease['pid']} on {lease['host']}; stop it first")
                 store.update_run(rid, status="failed", info={"error": "marked failed by the user"})
                 typer.echo(f"run {rid}: marked failed (rows kept)")
             return

@@ -500,7 +500,7 @@ class _Runner:
         else:
             m = self.e.metrics(self.params)
         # Flow time and lr are stored by their logs only: exp overflows to inf in long runs
-        # while the logs stay finite (``steepest export`` adds the exp'd columns, explained).
+        # while the logs stay finite (``steepest plot --x flow_time`` exponentiates the log).
         m["log_flow_time"] = self.log_flow
         m["log_lr"] = self.last_log_lr
         m["rollbacks"] = self.rollbacks.to(torch.float64)
@@ -630,7 +630,8 @@ class _Runner:
         flags = torch.stack([accept.to(torch.long), newly_separated.to(torch.long), finished.to(torch.long),
                              dead.to(torch.long), milestone.to(torch.long), crossed.to(torch.long), t_new]).tolist()
         acc_h, sep_h, fin_h, dead_h, mile_h, cross_h, ts = flags
-        # From here the step is committed: the iteration counter moves with the state.
+        # The iteration counter moves with the rest of the state (a half-done step is never
+        # checkpointed: ``consistent`` is False until the step returns).
         self.iteration = iteration
         for gi, g in enumerate(e.groups):
             # A rejected run keeps its state as it was before the rescale (and its frame).
