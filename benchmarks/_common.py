@@ -168,13 +168,13 @@ def _run_prelude(r: _Runner) -> None:
     def stop() -> None:
         raise _StopBeforeFirstStep
 
-    r._step = stop  # type: ignore[method-assign]
+    r._advance = stop  # type: ignore[method-assign]
     try:
         r.run(resumed=True)  # resumed: no initial log row
     except _StopBeforeFirstStep:
         pass
     finally:
-        del r._step  # back to the class's method
+        del r._advance  # back to the class's method
     r._t0 = time.perf_counter()
 
 

@@ -146,22 +146,27 @@ def _runner(tmp_path, cfg):
      {"algorithm": "muon", "schedule": "power", "lr": 0.01, "a": 0.5},
      {"algorithm": "cd", "schedule": "power", "lr": 0.5, "a": 0.3}],
 ], ids=["ngd-sign-lossbased-gd", "adam-muon-cd"])
-def test_a_step_without_events_makes_one_host_transfer(tmp_path, monkeypatch, algos):
-    """The step's only synchronization is the one packed transfer of its event flags (a metric
-    event adds one more: the stacked columns, see ``_Runner.log``). Counted on the CPU by
-    wrapping every Tensor method that copies to the host."""
+def test_a_step_makes_no_host_transfer_and_its_settling_one(tmp_path, monkeypatch, algos):
+    """Queuing a step (``_Runner._advance``) makes no host transfer at all; settling it reads
+    its packed event flags once (on a GPU from a non-blocking copy, after the next step is
+    queued); a metric event adds one more (the stacked columns, see ``_Runner.log``). Counted
+    on the CPU by wrapping every Tensor method that copies to the host."""
     r = _runner(tmp_path, {**CFG, "algorithms": algos, "stop": {"steps": 400}})
     for _ in range(5):  # past step 1's milestone and the first-separation event
         r._step()
     counter = _SyncCounter(monkeypatch)
-    per_step = []
+    advance, settle = [], []
     for _ in range(40):
-        before = len(counter.calls)
-        r._step()
-        per_step.append(counter.calls[before:])
+        n0 = len(counter.calls)
+        pending = r._advance()
+        n1 = len(counter.calls)
+        r._settle(pending)
+        advance.append(counter.calls[n0:n1])
+        settle.append(counter.calls[n1:])
     monkeypatch.undo()
-    assert per_step, "no step ran"
-    assert all(calls == ["tolist"] for calls in per_step), per_step
+    assert advance, "no step ran"
+    assert all(calls == [] for calls in advance), advance  # queuing a step never waits for the device
+    assert all(calls == ["tolist"] for calls in settle), settle  # reading its flags: one host-side list
 
 
 def test_a_metrics_event_moves_its_numbers_in_one_transfer(tmp_path, monkeypatch):
@@ -197,3 +202,81 @@ def test_batches_trained_concurrently_equal_batches_trained_in_turn(tmp_path):
                 assert list(ma["step"]) == list(mb["step"])
                 for col in ("log_loss", "margin_l1", "margin_l2", "margin_linf"):
                     assert (ma[col] == mb[col]).all(), (name, col)
+
+
+def _pipelined(monkeypatch, on: bool = True):
+    """Force the GPU schedule (step t+1 queued before step t is settled) on the CPU."""
+    from steepest import engine as eng
+
+    orig = eng._Runner.__init__
+
+    def init(self, *a, **k):
+        orig(self, *a, **k)
+        self.pipelined = on
+
+    monkeypatch.setattr(eng._Runner, "__init__", init)
+
+
+@pytest.mark.parametrize("variant", ["full-batch", "minibatch", "loss-target"])
+def test_the_pipelined_schedule_stores_exactly_what_the_plain_one_does(tmp_path, monkeypatch, variant):
+    """The GPU loop settles step t while step t+1 is queued; every stored row, status and the
+    final checkpoint must equal the plain loop's, including runs that end at different steps."""
+    cfg = {**CFG, "stop": {"steps": 150}}
+    if variant == "minibatch":
+        cfg = {**cfg, "batch_size": 25, "algorithms": CFG["algorithms"][:2]}
+    if variant == "loss-target":
+        cfg = {**cfg, "stop": {"steps": 400, "log_loss": -30.0}}
+    plain = train(cfg, db=tmp_path / "a.db", progress=False)
+    if variant == "loss-target":  # the runs must end at different steps for this to test anything
+        assert len({f["step"] for f in plain.final}) > 1, [f["step"] for f in plain.final]
+    _pipelined(monkeypatch)
+    piped = train(cfg, db=tmp_path / "b.db", progress=False)
+    from steepest.store import RunStore
+
+    with RunStore(tmp_path / "a.db", create=False) as a, RunStore(tmp_path / "b.db", create=False) as b:
+        for ra, rb in zip(plain.run_ids, piped.run_ids, strict=True):
+            ma, mb = a.metrics(ra), b.metrics(rb)
+            assert set(ma) == set(mb) and ma["step"].tolist() == mb["step"].tolist()
+            for k in ma:
+                if k != "wall_time":
+                    assert ((ma[k] == mb[k]) | (ma[k] != ma[k]) & (mb[k] != mb[k])).all(), k
+    assert plain.statuses == piped.statuses
+    sa = torch.load(plain.checkpoint, weights_only=True)
+    sb = torch.load(piped.checkpoint, weights_only=True)
+    for k in ("t", "iteration", "log_alpha", "rollbacks", "done", "log_flow"):
+        assert torch.equal(torch.as_tensor(sa[k]), torch.as_tensor(sb[k])), k
+    for pa, pb in zip(sa["params"], sb["params"], strict=True):
+        assert torch.equal(pa, pb)
+
+
+def test_a_signal_in_the_pipelined_loop_checkpoints_the_settled_step_and_resumes_exactly(tmp_path, monkeypatch):
+    import signal as sig
+
+    from steepest import engine as eng
+    from steepest.store import RunStore
+
+    cfg = {**CFG, "stop": {"steps": 150}}
+    ref = train(cfg, db=tmp_path / "ref.db", progress=False)
+    _pipelined(monkeypatch)
+    orig = eng._Runner._settle
+
+    def settle(self, p):
+        orig(self, p)
+        if self.t_host_max == 57:  # as if SIGTERM arrived while step 58 was queued
+            self.stop.signum = sig.SIGTERM
+
+    monkeypatch.setattr(eng._Runner, "_settle", settle)
+    db = tmp_path / "b.db"
+    with pytest.raises(eng.Interrupted):
+        train(cfg, db=db, progress=False)
+    monkeypatch.setattr(eng._Runner, "_settle", orig)
+    with RunStore(db, create=False) as store:
+        assert {r.status for r in store.list_runs()} == {"interrupted"}
+    res = train(cfg, db=db, resume=True, progress=False)
+    with RunStore(tmp_path / "ref.db", create=False) as a, RunStore(db, create=False) as b:
+        for ra, rb in zip(ref.run_ids, res.run_ids, strict=True):
+            ma, mb = a.metrics(ra), b.metrics(rb)
+            assert ma["step"].tolist() == mb["step"].tolist()
+            for k in ma:
+                if k != "wall_time":
+                    assert ((ma[k] == mb[k]) | (ma[k] != ma[k]) & (mb[k] != mb[k])).all(), k

@@ -25,7 +25,8 @@ first separates, every ``checkpoint_every`` iterations, at a SIGINT/SIGTERM, and
 ``resume=True`` continues an interrupted batch bit-for-bit (CPU, float64, same threads). One
 process owns a batch at a time (a lease with a heartbeat in the store).
 
-On a GPU a step makes one host-device synchronization: the packed event flags (``_Runner._step``).
+Queuing a step makes no host-device synchronization (``_Runner._advance``); on a GPU the loop
+reads step t's event flags while step t+1 runs (``_Runner.run``, ``_Runner._settle``).
 """
 
 from __future__ import annotations
@@ -416,6 +417,8 @@ class _Runner:
         # (a dense per-step table would be 1 TB at steps = 1e12).
         self.milestones = torch.tensor(sorted(milestones), dtype=torch.long, device=engine.device)
         self.stop = _StopFlag()
+        # On a GPU the host reads step t's events while step t+1 runs (see ``run``).
+        self.pipelined = engine.device.type == "cuda"
         self.consistent = True  # False while a step is half-done: no checkpoint may be taken then
         self.batch_id: str | None = None
         self._last_beat = time.monotonic()
@@ -532,6 +535,9 @@ class _Runner:
         return torch.randperm(len(self.e.X), generator=gen)[: self.batch_size].to(self.e.device)
 
     def run(self, resumed: bool) -> None:
+        """Step until every run has ended. On a GPU (``pipelined``) step t+1 is queued before
+        the host reads step t's event flags, so the device never waits for the host; the flags
+        come through a non-blocking copy and a CUDA event recorded right after step t."""
         e, K = self.e, self.e.K
         self._t0 = time.perf_counter()
         batch = self._batch()
@@ -541,25 +547,48 @@ class _Runner:
             self.log([True] * K, batch is None)
             self.checkpoint()  # step 0: an interruption from here on can always be resumed
         bar = _Progress(self.steps, enabled=self.progress)
+        pending: _Pending | None = None
         try:
-            while not all(self.done_host):
-                if self.stop.signum is not None:
-                    raise Interrupted(self.stop.signum, self.t_host_max)
+            while True:
+                if self.stop.signum is not None or all(self.done_host):
+                    if pending is not None:  # a step queued past the end (or the signal) is dropped
+                        self._restore(pending.before)
+                        self.done = torch.tensor(self.done_host, dtype=torch.bool, device=e.device)
+                        pending = None
+                    self.consistent = True  # the state is the last settled step's
+                    if self.stop.signum is not None:
+                        raise Interrupted(self.stop.signum, self.t_host_max)
+                    break
                 if self.batch_id is not None and time.monotonic() - self._last_beat > HEARTBEAT_EVERY_S:
                     self.store.heartbeat(self.batch_id)
                     self._last_beat = time.monotonic()
                 self.consistent = False
-                self._step()
-                self.consistent = True
+                queued = self._advance()
+                if pending is not None:
+                    self._settle(pending)
+                pending = queued
+                if not self.pipelined:
+                    self._settle(pending)
+                    pending = None
+                    self.consistent = True
                 bar.update(self.t_host_max, lambda: float(self.ll.min()),
                            self.last_logged.get("margin_own") if hasattr(self, "last_logged") else None)
         finally:
             bar.close()
             self.elapsed += time.perf_counter() - self._t0
             self._t0 = time.perf_counter()
+        self.consistent = True
 
     def _step(self) -> None:
+        """One whole step: advance, then settle (read its events, log, checkpoint)."""
+        self._settle(self._advance())
+
+    def _advance(self) -> _Pending:
+        """Queue one step on the device and commit it to the runner's state. No host-device
+        synchronization: acceptance, rollback, step size and the event flags stay on the device;
+        the flags start a non-blocking copy to the host that :meth:`_settle` reads."""
         e, K = self.e, self.e.K
+        before = self._snapshot()
         active = ~self.done
         t_next = (self.t + 1).to(torch.float64)
         log_eta = e.log_lr0 + self.log_alpha - e.decay * torch.log(t_next) + e.loss_power * (LOG_LOSS0 - self.ll)
@@ -626,41 +655,75 @@ class _Runner:
         milestone = accept & (self.milestones[pos] == t_new)
         decade = torch.floor(torch.log10(torch.clamp(-ll_new, min=1.0))).to(torch.long)
         crossed = active & (decade > self.decade)
-        # The step's only host-device synchronization: every flag the host acts on, in one transfer.
         flags = torch.stack([accept.to(torch.long), newly_separated.to(torch.long), finished.to(torch.long),
-                             dead.to(torch.long), milestone.to(torch.long), crossed.to(torch.long), t_new]).tolist()
-        acc_h, sep_h, fin_h, dead_h, mile_h, cross_h, ts = flags
-        # The iteration counter moves with the rest of the state (a half-done step is never
-        # checkpointed: ``consistent`` is False until the step returns).
+                             dead.to(torch.long), milestone.to(torch.long), crossed.to(torch.long), t_new])
+        cuda = flags.device.type == "cuda"
+        flags_host = torch.empty(flags.shape, dtype=flags.dtype, pin_memory=cuda)
+        flags_host.copy_(flags, non_blocking=cuda)
+        ready = None
+        if cuda:
+            ready = torch.cuda.Event()
+            ready.record()
+        # Commit: the iteration counter moves with the rest of the state (a half-done step is
+        # never checkpointed: ``consistent`` is False until the step is settled).
         self.iteration = iteration
         for gi, g in enumerate(e.groups):
             # A rejected run keeps its state as it was before the rescale (and its frame).
             acc_g = _gather(accept, g.idx)
             self.algo_states[gi] = _tree_map(lambda a, b: _where_runs(acc_g, a, b), new_states[gi], self.algo_states[gi])
         self.frame = torch.where(accept, self.ll, self.frame)
-        if all(acc_h):  # the common case: no per-run select over every parameter
-            self.params, self.g = new_params, list(g2)
-        else:
-            self.params = [_where_runs(accept, n, o) for n, o in zip(new_params, self.params, strict=True)]
-            self.g = [_where_runs(accept, n, o) for n, o in zip(g2, self.g, strict=True)]
+        self.params = [_where_runs(accept, n, o) for n, o in zip(new_params, self.params, strict=True)]
+        self.g = [_where_runs(accept, n, o) for n, o in zip(g2, self.g, strict=True)]
         self.log_flow = torch.where(accept, torch.logaddexp(self.log_flow, log_dtau), self.log_flow)
         self.last_log_lr = torch.where(accept, log_eta, self.last_log_lr)
         self.ll = ll_new
         self.out = _where_runs(accept, out2, self.out) if batch is None else out2
         self.qmin = qmin_new
         self.t = t_new
-        self.t_host_max = max(ts)
         self.separated_at = torch.where(newly_separated, t_new, self.separated_at)
         self.decade = torch.maximum(decade, self.decade)
+        self.done = self.done | finished | dead
+        return _Pending(flags_host, ready, before, self._snapshot(), batch is None)
+
+    _STATE = ("params", "g", "ll", "out", "qmin", "algo_states", "frame", "log_alpha", "rollbacks", "t", "log_flow",
+              "last_log_lr", "separated_at", "decade", "done", "iteration")
+
+    def _snapshot(self) -> dict[str, Any]:
+        """References to the state (updates build new tensors, so nothing is copied)."""
+        return {k: getattr(self, k) for k in self._STATE}
+
+    def _restore(self, snap: dict[str, Any]) -> None:
+        for k, v in snap.items():
+            setattr(self, k, list(v) if isinstance(v, list) else v)
+
+    @contextmanager
+    def _viewing(self, snap: dict[str, Any]):
+        """The runner's state as of ``snap`` inside the block (for logging and checkpoints of a
+        settled step while the next one is already queued)."""
+        now = self._snapshot()
+        self._restore(snap)
+        try:
+            yield
+        finally:
+            self._restore(now)
+
+    def _settle(self, p: _Pending) -> None:
+        """Read a step's event flags (the only wait on the device, for that step's copy only),
+        then act on them as of that step: log, statuses, checkpoint."""
+        K = self.e.K
+        if p.ready is not None:
+            p.ready.synchronize()
+        acc_h, sep_h, fin_h, dead_h, mile_h, cross_h, ts = p.flags.tolist()
+        self.t_host_max = max(ts)
         wall = self.elapsed + (time.perf_counter() - self._t0)
-        if self.wall_limit is not None and wall >= self.wall_limit:
+        wall_over = self.wall_limit is not None and wall >= self.wall_limit
+        if wall_over:
             fin_h = [a or not d for a, d in zip(fin_h, self.done_host, strict=True)]
         ending = [bool(f or d) for f, d in zip(fin_h, dead_h, strict=True)]
         extra = {}
         for i in (j for j in range(K) if sep_h[j]):
             extra[i] = {"separated": 1.0}
             self.store.update_run(self.run_ids[i], info={"separated_at": int(ts[i])})
-        self.log([bool(m or s_ or en) for m, s_, en in zip(mile_h, sep_h, ending, strict=True)], batch is None, extra)
         for i in range(K):
             if dead_h[i]:
                 self.status[i] = "diverged"
@@ -668,12 +731,26 @@ class _Runner:
                 self.status[i] = "completed"
         if any(ending):
             self.done_host = [a or b for a, b in zip(self.done_host, ending, strict=True)]
-            self.done = torch.tensor(self.done_host, dtype=torch.bool, device=e.device)
-        # Checkpoints: a run's −log𝓛 passes a power of ten, a run first separates (the KKT
-        # check compares against the state at separation), or every ``checkpoint_every``.
-        if any(cross_h) or any(sep_h) or (self.ckpt_every and self.iteration % self.ckpt_every == 0):
-            if not all(self.done_host):
-                self.checkpoint()
+        with self._viewing(p.state):
+            self.log([bool(m or s_ or en) for m, s_, en in zip(mile_h, sep_h, ending, strict=True)], p.full_batch, extra)
+            # Checkpoints: a run's −log𝓛 passes a power of ten, a run first separates (the KKT
+            # check compares against the state at separation), or every ``checkpoint_every``.
+            if any(cross_h) or any(sep_h) or (self.ckpt_every and self.iteration % self.ckpt_every == 0):
+                if not all(self.done_host):
+                    self.checkpoint()
+        if wall_over:  # the wall clock ends every run here; the device learns it for later steps
+            self.done = torch.ones_like(self.done)
+
+
+@dataclass
+class _Pending:
+    """A step queued on the device, not yet settled on the host."""
+
+    flags: Tensor  # (7, K) on the host (pinned on CUDA), filled by a non-blocking copy
+    ready: Any  # a CUDA event recorded after the copy, or None on the CPU
+    before: dict[str, Any]  # the state the step started from
+    state: dict[str, Any]  # the state the step produced
+    full_batch: bool
 
 
 class _Progress:
