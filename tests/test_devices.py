@@ -221,9 +221,12 @@ def _pipelined(monkeypatch, on: bool = True):
 def test_the_pipelined_schedule_stores_exactly_what_the_plain_one_does(tmp_path, monkeypatch, variant):
     """The GPU loop settles step t while step t+1 is queued; every stored row, status and the
     final checkpoint must equal the plain loop's, including runs that end at different steps."""
-    cfg = {**CFG, "stop": {"steps": 150}}
+    # Stateful rules (moments that a snapshot must hold as of its own step) beside stateless ones.
+    stateful = [{"algorithm": "adam", "schedule": "power", "lr": 0.01, "a": 0.5},
+                {"algorithm": "momentum", "schedule": "power", "lr": 0.05, "a": 0.5}]
+    cfg = {**CFG, "algorithms": CFG["algorithms"] + stateful, "stop": {"steps": 150}}
     if variant == "minibatch":
-        cfg = {**cfg, "batch_size": 25, "algorithms": CFG["algorithms"][:2]}
+        cfg = {**cfg, "batch_size": 25, "algorithms": CFG["algorithms"][:2] + stateful}
     if variant == "loss-target":
         cfg = {**cfg, "stop": {"steps": 400, "log_loss": -30.0}}
     plain = train(cfg, db=tmp_path / "a.db", progress=False)
@@ -247,6 +250,12 @@ def test_the_pipelined_schedule_stores_exactly_what_the_plain_one_does(tmp_path,
         assert torch.equal(torch.as_tensor(sa[k]), torch.as_tensor(sb[k])), k
     for pa, pb in zip(sa["params"], sb["params"], strict=True):
         assert torch.equal(pa, pb)
+    flat_a, flat_b = [], []
+    from steepest.engine import _tree_map
+
+    _tree_map(lambda x: flat_a.append(x), sa["algo_states"])
+    _tree_map(lambda x: flat_b.append(x), sb["algo_states"])
+    assert len(flat_a) == len(flat_b) > 0 and all(torch.equal(x, y) for x, y in zip(flat_a, flat_b, strict=True))
 
 
 def test_a_signal_in_the_pipelined_loop_checkpoints_the_settled_step_and_resumes_exactly(tmp_path, monkeypatch):
@@ -255,7 +264,8 @@ def test_a_signal_in_the_pipelined_loop_checkpoints_the_settled_step_and_resumes
     from steepest import engine as eng
     from steepest.store import RunStore
 
-    cfg = {**CFG, "stop": {"steps": 150}}
+    cfg = {**CFG, "algorithms": CFG["algorithms"] + [{"algorithm": "adam", "schedule": "power", "lr": 0.01, "a": 0.5}],
+           "stop": {"steps": 150}}
     ref = train(cfg, db=tmp_path / "ref.db", progress=False)
     _pipelined(monkeypatch)
     orig = eng._Runner._settle

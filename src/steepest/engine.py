@@ -667,10 +667,12 @@ class _Runner:
         # Commit: the iteration counter moves with the rest of the state (a half-done step is
         # never checkpointed: ``consistent`` is False until the step is settled).
         self.iteration = iteration
-        for gi, g in enumerate(e.groups):
-            # A rejected run keeps its state as it was before the rescale (and its frame).
-            acc_g = _gather(accept, g.idx)
-            self.algo_states[gi] = _tree_map(lambda a, b: _where_runs(acc_g, a, b), new_states[gi], self.algo_states[gi])
+        # A rejected run keeps its state as it was before the rescale (and its frame). A new
+        # list, never an edit of the old one: snapshots of earlier steps still hold that one.
+        self.algo_states = [
+            _tree_map(lambda a, b, m=_gather(accept, g.idx): _where_runs(m, a, b), new_states[gi], self.algo_states[gi])
+            for gi, g in enumerate(e.groups)
+        ]
         self.frame = torch.where(accept, self.ll, self.frame)
         self.params = [_where_runs(accept, n, o) for n, o in zip(new_params, self.params, strict=True)]
         self.g = [_where_runs(accept, n, o) for n, o in zip(g2, self.g, strict=True)]
@@ -689,8 +691,9 @@ class _Runner:
               "last_log_lr", "separated_at", "decade", "done", "iteration")
 
     def _snapshot(self) -> dict[str, Any]:
-        """References to the state (updates build new tensors, so nothing is copied)."""
-        return {k: getattr(self, k) for k in self._STATE}
+        """References to the state: a step builds new tensors and new lists, never edits old
+        ones, so nothing is copied (lists are shallow-copied as a second guard)."""
+        return {k: (list(v) if isinstance(v, list) else v) for k in self._STATE for v in (getattr(self, k),)}
 
     def _restore(self, snap: dict[str, Any]) -> None:
         for k, v in snap.items():
