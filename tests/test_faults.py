@@ -448,3 +448,59 @@ def test_a_run_with_a_live_owner_cannot_be_marked_failed(tmp_path):
     assert res.exit_code == 2 and f"being trained by pid {os.getppid()}" in res.stderr
     res = runner.invoke(app, ["gc", "--db", str(db), "--yes"])
     assert res.exit_code == 0 and "no orphaned runs" in res.output
+
+
+def _stop_when(monkeypatch, predicate):
+    """Ask training to stop (as SIGTERM would) once ``predicate(runner)`` holds after a step."""
+    from steepest import engine as eng
+
+    orig = eng._Runner._settle
+
+    def settle(self, p):
+        orig(self, p)
+        if self.stop.signum is None and predicate(self):
+            self.stop.signum = signal.SIGTERM
+
+    monkeypatch.setattr(eng._Runner, "_settle", settle)
+
+
+def test_runs_that_ended_before_an_interrupt_keep_their_status(tmp_path, monkeypatch):
+    from steepest import engine as eng
+
+    cfg = {**FULL, "stop": {"steps": 300, "log_loss": -30.0}}
+    _stop_when(monkeypatch, lambda r: any(r.done_host) and not all(r.done_host))
+    with pytest.raises(eng.Interrupted):
+        train(cfg, db=tmp_path / "r.db", progress=False)
+    with RunStore(tmp_path / "r.db", create=False) as store:
+        statuses = sorted(r.status for r in store.list_runs())
+        assert "completed" in statuses and "interrupted" in statuses and "running" not in statuses, statuses
+        assert store.orphans() == []
+
+
+@pytest.mark.parametrize("stop_at", [3, 6, 11])
+def test_a_minibatch_resume_after_a_rolled_back_step_is_exact(tmp_path, monkeypatch, stop_at):
+    """A rolled-back run keeps the gradient of an older minibatch; the checkpoint carries it."""
+    from steepest import engine as eng
+
+    cfg = {**MINI, "name": "mini-rollback", "seeds": [0],
+           "algorithms": [{"algorithm": "gd", "schedule": "constant", "lr": 1e160},
+                          {"algorithm": "ngd", "schedule": "power", "lr": 0.1, "a": 0.5}],
+           "stop": {"steps": 40}}
+    ref = train(cfg, db=tmp_path / "ref.db", progress=False)
+    with RunStore(tmp_path / "ref.db", create=False) as store:
+        assert store.metrics(ref.run_ids[0])["rollbacks"].max() > 0  # the scenario happens
+    _stop_when(monkeypatch, lambda r: r.iteration >= stop_at)
+    with pytest.raises(eng.Interrupted):
+        train(cfg, db=tmp_path / "r.db", progress=False)
+    monkeypatch.undo()
+    res = train(cfg, db=tmp_path / "r.db", resume=True, progress=False)
+    assert _rows_lost_and_equal(_rows(tmp_path / "ref.db", ref.run_ids), _rows(tmp_path / "r.db", res.run_ids)) == 0
+
+
+def test_an_owner_that_lost_its_lease_stops(tmp_path):
+    with RunStore(tmp_path / "s.db") as store:
+        store.acquire_lease("b")
+        store.heartbeat("b")  # fine while it owns the batch
+        store._transact(lambda c: c.execute("UPDATE leases SET pid = ? WHERE batch = 'b'", (os.getppid(),)))
+        with pytest.raises(BatchBusyError, match="lost its lease"):
+            store.heartbeat("b")

@@ -60,7 +60,7 @@ from .losses import per_sample_log_losses, smoothed_margin_numerator
 from .models import build_model, homogeneity_degree
 from .norms import LpNorm, Norm, Spectral, _flat, get_norm
 from .schedules import LOG_LOSS0
-from .store import HEARTBEAT_EVERY_S, RunStore, default_db_path
+from .store import HEARTBEAT_EVERY_S, BatchBusyError, RunStore, default_db_path
 
 __all__ = ["train", "TrainResult", "METRIC_NORMS", "Engine"]
 
@@ -97,6 +97,11 @@ def _where_runs(mask: Tensor, new: Tensor, old: Tensor) -> Tensor:
     """Per-run select along the leading axis."""
     m = mask.reshape(mask.shape + (1,) * (new.dim() - 1))
     return torch.where(m, new, old)
+
+
+def _select_runs(mask: Tensor, new: Any, old: Any) -> Any:
+    """Per-run select over a whole state tree (new tensors; nothing is edited)."""
+    return _tree_map(lambda a, b: _where_runs(mask, a, b), new, old)
 
 
 def _gather(tree: Any, idx: Tensor | None) -> Any:
@@ -445,8 +450,17 @@ class _Runner:
 
     def state_dict(self) -> dict[str, Any]:
         """The batch's state with every tensor on the CPU, so a checkpoint written on a GPU
-        machine loads on any machine (``torch.load(..., map_location=...)`` moves it back)."""
+        machine loads on any machine (``torch.load(..., map_location=...)`` moves it back).
+
+        With minibatches it also holds the gradient, loss and outputs each run last accepted:
+        a run whose last step was rolled back keeps those of an older minibatch, which a
+        resume could not recompute (full batch recomputes them exactly)."""
+        running = getattr(self, "_t0", None)
+        extra = {}
+        if self.batch_size is not None and hasattr(self, "g"):
+            extra = {"g": self.g, "ll": self.ll, "out": self.out, "qmin": self.qmin}
         return _tree_map(lambda x: x.detach().cpu(), {
+            **extra,
             "version": CHECKPOINT_VERSION,
             "params": self.params,
             "algo_states": self.algo_states,
@@ -461,7 +475,7 @@ class _Runner:
             "rollbacks": self.rollbacks,
             "decade": self.decade,
             "status": list(self.status),
-            "elapsed": self.elapsed,
+            "elapsed": self.elapsed + (time.perf_counter() - running if running is not None else 0.0),
             "run_ids": list(self.run_ids),
             "names": list(self.e.names),
         })
@@ -478,6 +492,9 @@ class _Runner:
         self.status = list(self.status)
         self.done_host = [bool(d) for d in self.done.tolist()]
         self.t_host_max = max(self.t.tolist())
+        self._resume_eval = None
+        if all(k in sd for k in ("g", "ll", "out", "qmin")):
+            self._resume_eval = tuple(_tree_map(lambda x: x.to(self.e.device), sd[k]) for k in ("g", "ll", "out", "qmin"))
 
     def checkpoint(self, final: bool = False) -> Path | None:
         if self.ckpt_dir is None:  # a warm-start phase keeps no checkpoints
@@ -541,11 +558,17 @@ class _Runner:
         e, K = self.e, self.e.K
         self._t0 = time.perf_counter()
         batch = self._batch()
-        self.g, self.ll, self.out = e.evaluate(self.params, batch)
-        self.qmin = e.q_min(self.out, e.y if batch is None else e.y[batch])
+        if resumed and getattr(self, "_resume_eval", None) is not None:
+            self.g, self.ll, self.out, self.qmin = self._resume_eval
+            self.g = list(self.g)
+        else:
+            self.g, self.ll, self.out = e.evaluate(self.params, batch)
+            self.qmin = e.q_min(self.out, e.y if batch is None else e.y[batch])
         if not resumed:
+            self.consistent = False  # until step 0 is logged and checkpointed
             self.log([True] * K, batch is None)
             self.checkpoint()  # step 0: an interruption from here on can always be resumed
+            self.consistent = True
         bar = _Progress(self.steps, enabled=self.progress)
         pending: _Pending | None = None
         try:
@@ -663,16 +686,14 @@ class _Runner:
         ready = None
         if cuda:
             ready = torch.cuda.Event()
-            ready.record()
+            ready.record(torch.cuda.current_stream(flags.device))  # the stream that runs the copy
         # Commit: the iteration counter moves with the rest of the state (a half-done step is
         # never checkpointed: ``consistent`` is False until the step is settled).
         self.iteration = iteration
         # A rejected run keeps its state as it was before the rescale (and its frame). A new
         # list, never an edit of the old one: snapshots of earlier steps still hold that one.
-        self.algo_states = [
-            _tree_map(lambda a, b, m=_gather(accept, g.idx): _where_runs(m, a, b), new_states[gi], self.algo_states[gi])
-            for gi, g in enumerate(e.groups)
-        ]
+        self.algo_states = [_select_runs(_gather(accept, g.idx), new_states[gi], self.algo_states[gi])
+                            for gi, g in enumerate(e.groups)]
         self.frame = torch.where(accept, self.ll, self.frame)
         self.params = [_where_runs(accept, n, o) for n, o in zip(new_params, self.params, strict=True)]
         self.g = [_where_runs(accept, n, o) for n, o in zip(g2, self.g, strict=True)]
@@ -933,12 +954,16 @@ def _train_batch(engine: Engine, cfg: ExperimentConfig, specs: list[RunSpec], da
         batch = records[0].info["batch"]
         ckpt_dir = Path(records[0].info["checkpoint_dir"])
         store.acquire_lease(batch)
-        remove_stale_temps(ckpt_dir)  # a writer SIGKILLed mid-checkpoint leaves its temp file
-        runner = _Runner(engine, store, run_ids, ckpt_dir, show)
-        runner.load_state_dict(load_checkpoint(records[0].info["checkpoint"], engine.device))
-        for rid, t in zip(run_ids, runner.t.tolist(), strict=True):
-            store.delete_metrics_after(rid, t)
-            store.update_run(rid, status="running")
+        try:
+            remove_stale_temps(ckpt_dir)  # a writer SIGKILLed mid-checkpoint leaves its temp file
+            runner = _Runner(engine, store, run_ids, ckpt_dir, show)
+            runner.load_state_dict(load_checkpoint(records[0].info["checkpoint"], engine.device))
+            for rid, t in zip(run_ids, runner.t.tolist(), strict=True):
+                store.delete_metrics_after(rid, t)
+                store.update_run(rid, status="running")
+        except BaseException:
+            store.release_lease(batch)  # a resume that cannot start leaves the batch free
+            raise
     else:
         h = cfg.config_hash()
         run_ids = []
@@ -978,6 +1003,8 @@ def _settle_after_failure(runner: _Runner, store: RunStore, run_ids: list[int], 
     unfinished runs "interrupted" (a signal) or "failed" (with the reason). Best effort: on a
     full disk these writes can fail too, and then the last checkpoint on disk stays the one to
     resume from (its rows past that point are replaced on resume)."""
+    if isinstance(exc, BatchBusyError):  # another process owns the batch now: leave it alone
+        return
     interrupted = isinstance(exc, KeyboardInterrupt)
     try:
         if runner.consistent:
@@ -986,10 +1013,10 @@ def _settle_after_failure(runner: _Runner, store: RunStore, run_ids: list[int], 
         pass
     reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}" if str(exc) else type(exc).__name__
     for rid, st in zip(run_ids, runner.status, strict=True):
-        if st != "running":
-            continue
         try:
-            if interrupted:
+            if st != "running":  # ended before the failure: completed or diverged, as it was
+                store.update_run(rid, status=st)
+            elif interrupted:
                 store.update_run(rid, status="interrupted")
             else:
                 store.update_run(rid, status="failed", info={"error": reason})

@@ -613,8 +613,8 @@ class RunStore:
 
     @staticmethod
     def _lease_stale(pid: int, host: str, heartbeat: float, stale_after: float = LEASE_STALE_AFTER_S) -> bool:
-        if host == socket.gethostname() and not _pid_alive(pid):
-            return True  # its owner is dead
+        if host == socket.gethostname():
+            return not _pid_alive(pid)  # on this host the process table is the truth (a paused owner is alive)
         return time.time() - heartbeat > stale_after  # another host's owner stopped beating
 
     def acquire_lease(self, batch: str, stale_after: float = LEASE_STALE_AFTER_S) -> None:
@@ -634,8 +634,14 @@ class RunStore:
         self._transact(take)
 
     def heartbeat(self, batch: str) -> None:
-        self._transact(lambda c: c.execute("UPDATE leases SET heartbeat = ? WHERE batch = ? AND pid = ? AND host = ?",
-                                           (time.time(), batch, os.getpid(), socket.gethostname())))
+        """Renew this process's lease on ``batch``; :class:`BatchBusyError` if it was taken over
+        (the owner must stop: another process now trains the batch)."""
+        n = self._transact(lambda c: c.execute("UPDATE leases SET heartbeat = ? WHERE batch = ? AND pid = ? AND host = ?",
+                                               (time.time(), batch, os.getpid(), socket.gethostname())).rowcount)
+        if n == 0:
+            owner = self.lease(batch)
+            who = f"pid {owner['pid']} on {owner['host']}" if owner else "nobody"
+            raise BatchBusyError(f"this process lost its lease on batch {batch} (now held by {who}); stopping")
 
     def release_lease(self, batch: str) -> None:
         self._transact(lambda c: c.execute("DELETE FROM leases WHERE batch = ? AND pid = ? AND host = ?",
