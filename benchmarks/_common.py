@@ -33,7 +33,7 @@ import torch  # noqa: E402
 
 from steepest.config import load_config  # noqa: E402
 from steepest.devices import resolve_device  # noqa: E402
-from steepest.engine import Engine, _load_data, _Runner  # noqa: E402
+from steepest.engine import BatchRunner, Engine, load_experiment_data  # noqa: E402
 from steepest.store import RunStore  # noqa: E402
 
 __all__ = [
@@ -129,10 +129,10 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], repeat: int) -> dict[str
 
 
 def make_runner(cfg_dict: dict[str, Any], *, steps_cap: int | None = None, stub_logging: bool = True,
-                dataset: Any = None, device: str = "cpu") -> _Runner:
+                dataset: Any = None, device: str = "cpu") -> BatchRunner:
     """An engine runner on an in-memory store, ready for ``_step()`` calls.
 
-    Does what :func:`steepest.engine.train` and ``_Runner.run`` do before the loop (build the
+    Does what :func:`steepest.engine.train` and ``BatchRunner.run`` do before the loop (build the
     engine, fresh state, first evaluation). With ``stub_logging`` the runner's ``log`` and
     ``checkpoint`` are replaced by no-ops on the instance, so that timing ``_step`` measures the
     stepping alone (the milestone/event bookkeeping in ``_step`` still runs). ``device`` is
@@ -142,11 +142,11 @@ def make_runner(cfg_dict: dict[str, Any], *, steps_cap: int | None = None, stub_
     if steps_cap is not None:
         cfg = cfg.model_copy(update={"stop": cfg.stop.model_copy(update={"steps": steps_cap})})
     specs = cfg.run_specs()
-    ds = dataset if dataset is not None else _load_data(cfg)
+    ds = dataset if dataset is not None else load_experiment_data(cfg)
     eng = Engine(cfg, specs, ds, resolve_device(device))
     store = RunStore(":memory:")
     ids = [store.create_run(name=f"b/{sp.seed}", algorithm=sp.algorithm, seed=sp.seed, config={}) for sp in specs]
-    r = _Runner(eng, store, ids, Path(os.devnull), progress=False)
+    r = BatchRunner(eng, store, ids, Path(os.devnull), progress=False)
     r.fresh_state(eng.init_params())
     _run_prelude(r)
     if stub_logging:
@@ -159,8 +159,8 @@ class _StopBeforeFirstStep(Exception):
     pass
 
 
-def _run_prelude(r: _Runner) -> None:
-    """Execute ``_Runner.run``'s own set-up (first evaluation, ...) and stop before the first step.
+def _run_prelude(r: BatchRunner) -> None:
+    """Execute ``BatchRunner.run``'s own set-up (first evaluation, ...) and stop before the first step.
 
     Calling the real method keeps this in step with the engine as it changes.
     """
@@ -178,7 +178,7 @@ def _run_prelude(r: _Runner) -> None:
     r._t0 = time.perf_counter()
 
 
-def step_rate(runner: _Runner, n: int) -> Callable[[], None]:
+def step_rate(runner: BatchRunner, n: int) -> Callable[[], None]:
     """A closure that takes ``n`` engine steps on ``runner`` (for :func:`time_interleaved`)."""
 
     def go() -> None:
@@ -188,7 +188,7 @@ def step_rate(runner: _Runner, n: int) -> Callable[[], None]:
     return go
 
 
-def seconds_per_step(runner: _Runner, steps: int, warmup: int = 1) -> float:
+def seconds_per_step(runner: BatchRunner, steps: int, warmup: int = 1) -> float:
     """Wall seconds per ``_step()`` after ``warmup`` untimed steps; on CUDA the timed block is
     fenced by ``torch.cuda.synchronize()`` so that queued kernels are counted."""
     cuda = runner.e.device.type == "cuda"

@@ -7,7 +7,7 @@ engine per seed (seeds 0..15) and runs them one after another, the batched side 
 
 Three measurements, all in this one process:
 
-1. stepping only: ``_Runner._step`` calls with the runner's ``log``/``checkpoint`` stubbed out
+1. stepping only: ``BatchRunner._step`` calls with the runner's ``log``/``checkpoint`` stubbed out
    (the per-step event bookkeeping inside ``_step`` still runs);
 2. end to end: :func:`steepest.engine.train` at default logging (per_decade 20, SQLite store,
    checkpoints), 16 × ``train(K=1)`` vs one ``train(K=16)``; the final log-losses of the two
@@ -27,8 +27,15 @@ import time
 from pathlib import Path
 
 import torch
-
-from _common import Timing, digits_config, header, make_runner, parse_args, step_rate, time_interleaved
+from _common import (
+    Timing,
+    digits_config,
+    header,
+    make_runner,
+    parse_args,
+    step_rate,
+    time_interleaved,
+)
 
 from steepest.engine import train
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 import time
 
 import torch
-
 from _common import header, make_runner, mnist_config, parse_args, step_rate, time_interleaved
 
 
@@ -92,7 +91,7 @@ def main() -> None:
             ref_t = tm["reference step"].best / n_steps
             res["ref_ms"] = 1e3 * ref_t
             res["ref_gflops"] = flops / ref_t / 1e9
-        # One metrics log event (what _Runner.log computes before writing rows).
+        # One metrics log event (what BatchRunner.log computes before writing rows).
         r.e.metrics(r.params, r.g)
         t0 = time.perf_counter()
         r.e.metrics(r.params, r.g)

@@ -3,13 +3,13 @@
 Runs :func:`steepest.engine.train` unchanged (per_decade 20, SQLite store on disk, checkpoints) on
 the overhead-bound digits setting (0 vs 1, width 64, normalized GD) and wraps timers around
 
-* ``_Runner.log``       — everything logging costs: the metric computation, ``.tolist()`` and the
+* ``BatchRunner.log``       — everything logging costs: the metric computation, ``.tolist()`` and the
                           store writes (it is called every step and returns at once when no run
                           is at a log event; that check is counted too);
 * ``Engine.metrics``    — the metric computation alone (inside ``log``);
 * ``RunStore.log_metrics_many`` — the SQLite writes alone (inside ``log``; one transaction per event);
-* ``_Runner.checkpoint`` — checkpoints (not logging; shown for completeness);
-* ``_Runner.run``       — the whole training loop (the denominator).
+* ``BatchRunner.checkpoint`` — checkpoints (not logging; shown for completeness);
+* ``BatchRunner.run``       — the whole training loop (the denominator).
 
 Log events grow like per_decade·log10(steps) (steps 1–10 are all logged), so the share is
 reported for several run lengths: the config default (``stop.steps`` = 1000), a shorter and a
@@ -32,7 +32,7 @@ from typing import Any
 
 from _common import digits_config, header, parse_args
 
-from steepest.engine import Engine, _Runner, train
+from steepest.engine import BatchRunner, Engine, train
 from steepest.store import RunStore
 
 
@@ -75,19 +75,19 @@ def main() -> None:
     else:
         cases = [(16, 1000), (1, 1000), (16, 300), (1, 300), (1, 20000)]
     repeat = args.repeat or 1
-    header("bench_metrics_overhead: time inside _Runner.log as a share of the run (digits 0v1, width 64, per_decade 20)")
+    header("bench_metrics_overhead: time inside BatchRunner.log as a share of the run (digits 0v1, width 64, per_decade 20)")
 
     timers = _Timers()
 
-    def count_event(self: _Runner, which: Any, *a: Any, **k: Any) -> None:
+    def count_event(self: BatchRunner, which: Any, *a: Any, **k: Any) -> None:
         if bool(which.any()):
             timers.events += 1
 
-    timers.wrap(_Runner, "log", "log", on_call=count_event)
+    timers.wrap(BatchRunner, "log", "log", on_call=count_event)
     timers.wrap(Engine, "metrics", "metrics")
     timers.wrap(RunStore, "log_metrics_many", "store")
-    timers.wrap(_Runner, "checkpoint", "checkpoint")
-    timers.wrap(_Runner, "run", "run")
+    timers.wrap(BatchRunner, "checkpoint", "checkpoint")
+    timers.wrap(BatchRunner, "run", "run")
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -124,7 +124,7 @@ def main() -> None:
         print(f"   {r['K']:>3} {r['steps']:>6} {r['total']:>8.2f} {r['run']:>8.2f} {r['log']:>7.2f} {r['metrics']:>8.2f}"
               f" {r['store']:>7.2f} {r['checkpoint']:>6.2f} {r['events']:>6} {1e3 * r['event_median']:>9.2f}"
               f" {100 * share:>9.1f}% {100 * robust:>6.1f}%")
-    print("   (log = all of _Runner.log; metrics and store are parts of it; loop = _Runner.run; "
+    print("   (log = all of BatchRunner.log; metrics and store are parts of it; loop = BatchRunner.run; "
           "robust = events x median ms/event / loop)")
     print()
     for r in rows:

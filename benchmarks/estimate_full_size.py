@@ -4,7 +4,7 @@ For every engine batch of every experiment at ``--size full``, builds the batch 
 reproduction does (``steepest.reproduce.common.batch_configs``) on ``--device``, counts the
 FLOPs of one engine step with ``torch.utils.flop_counter.FlopCounterMode`` (matmuls and
 convolutions of the forward and backward passes and of the rules' SVD-free products; SVDs,
-eigendecompositions and elementwise work are not counted), times a few ``_Runner._step``
+eigendecompositions and elementwise work are not counted), times a few ``BatchRunner._step``
 calls (logging stubbed, no warm start), and extrapolates: seconds per iteration × accepted
 steps × iterations per accepted step (1 for the power/constant schedules; for the loss-based
 schedule, 1 + the rollback rate log(up)/log(down) of its equilibrium). Logging, warm starts,

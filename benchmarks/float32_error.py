@@ -37,15 +37,37 @@ def main() -> None:
     result = {}
     with tempfile.TemporaryDirectory() as tmp:
         for bname, cfg in batch_configs(spec, "quick").items():
-            res = {dt: train({**cfg, "dtype": dt}, db=Path(tmp) / f"{dt}.db", progress=False, device=args.device)
-                   for dt in ("float64", "float32")}
+            res = {
+                dt: train(
+                    {**cfg, "dtype": dt},
+                    db=Path(tmp) / f"{dt}.db",
+                    progress=False,
+                    device=args.device,
+                )
+                for dt in ("float64", "float32")
+            }
             rows = []
-            for lab, f64, f32 in zip(res["float64"].labels, res["float64"].final, res["float32"].final, strict=True):
-                rel = {n: abs(f32[f"margin_{n}"] - f64[f"margin_{n}"]) / abs(f64[f"margin_{n}"]) for n in NORMS}
+            for lab, f64, f32 in zip(
+                res["float64"].labels, res["float64"].final, res["float32"].final, strict=True
+            ):
+                rel = {
+                    n: abs(f32[f"margin_{n}"] - f64[f"margin_{n}"]) / abs(f64[f"margin_{n}"])
+                    for n in NORMS
+                }
                 rel["log_loss"] = abs(f32["log_loss"] - f64["log_loss"]) / abs(f64["log_loss"])
-                rows.append({"label": lab, "rel": rel, "log_loss64": f64["log_loss"], "log_loss32": f32["log_loss"]})
-                print(f"   {bname:<22} {lab:<14} " + " ".join(f"{k} {v:.2e}" for k, v in rel.items())
-                      + f"   log-loss {f64['log_loss']:.6g} vs {f32['log_loss']:.6g}")
+                rows.append(
+                    {
+                        "label": lab,
+                        "rel": rel,
+                        "log_loss64": f64["log_loss"],
+                        "log_loss32": f32["log_loss"],
+                    }
+                )
+                print(
+                    f"   {bname:<22} {lab:<14} "
+                    + " ".join(f"{k} {v:.2e}" for k, v in rel.items())
+                    + f"   log-loss {f64['log_loss']:.6g} vs {f32['log_loss']:.6g}"
+                )
             winners = {}
             for dt in res:
                 labs = res[dt].labels
@@ -53,10 +75,22 @@ def main() -> None:
                 for lab, f in zip(labs, res[dt].final, strict=True):
                     for n in NORMS:
                         means[lab][n].append(f[f"margin_{n}"])
-                winners[dt] = {n: max(labs, key=lambda lab: sum(means[lab][n]) / len(means[lab][n])) for n in NORMS}
-            print(f"   {bname}: flavor-matrix winners float64 {winners['float64']} / float32 {winners['float32']}")
+                winners[dt] = {
+                    n: max(labs, key=lambda lab: sum(means[lab][n]) / len(means[lab][n]))
+                    for n in NORMS
+                }
+            print(
+                f"   {bname}: flavor-matrix winners float64 {winners['float64']}"
+                f" / float32 {winners['float32']}"
+            )
             result[bname] = {"runs": rows, "winners": winners}
-    worst = max(v for b in result.values() for r in b["runs"] for k, v in r["rel"].items() if k != "log_loss")
+    worst = max(
+        v
+        for b in result.values()
+        for r in b["runs"]
+        for k, v in r["rel"].items()
+        if k != "log_loss"
+    )
     print(f"largest relative difference of a final margin: {worst:.3e}")
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1))

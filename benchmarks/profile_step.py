@@ -1,6 +1,6 @@
 """Where the time of one engine step goes (K = 16 digits runs by default; ``--mnist`` for width 784).
 
-Three views of ``_Runner._step`` (log/checkpoint stubbed, as in the stepping benchmark):
+Three views of ``BatchRunner._step`` (log/checkpoint stubbed, as in the stepping benchmark):
 
 1. segments: wall time inside ``Engine.evaluate`` (forward+backward), the rules'
    ``stacked_update`` / ``stacked_rescale_state``, ``Norm.stacked*`` calls, ``_finite_runs`` and

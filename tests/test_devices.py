@@ -54,9 +54,13 @@ def test_cuda_without_cuda_is_one_clear_error():
 
 def test_device_is_not_part_of_the_config_hash():
     """A batch interrupted on one machine can be resumed on another: the device is not the math."""
-    hashes = {load_config({**CFG, "device": d}).config_hash() for d in ("auto", "cpu", "cuda", "cuda:1")}
+    hashes = {
+        load_config({**CFG, "device": d}).config_hash() for d in ("auto", "cpu", "cuda", "cuda:1")
+    }
     assert len(hashes) == 1
-    assert load_config({**CFG, "seeds": [0]}).config_hash() not in hashes  # the hash still sees the math
+    assert (
+        load_config({**CFG, "seeds": [0]}).config_hash() not in hashes
+    )  # the hash still sees the math
 
 
 def test_device_cpu_trains_exactly_as_the_default(tmp_path):
@@ -84,9 +88,25 @@ def test_cli_device_cuda_without_cuda_writes_nothing(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump(CFG))
     db = tmp_path / "sub" / "runs.db"
-    for argv in (["train", str(cfg), "--db", str(db), "--device", "cuda"],
-                 ["reproduce", "linear", "--size", "smoke", "--out", str(tmp_path / "rep"), "--device", "cuda:0"]):
-        proc = subprocess.run([sys.executable, "-m", "steepest.cli", *argv], capture_output=True, text=True, timeout=300)
+    for argv in (
+        ["train", str(cfg), "--db", str(db), "--device", "cuda"],
+        [
+            "reproduce",
+            "linear",
+            "--size",
+            "smoke",
+            "--out",
+            str(tmp_path / "rep"),
+            "--device",
+            "cuda:0",
+        ],
+    ):
+        proc = subprocess.run(
+            [sys.executable, "-m", "steepest.cli", *argv],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert proc.returncode == 2, proc.stderr
         lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
         assert len(lines) == 1 and "CUDA is not available" in lines[0], proc.stderr
@@ -115,22 +135,33 @@ class _SyncCounter:
         def counted(*args, **kwargs):
             self.calls.append(name)
             return orig(*args, **kwargs)
+
         return counted
 
 
 def _runner(tmp_path, cfg):
     """A runner set up as ``train`` does it, with logging and checkpoints stubbed out."""
     from steepest.data import load_dataset
-    from steepest.engine import Engine, _Runner
+    from steepest.engine import BatchRunner, Engine
     from steepest.store import RunStore
 
     c = load_config(cfg)
     d = c.data
-    ds = load_dataset(d.name, n_train=d.n_train, n_test=d.n_test, classes=d.classes, seed=d.seed, dtype=torch.float64)
+    ds = load_dataset(
+        d.name,
+        n_train=d.n_train,
+        n_test=d.n_test,
+        classes=d.classes,
+        seed=d.seed,
+        dtype=torch.float64,
+    )
     eng = Engine(c, c.run_specs(), ds, "cpu")
     store = RunStore(tmp_path / "s.db")
-    ids = [store.create_run(name=f"r{i}", algorithm=s.algorithm, seed=s.seed, config={}) for i, s in enumerate(c.run_specs())]
-    r = _Runner(eng, store, ids, tmp_path / "ck", progress=False)
+    ids = [
+        store.create_run(name=f"r{i}", algorithm=s.algorithm, seed=s.seed, config={})
+        for i, s in enumerate(c.run_specs())
+    ]
+    r = BatchRunner(eng, store, ids, tmp_path / "ck", progress=False)
     r.fresh_state(eng.init_params())
     r.log = lambda which, *a, **k: None  # type: ignore[method-assign]
     r.checkpoint = lambda *a, **k: None  # type: ignore[method-assign]
@@ -140,16 +171,22 @@ def _runner(tmp_path, cfg):
     return r
 
 
-@pytest.mark.parametrize("algos", [
-    CFG["algorithms"],
-    [{"algorithm": "adam", "schedule": "power", "lr": 0.01, "a": 0.5},
-     {"algorithm": "muon", "schedule": "power", "lr": 0.01, "a": 0.5},
-     {"algorithm": "cd", "schedule": "power", "lr": 0.5, "a": 0.3}],
-], ids=["ngd-sign-lossbased-gd", "adam-muon-cd"])
+@pytest.mark.parametrize(
+    "algos",
+    [
+        CFG["algorithms"],
+        [
+            {"algorithm": "adam", "schedule": "power", "lr": 0.01, "a": 0.5},
+            {"algorithm": "muon", "schedule": "power", "lr": 0.01, "a": 0.5},
+            {"algorithm": "cd", "schedule": "power", "lr": 0.5, "a": 0.3},
+        ],
+    ],
+    ids=["ngd-sign-lossbased-gd", "adam-muon-cd"],
+)
 def test_a_step_makes_no_host_transfer_and_its_settling_one(tmp_path, monkeypatch, algos):
-    """Queuing a step (``_Runner._advance``) makes no host transfer at all; settling it reads
+    """Queuing a step (``BatchRunner._advance``) makes no host transfer at all; settling it reads
     its packed event flags once (on a GPU from a non-blocking copy, after the next step is
-    queued); a metric event adds one more (the stacked columns, see ``_Runner.log``). Counted
+    queued); a metric event adds one more (the stacked columns, see ``BatchRunner.log``). Counted
     on the CPU by wrapping every Tensor method that copies to the host."""
     r = _runner(tmp_path, {**CFG, "algorithms": algos, "stop": {"steps": 400}})
     for _ in range(5):  # past step 1's milestone and the first-separation event
@@ -165,18 +202,22 @@ def test_a_step_makes_no_host_transfer_and_its_settling_one(tmp_path, monkeypatc
         settle.append(counter.calls[n1:])
     monkeypatch.undo()
     assert advance, "no step ran"
-    assert all(calls == [] for calls in advance), advance  # queuing a step never waits for the device
-    assert all(calls == ["tolist"] for calls in settle), settle  # reading its flags: one host-side list
+    assert all(calls == [] for calls in advance), (
+        advance
+    )  # queuing a step never waits for the device
+    assert all(calls == ["tolist"] for calls in settle), (
+        settle
+    )  # reading its flags: one host-side list
 
 
 def test_a_metrics_event_moves_its_numbers_in_one_transfer(tmp_path, monkeypatch):
-    from steepest.engine import _Runner
+    from steepest.engine import BatchRunner
 
     r = _runner(tmp_path, {**CFG, "stop": {"steps": 50}})
     for _ in range(3):
         r._step()
     counter = _SyncCounter(monkeypatch)
-    _Runner.log(r, [True] * r.e.K, True)
+    BatchRunner.log(r, [True] * r.e.K, True)
     calls = list(counter.calls)
     monkeypatch.undo()
     rows = r.store.metrics(r.run_ids[0])
@@ -208,22 +249,26 @@ def _pipelined(monkeypatch, on: bool = True):
     """Force the GPU schedule (step t+1 queued before step t is settled) on the CPU."""
     from steepest import engine as eng
 
-    orig = eng._Runner.__init__
+    orig = eng.BatchRunner.__init__
 
     def init(self, *a, **k):
         orig(self, *a, **k)
         self.pipelined = on
 
-    monkeypatch.setattr(eng._Runner, "__init__", init)
+    monkeypatch.setattr(eng.BatchRunner, "__init__", init)
 
 
 @pytest.mark.parametrize("variant", ["full-batch", "minibatch", "loss-target"])
-def test_the_pipelined_schedule_stores_exactly_what_the_plain_one_does(tmp_path, monkeypatch, variant):
+def test_the_pipelined_schedule_stores_exactly_what_the_plain_one_does(
+    tmp_path, monkeypatch, variant
+):
     """The GPU loop settles step t while step t+1 is queued; every stored row, status and the
     final checkpoint must equal the plain loop's, including runs that end at different steps."""
     # Stateful rules (moments that a snapshot must hold as of its own step) beside stateless ones.
-    stateful = [{"algorithm": "adam", "schedule": "power", "lr": 0.01, "a": 0.5},
-                {"algorithm": "momentum", "schedule": "power", "lr": 0.05, "a": 0.5}]
+    stateful = [
+        {"algorithm": "adam", "schedule": "power", "lr": 0.01, "a": 0.5},
+        {"algorithm": "momentum", "schedule": "power", "lr": 0.05, "a": 0.5},
+    ]
     cfg = {**CFG, "algorithms": CFG["algorithms"] + stateful, "stop": {"steps": 150}}
     if variant == "minibatch":
         cfg = {**cfg, "batch_size": 25, "algorithms": CFG["algorithms"][:2] + stateful}
@@ -236,7 +281,10 @@ def test_the_pipelined_schedule_stores_exactly_what_the_plain_one_does(tmp_path,
     piped = train(cfg, db=tmp_path / "b.db", progress=False)
     from steepest.store import RunStore
 
-    with RunStore(tmp_path / "a.db", create=False) as a, RunStore(tmp_path / "b.db", create=False) as b:
+    with (
+        RunStore(tmp_path / "a.db", create=False) as a,
+        RunStore(tmp_path / "b.db", create=False) as b,
+    ):
         for ra, rb in zip(plain.run_ids, piped.run_ids, strict=True):
             ma, mb = a.metrics(ra), b.metrics(rb)
             assert set(ma) == set(mb) and ma["step"].tolist() == mb["step"].tolist()
@@ -255,31 +303,39 @@ def test_the_pipelined_schedule_stores_exactly_what_the_plain_one_does(tmp_path,
 
     _tree_map(lambda x: flat_a.append(x), sa["algo_states"])
     _tree_map(lambda x: flat_b.append(x), sb["algo_states"])
-    assert len(flat_a) == len(flat_b) > 0 and all(torch.equal(x, y) for x, y in zip(flat_a, flat_b, strict=True))
+    assert len(flat_a) == len(flat_b) > 0 and all(
+        torch.equal(x, y) for x, y in zip(flat_a, flat_b, strict=True)
+    )
 
 
-def test_a_signal_in_the_pipelined_loop_checkpoints_the_settled_step_and_resumes_exactly(tmp_path, monkeypatch):
+def test_a_signal_in_the_pipelined_loop_checkpoints_the_settled_step_and_resumes_exactly(
+    tmp_path, monkeypatch
+):
     import signal as sig
 
     from steepest import engine as eng
     from steepest.store import RunStore
 
-    cfg = {**CFG, "algorithms": CFG["algorithms"] + [{"algorithm": "adam", "schedule": "power", "lr": 0.01, "a": 0.5}],
-           "stop": {"steps": 150}}
+    cfg = {
+        **CFG,
+        "algorithms": CFG["algorithms"]
+        + [{"algorithm": "adam", "schedule": "power", "lr": 0.01, "a": 0.5}],
+        "stop": {"steps": 150},
+    }
     ref = train(cfg, db=tmp_path / "ref.db", progress=False)
     _pipelined(monkeypatch)
-    orig = eng._Runner._settle
+    orig = eng.BatchRunner._settle
 
     def settle(self, p):
         orig(self, p)
         if self.t_host_max == 57:  # as if SIGTERM arrived while step 58 was queued
             self.stop.signum = sig.SIGTERM
 
-    monkeypatch.setattr(eng._Runner, "_settle", settle)
+    monkeypatch.setattr(eng.BatchRunner, "_settle", settle)
     db = tmp_path / "b.db"
     with pytest.raises(eng.Interrupted):
         train(cfg, db=db, progress=False)
-    monkeypatch.setattr(eng._Runner, "_settle", orig)
+    monkeypatch.setattr(eng.BatchRunner, "_settle", orig)
     with RunStore(db, create=False) as store:
         assert {r.status for r in store.list_runs()} == {"interrupted"}
     res = train(cfg, db=db, resume=True, progress=False)

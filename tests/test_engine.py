@@ -233,9 +233,9 @@ def test_warm_start_gives_every_run_the_same_separated_start(tmp_path):
 
 def test_engine_rejects_a_model_whose_degree_disagrees():
     cfg = load_config(_cfg(model={"name": "mlp", "widths": [8], "activation": "squared_relu"}))
-    from steepest.engine import _load_data
+    from steepest.engine import load_experiment_data
 
-    eng = Engine(cfg, cfg.run_specs(), _load_data(cfg))
+    eng = Engine(cfg, cfg.run_specs(), load_experiment_data(cfg))
     assert eng.L == 3  # squared ReLU, two weight layers: L = 2^2 - 1
 
 

@@ -45,14 +45,26 @@ FULL = {
         {"algorithm": "ngd", "schedule": "power", "lr": 0.1, "a": 0.5},
         # Loss-based steps roll back (their α is part of the state to resume); f1's up/down
         # keep the rollbacks to about 0.7 per step, so the trials stay fast.
-        {"algorithm": "gd", "schedule": "loss_based", "lr": 0.1, "up": 1.2599210498948732, "down": 1.4142135623730951},
+        {
+            "algorithm": "gd",
+            "schedule": "loss_based",
+            "lr": 0.1,
+            "up": 1.2599210498948732,
+            "down": 1.4142135623730951,
+        },
     ],
     "stop": {"steps": 300},
     "logging": {"checkpoint_every": 40},
 }
-MINI = {**FULL, "name": "faults-mini", "batch_size": 20,
-        "algorithms": [{"algorithm": "ngd", "schedule": "power", "lr": 0.1, "a": 0.5},
-                       {"algorithm": "sign", "schedule": "power", "lr": 0.01, "a": 0.5}]}
+MINI = {
+    **FULL,
+    "name": "faults-mini",
+    "batch_size": 20,
+    "algorithms": [
+        {"algorithm": "ngd", "schedule": "power", "lr": 0.1, "a": 0.5},
+        {"algorithm": "sign", "schedule": "power", "lr": 0.01, "a": 0.5},
+    ],
+}
 ENV = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "PYTHONUNBUFFERED": "1"}
 runner = CliRunner()
 
@@ -67,7 +79,12 @@ def _completed_batch(db: Path, name: str) -> list[int]:
     with RunStore(db, create=False) as store:
         runs = [r for r in store.list_runs(experiment=name) if r.status == "completed"]
     newest = max(r.info["batch"] for r in runs if r.id == max(x.id for x in runs))
-    return [r.id for r in sorted((r for r in runs if r.info["batch"] == newest), key=lambda r: r.info["index"])]
+    return [
+        r.id
+        for r in sorted(
+            (r for r in runs if r.info["batch"] == newest), key=lambda r: r.info["index"]
+        )
+    ]
 
 
 def _rows_lost_and_equal(ref: list[dict[str, np.ndarray]], got: list[dict[str, np.ndarray]]) -> int:
@@ -94,8 +111,23 @@ def references(tmp_path_factory):
 
 
 def _start(cfg_path: Path, db: Path, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "steepest.cli", "train", str(cfg_path), "--db", str(db), "--no-progress", *extra],
-                            env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "steepest.cli",
+            "train",
+            str(cfg_path),
+            "--db",
+            str(db),
+            "--no-progress",
+            *extra,
+        ],
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _wait_for_rows(db: Path, proc: subprocess.Popen, timeout: float = 120) -> bool:
@@ -156,7 +188,9 @@ def _trial(tmp_path: Path, references, sig_name: str, index: int) -> dict[str, i
 
 @pytest.mark.parametrize("sig_name", list(SIGNALS))
 @pytest.mark.parametrize("index", range(5))
-def test_interrupt_at_a_random_moment_then_resume_equals_uninterrupted(tmp_path, references, sig_name, index):
+def test_interrupt_at_a_random_moment_then_resume_equals_uninterrupted(
+    tmp_path, references, sig_name, index
+):
     out = _trial(tmp_path, references, sig_name, index)
     assert out["lost"] == 0
 
@@ -181,26 +215,46 @@ def test_a_second_resume_of_a_live_batch_is_refused_and_the_first_loses_nothing(
     first = _start(cfg_path, db)
     assert _wait_for_rows(db, first)
     time.sleep(0.5)  # past the step-0 checkpoint
-    second = subprocess.run([sys.executable, "-m", "steepest.cli", "train", str(cfg_path), "--db", str(db), "--resume"],
-                            env=ENV, capture_output=True, text=True, timeout=120)
+    second = subprocess.run(
+        [sys.executable, "-m", "steepest.cli", "train", str(cfg_path), "--db", str(db), "--resume"],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert first.poll() is None, "the first process ended before the second tried; lengthen the run"
     assert second.returncode == 2, second.stderr
     lines = second.stderr.strip().splitlines()
-    assert len(lines) == 1 and f"pid {first.pid}" in lines[0] and "being trained" in lines[0], second.stderr
+    assert len(lines) == 1 and f"pid {first.pid}" in lines[0] and "being trained" in lines[0], (
+        second.stderr
+    )
     _, err = first.communicate(timeout=300)
     assert first.returncode == 0, err
-    assert _rows_lost_and_equal(_rows(tmp_path / "ref.db", ref.run_ids), _rows(db, _completed_batch(db, "owner"))) == 0
+    assert (
+        _rows_lost_and_equal(
+            _rows(tmp_path / "ref.db", ref.run_ids), _rows(db, _completed_batch(db, "owner"))
+        )
+        == 0
+    )
 
 
 def test_a_dead_or_silent_owner_is_taken_over_and_a_live_one_is_not(tmp_path):
     import socket
 
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
     dead_pid = int(dead.stdout)
     with RunStore(tmp_path / "s.db") as store:
+
         def put(batch, pid, host, beat):
-            store._transact(lambda c: c.execute("INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?, ?)",
-                                                (batch, pid, host, "t", beat)))
+            store._transact(
+                lambda c: c.execute(
+                    "INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?, ?)",
+                    (batch, pid, host, "t", beat),
+                )
+            )
+
         put("dead", dead_pid, socket.gethostname(), time.time())
         store.acquire_lease("dead")  # its owner is dead: taken over
         assert store.lease("dead")["pid"] == os.getpid()
@@ -213,15 +267,21 @@ def test_a_dead_or_silent_owner_is_taken_over_and_a_live_one_is_not(tmp_path):
 
 def test_orphans_are_shown_and_settled_without_losing_rows(tmp_path):
     db = tmp_path / "o.db"
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
     import socket
 
     with RunStore(db) as store:
         rid = store.create_run(name="x", algorithm="ngd", seed=0, config={}, info={"batch": "b"})
         store.update_run(rid, status="running")
         store.log_metrics(rid, [{"step": 0, "log_loss": 0.5}, {"step": 1, "log_loss": 0.25}])
-        store._transact(lambda c: c.execute("INSERT INTO leases VALUES (?, ?, ?, ?, ?)",
-                                            ("b", int(dead.stdout), socket.gethostname(), "t", time.time())))
+        store._transact(
+            lambda c: c.execute(
+                "INSERT INTO leases VALUES (?, ?, ?, ?, ?)",
+                ("b", int(dead.stdout), socket.gethostname(), "t", time.time()),
+            )
+        )
     res = runner.invoke(app, ["runs", "--db", str(db)])
     assert res.exit_code == 0 and "orphan" in res.output, res.output
     res = runner.invoke(app, ["gc", "--db", str(db), "--yes"])
@@ -256,10 +316,18 @@ def test_a_full_disk_fails_cleanly_and_resume_is_exact(tmp_path, monkeypatch, re
 
     db = tmp_path / "runs.db"
     if where == "checkpoint":
-        _interrupting(monkeypatch, ck.torch, "save", 4, OSError(errno.ENOSPC, "No space left on device"))
+        _interrupting(
+            monkeypatch, ck.torch, "save", 4, OSError(errno.ENOSPC, "No space left on device")
+        )
         expect = OSError
     else:
-        _interrupting(monkeypatch, RunStore, "log_metrics_many", 12, sqlite3.OperationalError("database or disk is full"))
+        _interrupting(
+            monkeypatch,
+            RunStore,
+            "log_metrics_many",
+            12,
+            sqlite3.OperationalError("database or disk is full"),
+        )
         expect = sqlite3.OperationalError
     with pytest.raises(expect):
         train(FULL, db=db, progress=False)
@@ -280,13 +348,17 @@ def test_cli_names_a_full_disk_in_one_line(tmp_path, monkeypatch):
     cfg.write_text(yaml.safe_dump(FULL))
 
     def no_space(*a, **k):
-        raise RuntimeError("PytorchStreamWriter failed writing file") from OSError(errno.ENOSPC, "No space left on device")
+        raise RuntimeError("PytorchStreamWriter failed writing file") from OSError(
+            errno.ENOSPC, "No space left on device"
+        )
 
     monkeypatch.setattr(ck.torch, "save", no_space)
     res = runner.invoke(app, ["train", str(cfg), "--db", str(tmp_path / "r.db"), "--no-progress"])
     assert res.exit_code == 2
     err = res.stderr.strip().splitlines()
-    assert len(err) == 1 and "no space left on device" in err[0] and "--resume" in err[0], res.stderr
+    assert len(err) == 1 and "no space left on device" in err[0] and "--resume" in err[0], (
+        res.stderr
+    )
 
 
 # ---------------------------------------------------------------------- bad checkpoints
@@ -349,7 +421,12 @@ def test_a_bad_start_is_one_line_and_writes_nothing(tmp_path, monkeypatch, case)
         if torch.cuda.device_count() > 7:
             pytest.skip("this machine has a cuda:7")
     elif case == "warm_start":
-        cfg["warm_start"] = {"algorithm": "ngd", "lr": 0.01, "until_log_loss": -50.0, "max_steps": 3}
+        cfg["warm_start"] = {
+            "algorithm": "ngd",
+            "lr": 0.01,
+            "until_log_loss": -50.0,
+            "max_steps": 3,
+        }
         expect = "warm start did not reach"
     else:
         import steepest.engine as eng
@@ -366,7 +443,10 @@ def test_a_bad_start_is_one_line_and_writes_nothing(tmp_path, monkeypatch, case)
     assert not db.exists() and not (tmp_path / "sub").exists()
 
 
-@pytest.mark.parametrize("argv", [["runs"], ["show", "1"], ["export", "1"], ["verify", "all"], ["plot", "1"], ["gc", "--yes"]])
+@pytest.mark.parametrize(
+    "argv",
+    [["runs"], ["show", "1"], ["export", "1"], ["verify", "all"], ["plot", "1"], ["gc", "--yes"]],
+)
 def test_read_commands_never_create_files(tmp_path, monkeypatch, argv):
     monkeypatch.chdir(tmp_path)
     db = tmp_path / "typo" / "runs.db"
@@ -381,13 +461,23 @@ def test_export_onto_a_folder_is_one_line(tmp_path):
     db = tmp_path / "r.db"
     res = train({**FULL, "stop": {"steps": 5}}, db=db, progress=False)
     (tmp_path / "folder").mkdir()
-    out = runner.invoke(app, ["export", str(res.run_ids[0]), "--db", str(db), "--out", str(tmp_path / "folder")])
-    assert out.exit_code == 2 and len(out.stderr.strip().splitlines()) == 1 and "is a folder" in out.stderr
+    out = runner.invoke(
+        app, ["export", str(res.run_ids[0]), "--db", str(db), "--out", str(tmp_path / "folder")]
+    )
+    assert (
+        out.exit_code == 2
+        and len(out.stderr.strip().splitlines()) == 1
+        and "is a folder" in out.stderr
+    )
 
 
 def test_debug_shows_the_traceback(tmp_path):
     res = runner.invoke(app, ["--debug", "runs", "--db", str(tmp_path / "none.db")])
-    assert res.exit_code != 0 and res.exception is not None and not isinstance(res.exception, SystemExit)
+    assert (
+        res.exit_code != 0
+        and res.exception is not None
+        and not isinstance(res.exception, SystemExit)
+    )
 
 
 def test_overflowing_columns_are_stored_by_their_logs(tmp_path):
@@ -400,15 +490,44 @@ def test_overflowing_columns_are_stored_by_their_logs(tmp_path):
 
 # ---------------------------------------------------------------------- fuzzed configs
 
-_JUNK = st.one_of(st.none(), st.booleans(), st.integers(-10**13, 10**13), st.floats(allow_nan=True, allow_infinity=True),
-                  st.text(max_size=8), st.lists(st.integers(-3, 3), max_size=3), st.dictionaries(st.text(max_size=4), st.integers(), max_size=2))
-_PATHS = [("name",), ("data",), ("data", "name"), ("data", "n_train"), ("data", "classes"), ("model",), ("model", "widths"),
-          ("seeds",), ("algorithms",), ("algorithms", 0, "lr"), ("algorithms", 0, "schedule"), ("algorithms", 0, "a"),
-          ("algorithms", 0, "algorithm"), ("stop",), ("stop", "steps"), ("logging", "per_decade"), ("dtype",), ("device",),
-          ("loss",), ("batch_size",), ("warm_start",), ("bogus_key",)]
+_JUNK = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**13), 10**13),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=8),
+    st.lists(st.integers(-3, 3), max_size=3),
+    st.dictionaries(st.text(max_size=4), st.integers(), max_size=2),
+)
+_PATHS = [
+    ("name",),
+    ("data",),
+    ("data", "name"),
+    ("data", "n_train"),
+    ("data", "classes"),
+    ("model",),
+    ("model", "widths"),
+    ("seeds",),
+    ("algorithms",),
+    ("algorithms", 0, "lr"),
+    ("algorithms", 0, "schedule"),
+    ("algorithms", 0, "a"),
+    ("algorithms", 0, "algorithm"),
+    ("stop",),
+    ("stop", "steps"),
+    ("logging", "per_decade"),
+    ("dtype",),
+    ("device",),
+    ("loss",),
+    ("batch_size",),
+    ("warm_start",),
+    ("bogus_key",),
+]
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(path=st.sampled_from(_PATHS), value=_JUNK)
 def test_fuzzed_configs_fail_in_one_line_naming_the_field(path, value):
     cfg = yaml.safe_load(yaml.safe_dump(FULL))
@@ -425,8 +544,14 @@ def test_fuzzed_configs_fail_in_one_line_naming_the_field(path, value):
 
 
 def test_malformed_configs_write_nothing_through_the_cli(tmp_path):
-    for i, bad in enumerate([{**FULL, "seeds": "zero"}, {**FULL, "stop": {"steps": -1}}, {**FULL, "algorithms": []},
-                             {**FULL, "data": {"name": "nonexistent"}}]):
+    for i, bad in enumerate(
+        [
+            {**FULL, "seeds": "zero"},
+            {**FULL, "stop": {"steps": -1}},
+            {**FULL, "algorithms": []},
+            {**FULL, "data": {"name": "nonexistent"}},
+        ]
+    ):
         path = tmp_path / f"c{i}.yaml"
         path.write_text(yaml.safe_dump(bad))
         db = tmp_path / f"d{i}" / "runs.db"
@@ -442,8 +567,12 @@ def test_a_run_with_a_live_owner_cannot_be_marked_failed(tmp_path):
     with RunStore(db) as store:
         rid = store.create_run(name="x", algorithm="ngd", seed=0, config={}, info={"batch": "b"})
         store.update_run(rid, status="running")
-        store._transact(lambda c: c.execute("INSERT INTO leases VALUES (?, ?, ?, ?, ?)",
-                                            ("b", os.getppid(), socket.gethostname(), "t", time.time())))
+        store._transact(
+            lambda c: c.execute(
+                "INSERT INTO leases VALUES (?, ?, ?, ?, ?)",
+                ("b", os.getppid(), socket.gethostname(), "t", time.time()),
+            )
+        )
     res = runner.invoke(app, ["runs", "--db", str(db), "--mark-failed", str(rid)])
     assert res.exit_code == 2 and f"being trained by pid {os.getppid()}" in res.stderr
     res = runner.invoke(app, ["gc", "--db", str(db), "--yes"])
@@ -454,14 +583,14 @@ def _stop_when(monkeypatch, predicate):
     """Ask training to stop (as SIGTERM would) once ``predicate(runner)`` holds after a step."""
     from steepest import engine as eng
 
-    orig = eng._Runner._settle
+    orig = eng.BatchRunner._settle
 
     def settle(self, p):
         orig(self, p)
         if self.stop.signum is None and predicate(self):
             self.stop.signum = signal.SIGTERM
 
-    monkeypatch.setattr(eng._Runner, "_settle", settle)
+    monkeypatch.setattr(eng.BatchRunner, "_settle", settle)
 
 
 def test_runs_that_ended_before_an_interrupt_keep_their_status(tmp_path, monkeypatch):
@@ -473,7 +602,9 @@ def test_runs_that_ended_before_an_interrupt_keep_their_status(tmp_path, monkeyp
         train(cfg, db=tmp_path / "r.db", progress=False)
     with RunStore(tmp_path / "r.db", create=False) as store:
         statuses = sorted(r.status for r in store.list_runs())
-        assert "completed" in statuses and "interrupted" in statuses and "running" not in statuses, statuses
+        assert (
+            "completed" in statuses and "interrupted" in statuses and "running" not in statuses
+        ), statuses
         assert store.orphans() == []
 
 
@@ -482,10 +613,16 @@ def test_a_minibatch_resume_after_a_rolled_back_step_is_exact(tmp_path, monkeypa
     """A rolled-back run keeps the gradient of an older minibatch; the checkpoint carries it."""
     from steepest import engine as eng
 
-    cfg = {**MINI, "name": "mini-rollback", "seeds": [0],
-           "algorithms": [{"algorithm": "gd", "schedule": "constant", "lr": 1e160},
-                          {"algorithm": "ngd", "schedule": "power", "lr": 0.1, "a": 0.5}],
-           "stop": {"steps": 40}}
+    cfg = {
+        **MINI,
+        "name": "mini-rollback",
+        "seeds": [0],
+        "algorithms": [
+            {"algorithm": "gd", "schedule": "constant", "lr": 1e160},
+            {"algorithm": "ngd", "schedule": "power", "lr": 0.1, "a": 0.5},
+        ],
+        "stop": {"steps": 40},
+    }
     ref = train(cfg, db=tmp_path / "ref.db", progress=False)
     with RunStore(tmp_path / "ref.db", create=False) as store:
         assert store.metrics(ref.run_ids[0])["rollbacks"].max() > 0  # the scenario happens
@@ -494,13 +631,20 @@ def test_a_minibatch_resume_after_a_rolled_back_step_is_exact(tmp_path, monkeypa
         train(cfg, db=tmp_path / "r.db", progress=False)
     monkeypatch.undo()
     res = train(cfg, db=tmp_path / "r.db", resume=True, progress=False)
-    assert _rows_lost_and_equal(_rows(tmp_path / "ref.db", ref.run_ids), _rows(tmp_path / "r.db", res.run_ids)) == 0
+    assert (
+        _rows_lost_and_equal(
+            _rows(tmp_path / "ref.db", ref.run_ids), _rows(tmp_path / "r.db", res.run_ids)
+        )
+        == 0
+    )
 
 
 def test_an_owner_that_lost_its_lease_stops(tmp_path):
     with RunStore(tmp_path / "s.db") as store:
         store.acquire_lease("b")
         store.heartbeat("b")  # fine while it owns the batch
-        store._transact(lambda c: c.execute("UPDATE leases SET pid = ? WHERE batch = 'b'", (os.getppid(),)))
+        store._transact(
+            lambda c: c.execute("UPDATE leases SET pid = ? WHERE batch = 'b'", (os.getppid(),))
+        )
         with pytest.raises(BatchBusyError, match="lost its lease"):
             store.heartbeat("b")

@@ -18,17 +18,32 @@ import torch
 from steepest.algorithms import algorithm_names
 from steepest.engine import train
 
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
+]
 
 #: Options for the rules that need them; the test covers every registered rule.
 OPTIONS = {"lp": {"p": 3}, "steepest": {"norm": "l1.5"}, "cd": {"normalized": False}}
 #: Measured exceptions to rtol 1e-10 (module docstring).
 RTOL = {"shampoo": 1e-6, "muon-adam": 1e-6}
-LRS = {"gd": 0.05, "cd": 0.05, "sign": 0.01, "adam": 0.01, "signum": 0.01, "muon-adam": 0.01, "muon-signum": 0.01}
+LRS = {
+    "gd": 0.05,
+    "cd": 0.05,
+    "sign": 0.01,
+    "adam": 0.01,
+    "signum": 0.01,
+    "muon-adam": 0.01,
+    "muon-signum": 0.01,
+}
 
 
 def _cfg(name: str, dtype: str = "float64") -> dict:
-    sched = {"schedule": "loss_based", "lr": 0.1} if name == "gd" else {"schedule": "power", "lr": LRS.get(name, 0.05), "a": 0.5}
+    sched = (
+        {"schedule": "loss_based", "lr": 0.1}
+        if name == "gd"
+        else {"schedule": "power", "lr": LRS.get(name, 0.05), "a": 0.5}
+    )
     return {
         "name": f"gpu-{name}",
         "data": {"name": "digits", "classes": [0, 1], "n_train": 100, "n_test": 40},
@@ -45,13 +60,22 @@ def test_gpu_equals_cpu_float64(tmp_path, name):
     cpu = train(_cfg(name), db=tmp_path / "cpu.db", progress=False, device="cpu")
     gpu = train(_cfg(name), db=tmp_path / "gpu.db", progress=False, device="cuda")
     a = torch.load(cpu.checkpoint, weights_only=True, map_location="cpu")
-    b = torch.load(gpu.checkpoint, weights_only=True, map_location="cpu")  # saved on the GPU machine as CPU tensors
+    b = torch.load(
+        gpu.checkpoint, weights_only=True, map_location="cpu"
+    )  # saved on the GPU machine as CPU tensors
     assert a["t"].tolist() == b["t"].tolist() and a["rollbacks"].tolist() == b["rollbacks"].tolist()
     for pa, pb in zip(a["params"], b["params"], strict=True):
         torch.testing.assert_close(pb, pa, rtol=RTOL.get(name, 1e-10), atol=1e-300)
     torch.testing.assert_close(b["log_flow"], a["log_flow"], rtol=RTOL.get(name, 1e-10), atol=0.0)
     for fa, fb in zip(cpu.final, gpu.final, strict=True):
-        for k in ("log_loss", "margin_own", "smoothed_own", "margin_l2", "margin_linf", "margin_spectral"):
+        for k in (
+            "log_loss",
+            "margin_own",
+            "smoothed_own",
+            "margin_l2",
+            "margin_linf",
+            "margin_spectral",
+        ):
             assert fb[k] == pytest.approx(fa[k], rel=RTOL.get(name, 1e-10)), k
 
 

@@ -13,7 +13,7 @@ import torch
 
 from steepest.config import load_config
 from steepest.data import load_dataset
-from steepest.engine import Engine, _warm_start
+from steepest.engine import Engine, warm_start_params
 from steepest.reproduce import reproduce
 from steepest.reproduce.adam import adam_drift_trace, crossing_step, margin_at_log_loss
 from steepest.reproduce.common import batch_configs, load_spec
@@ -54,7 +54,7 @@ def test_drift_trace_reports_true_units_at_step_one():
     d = ecfg.data
     data = load_dataset(d.name, n_train=d.n_train, n_test=d.n_test, classes=d.classes, seed=d.seed, dtype=torch.float64)
     eng = Engine(ecfg, ecfg.run_specs(), data)
-    params, _ = _warm_start(ecfg, data, eng, eng.init_params())
+    params, _ = warm_start_params(ecfg, data, eng, eng.init_params())
     g, ll, _ = eng.evaluate(params)
     flat = torch.cat([x[0].reshape(-1) for x in g]).abs()
     expect = math.log10(float(torch.median(flat[flat > 0]))) + float(ll[0]) / math.log(10.0)

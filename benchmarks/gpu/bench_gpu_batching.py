@@ -2,7 +2,7 @@
 
 Setup (the overhead-bound regime of ``bench_batching.py``): sklearn digits 0 vs 1 (n = 360),
 a width-64 one-hidden-layer MLP, normalized GD, full batch, float64. For each K the engine's
-``_Runner._step`` is timed with logging and checkpoints stubbed (``_common.make_runner``) after a
+``BatchRunner._step`` is timed with logging and checkpoints stubbed (``_common.make_runner``) after a
 warm-up, with ``torch.cuda.synchronize()`` around the timed block; run-steps/s = K × steps / s,
 and the ratio is against K = 1 measured in the same process.
 
@@ -10,7 +10,8 @@ Host syncs per step: one step at K = 16 under ``torch.profiler`` (CPU + CUDA act
 counting the CUDA runtime calls that block the host: ``cudaStreamSynchronize``,
 ``cudaDeviceSynchronize``, ``cudaEventSynchronize`` and device-to-host ``cudaMemcpy*``.
 
-Run: ``python benchmarks/gpu/bench_gpu_batching.py [--device cuda] [--steps N] [--ks 1,16,256,1024]``.
+Run: ``python benchmarks/gpu/bench_gpu_batching.py [--device cuda] [--steps N]
+[--ks 1,16,256,1024]``.
 """
 
 from __future__ import annotations
@@ -24,7 +25,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from _common import digits_config, header, make_runner, parse_args, seconds_per_step  # noqa: E402
 
-SYNC_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy")
+SYNC_CALLS = (
+    "cudaStreamSynchronize",
+    "cudaDeviceSynchronize",
+    "cudaEventSynchronize",
+    "cudaMemcpy",
+)
 
 
 def _sync(device: str) -> None:
@@ -48,7 +54,11 @@ def syncs_per_step(device: str, K: int = 16, steps: int = 10) -> dict[str, float
     for ev in prof.key_averages():
         if any(ev.key.startswith(s) for s in SYNC_CALLS):
             counts[ev.key] = ev.count / steps
-    launches = sum(ev.count for ev in prof.key_averages() if ev.key in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC"))
+    launches = sum(
+        ev.count
+        for ev in prof.key_averages()
+        if ev.key in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC")
+    )
     counts["kernel launches"] = launches / steps
     return counts
 
@@ -73,7 +83,10 @@ def main() -> None:
         dt = seconds_per_step(r, args.steps, warmup=10)
         rates[K] = K / dt
         base = rates.get(ks[0])
-        print(f"   {K:>6} {dt * 1e3:>9.3f} {rates[K]:>12.0f} {rates[K] / base:>6.1f}x   (set-up {build:.1f} s)")
+        print(
+            f"   {K:>6} {dt * 1e3:>9.3f} {rates[K]:>12.0f} {rates[K] / base:>6.1f}x"
+            f"   (set-up {build:.1f} s)"
+        )
         del r
     print("   host-blocking CUDA runtime calls per step at K = 16 (torch.profiler):")
     for k, v in syncs_per_step(args.device).items():

@@ -33,7 +33,12 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
         raise
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", *, require: tuple[str, ...] = ("version", "params")) -> dict[str, Any]:
+def load_checkpoint(
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    *,
+    require: tuple[str, ...] = ("version", "params"),
+) -> dict[str, Any]:
     """Read a checkpoint with ``weights_only=True`` onto ``device``; ``ValueError`` naming the
     file if it is missing, unreadable, or lacks the keys in ``require``."""
     path = Path(path)
@@ -43,10 +48,14 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", *, req
         sd = torch.load(path, weights_only=True, map_location=device)
     except Exception as exc:  # torch raises several types for truncated, corrupt or unsafe files
         first = (str(exc).splitlines() or [""])[0][:200]
-        raise ValueError(f"checkpoint {path} cannot be read ({type(exc).__name__}: {first}); "
-                         "it is truncated, corrupt, unsafe or not a steepest checkpoint") from None
+        raise ValueError(
+            f"checkpoint {path} cannot be read ({type(exc).__name__}: {first}); "
+            "it is truncated, corrupt, unsafe or not a steepest checkpoint"
+        ) from None
     if not isinstance(sd, dict) or any(k not in sd for k in require):
-        raise ValueError(f"checkpoint {path} is not a steepest engine checkpoint (missing {', '.join(require)})")
+        raise ValueError(
+            f"checkpoint {path} is not a steepest engine checkpoint (missing {', '.join(require)})"
+        )
     return sd
 
 

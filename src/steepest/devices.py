@@ -42,13 +42,18 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
     if name == "cpu":
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        raise DeviceError(f"device {name!r} was asked for, but CUDA is not available on this machine "
-                          f"(torch {torch.__version__}); use device: cpu or auto")
+        raise DeviceError(
+            f"device {name!r} was asked for, but CUDA is not available on this machine "
+            f"(torch {torch.__version__}); use device: cpu or auto"
+        )
     dev = torch.device(name)
     index = 0 if dev.index is None else dev.index
     count = torch.cuda.device_count()
     if index >= count:
-        raise DeviceError(f"device {name!r} was asked for, but this machine has {count} CUDA device(s) (cuda:0..cuda:{count - 1})")
+        raise DeviceError(
+            f"device {name!r} was asked for, but this machine has {count} CUDA device(s)"
+            f" (cuda:0..cuda:{count - 1})"
+        )
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     return torch.device("cuda", index)

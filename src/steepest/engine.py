@@ -25,8 +25,8 @@ first separates, every ``checkpoint_every`` iterations, at a SIGINT/SIGTERM, and
 ``resume=True`` continues an interrupted batch bit-for-bit (CPU, float64, same threads). One
 process owns a batch at a time (a lease with a heartbeat in the store).
 
-Queuing a step makes no host-device synchronization (``_Runner._advance``); on a GPU the loop
-reads step t's event flags while step t+1 runs (``_Runner.run``, ``_Runner._settle``).
+Queuing a step makes no host-device synchronization (``BatchRunner._advance``); on a GPU the loop
+reads step t's event flags while step t+1 runs (``BatchRunner.run``, ``BatchRunner._settle``).
 """
 
 from __future__ import annotations
@@ -58,11 +58,12 @@ from .losses import log_loss as _log_loss
 from .losses import margins as _margins
 from .losses import per_sample_log_losses, smoothed_margin_numerator
 from .models import build_model, homogeneity_degree
-from .norms import LpNorm, Norm, Spectral, _flat, get_norm
+from .norms import LpNorm, Norm, Spectral, flat_params, get_norm
 from .schedules import LOG_LOSS0
 from .store import HEARTBEAT_EVERY_S, BatchBusyError, RunStore, default_db_path
 
-__all__ = ["train", "TrainResult", "METRIC_NORMS", "Engine"]
+__all__ = ["train", "TrainResult", "METRIC_NORMS", "Engine", "BatchRunner", "Interrupted", "load_experiment_data",
+           "warm_start_params"]
 
 #: Norms every run's margins are measured in (column suffixes of the metric names).
 METRIC_NORMS: dict[str, str] = {"l1": "l1", "l2": "l2", "linf": "linf", "spectral": "max-spectral"}
@@ -359,7 +360,7 @@ class Engine:
 
         # ℓp norms of θ and g share one flattening per event; each norm is computed once per
         # event and reused for the own-norm columns.
-        abs_p, abs_g = _flat(p64, stacked=True).abs(), _flat(g64, stacked=True).abs()
+        abs_p, abs_g = flat_params(p64, stacked=True).abs(), flat_params(g64, stacked=True).abs()
         cache: dict[object, tuple[Tensor, Tensor]] = {}
 
         def rho_and_dual(N: Norm, pg: list[Tensor], gg: list[Tensor], idx: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -394,8 +395,9 @@ class Engine:
 # ---------------------------------------------------------------------- the training loop
 
 
-class _Runner:
-    """Holds the mutable state of one batch and steps it; serialisable to a checkpoint."""
+class BatchRunner:
+    """Holds the mutable state of one batch and steps it (``_advance`` queues a step,
+    ``_settle`` acts on it); serialisable to a checkpoint. Benchmarks build one directly."""
 
     def __init__(self, engine: Engine, store: RunStore, run_ids: list[int], ckpt_dir: Path | None, progress: bool):
         self.e = engine
@@ -501,9 +503,10 @@ class _Runner:
             return None
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         path = self.ckpt_dir / ("final.pt" if final else f"iter-{self.iteration:09d}.pt")
-        atomic_torch_save(self.state_dict(), path)
+        state = self.state_dict()  # one device-to-host copy for both files
+        atomic_torch_save(state, path)
         latest = self.ckpt_dir / "latest.pt"
-        atomic_torch_save(self.state_dict(), latest)
+        atomic_torch_save(state, latest)
         ts, lls = self.t.tolist(), self.ll.tolist()
         for i, rid in enumerate(self.run_ids):
             self.store.add_checkpoint(rid, step=ts[i], path=str(path), log_loss=lls[i])
@@ -611,7 +614,7 @@ class _Runner:
         synchronization: acceptance, rollback, step size and the event flags stay on the device;
         the flags start a non-blocking copy to the host that :meth:`_settle` reads."""
         e, K = self.e, self.e.K
-        before = self._snapshot()
+        before = self._snapshot() if self.pipelined else {}  # only a queued step is ever dropped
         active = ~self.done
         t_next = (self.t + 1).to(torch.float64)
         log_eta = e.log_lr0 + self.log_alpha - e.decay * torch.log(t_next) + e.loss_power * (LOG_LOSS0 - self.ll)
@@ -809,14 +812,17 @@ class _Progress:
 # ---------------------------------------------------------------------- public entry point
 
 
-def _load_data(cfg: ExperimentConfig) -> Dataset:
+def load_experiment_data(cfg: ExperimentConfig) -> Dataset:
+    """The config's dataset, in float64 (the engine casts to its dtype and device)."""
     d = cfg.data
     return load_dataset(d.name, n_train=d.n_train, n_test=d.n_test, classes=d.classes, binarize=d.binarize,
                         seed=d.seed, dtype=torch.float64, **d.options)
 
 
-def _warm_start(cfg: ExperimentConfig, dataset: Dataset, engine: Engine, params: list[Tensor]) -> tuple[list[Tensor], dict[str, Any]]:
-    """Run the warm-start algorithm once per seed until log 𝓛 ≤ until_log_loss (findings.md)."""
+def warm_start_params(cfg: ExperimentConfig, dataset: Dataset, engine: Engine, params: list[Tensor]) -> tuple[list[Tensor], dict[str, Any]]:
+    """Run the warm-start algorithm once per seed until log 𝓛 ≤ until_log_loss, from
+    ``params``; returns the parameters every run then starts from (one common separated state
+    per seed) and a record of the warm start. Raises ``ValueError`` if a seed misses the target."""
     ws = cfg.warm_start
     assert ws is not None
     seeds = sorted({sp.seed for sp in engine.specs})
@@ -832,7 +838,7 @@ def _warm_start(cfg: ExperimentConfig, dataset: Dataset, engine: Engine, params:
     wengine = Engine(wcfg, wcfg.run_specs(), dataset, engine.device)
     with RunStore(":memory:") as mem:
         ids = [mem.create_run(name=f"warm/{s}", algorithm=ws.algorithm, seed=s, config={}) for s in seeds]
-        runner = _Runner(wengine, mem, ids, None, progress=False)
+        runner = BatchRunner(wengine, mem, ids, None, progress=False)
         runner.fresh_state(wengine.init_params())
         runner.run(resumed=False)
         lls = runner.ll.tolist()
@@ -915,7 +921,7 @@ def train(config: str | Path | dict[str, Any] | ExperimentConfig, *, db: str | P
         cfg = cfg.model_copy(update={"device": load_config({**cfg.canonical(), "device": device}).device})
     dev = resolve_device(cfg.device)
     specs = cfg.run_specs()
-    dataset = _load_data(cfg)
+    dataset = load_experiment_data(cfg)
     engine = Engine(cfg, specs, dataset, dev)
     db_path = Path(db) if db is not None else default_db_path()
     show = progress if progress is not None else (cfg.logging.progress if cfg.logging.progress is not None else sys.stderr.isatty())
@@ -927,25 +933,25 @@ def train(config: str | Path | dict[str, Any] | ExperimentConfig, *, db: str | P
         params = engine.init_params()
         winfo = None
         if cfg.warm_start is not None:
-            params, winfo = _warm_start(cfg, dataset, engine, params)  # before any row is written
+            params, winfo = warm_start_params(cfg, dataset, engine, params)  # before any row is written
         batch = uuid.uuid4().hex[:12]
         ckpt_dir = db_path.parent / "checkpoints" / batch
-        probe = _Runner(engine, None, [], None, progress=False)  # type: ignore[arg-type]
-        probe.fresh_state(params)
-        _check_disk_space(ckpt_dir, 2 * _tree_bytes(probe.state_dict()) + 2**20)
+        fresh = BatchRunner(engine, None, [], ckpt_dir, show)  # type: ignore[arg-type]  # store and rows come next
+        fresh.fresh_state(params)
+        _check_disk_space(ckpt_dir, 2 * _tree_bytes(fresh.state_dict()) + 2**20)
         store = RunStore(db_path)
     stop = _StopFlag()
     try:
         with _deferred_signals(stop):  # from the first row written: a signal stops between whole steps
             return _train_batch(engine, cfg, specs, dataset, store, db_path, resume, show, stop,
-                                params=None if resume else params, winfo=None if resume else winfo,
+                                fresh=None if resume else fresh, winfo=None if resume else winfo,
                                 batch=None if resume else batch, ckpt_dir=None if resume else ckpt_dir)
     finally:
         store.close()
 
 
 def _train_batch(engine: Engine, cfg: ExperimentConfig, specs: list[RunSpec], dataset: Dataset, store: RunStore,
-                 db_path: Path, resume: bool, show: bool, stop: _StopFlag, *, params: list[Tensor] | None,
+                 db_path: Path, resume: bool, show: bool, stop: _StopFlag, *, fresh: BatchRunner | None,
                  winfo: dict[str, Any] | None, batch: str | None, ckpt_dir: Path | None) -> TrainResult:
     """Create (or find) the batch's rows, own it, train it, settle it: :func:`train`'s body."""
     if resume:
@@ -956,7 +962,7 @@ def _train_batch(engine: Engine, cfg: ExperimentConfig, specs: list[RunSpec], da
         store.acquire_lease(batch)
         try:
             remove_stale_temps(ckpt_dir)  # a writer SIGKILLed mid-checkpoint leaves its temp file
-            runner = _Runner(engine, store, run_ids, ckpt_dir, show)
+            runner = BatchRunner(engine, store, run_ids, ckpt_dir, show)
             runner.load_state_dict(load_checkpoint(records[0].info["checkpoint"], engine.device))
             for rid, t in zip(run_ids, runner.t.tolist(), strict=True):
                 store.delete_metrics_after(rid, t)
@@ -979,8 +985,8 @@ def _train_batch(engine: Engine, cfg: ExperimentConfig, specs: list[RunSpec], da
                                             algorithm=sp.algorithm, seed=sp.seed, config=cfg.canonical(),
                                             experiment=cfg.name, info=info))
         store.acquire_lease(batch)
-        runner = _Runner(engine, store, run_ids, ckpt_dir, show)
-        runner.fresh_state(params)
+        runner = fresh
+        runner.store, runner.run_ids = store, run_ids
     runner.batch_id = batch
     runner.stop = stop
     try:
@@ -998,7 +1004,7 @@ def _train_batch(engine: Engine, cfg: ExperimentConfig, specs: list[RunSpec], da
                        labels=[sp.label for sp in specs], checkpoint=path, statuses=statuses)
 
 
-def _settle_after_failure(runner: _Runner, store: RunStore, run_ids: list[int], exc: BaseException) -> None:
+def _settle_after_failure(runner: BatchRunner, store: RunStore, run_ids: list[int], exc: BaseException) -> None:
     """Checkpoint the last whole step (if the failure came between steps) and mark the
     unfinished runs "interrupted" (a signal) or "failed" (with the reason). Best effort: on a
     full disk these writes can fail too, and then the last checkpoint on disk stays the one to

@@ -57,6 +57,7 @@ from .norms import LpNorm, Norm, Spectral, get_norm, inner
 
 __all__ = [
     "KKTResult",
+    "norm_kind",
     "NotSeparatedError",
     "SUBGRADIENT_NOTE",
     "KKT_NORMS",
@@ -194,7 +195,8 @@ def fenchel_young_gap(
 # KKT residual with optimized multipliers, spec §3.6
 
 
-def _kind(N: Norm) -> tuple[str, float | None]:
+def norm_kind(N: Norm) -> tuple[str, float | None]:
+    """Which KKT program a norm needs: ("l2"|"linf"|"l1"|"lp"|"spectral", p or None)."""
     if isinstance(N, LpNorm):
         if N.p == 2.0:
             return "l2", 2.0
@@ -451,7 +453,7 @@ def _optimized_alignment(
     """
     import cvxpy as cp
 
-    kind, p = _kind(N)
+    kind, p = norm_kind(N)
     theta = np.concatenate([b.reshape(-1) for b in blocks]) / rho
     m = H.shape[0]
     if kind == "l2":
@@ -509,7 +511,7 @@ def kkt_residual_from(
     Returns (relative residual, λ on θ̂'s scale, info dict with solver/status/active).
     """
     N = get_norm(norm)
-    kind, p = _kind(N)
+    kind, p = norm_kind(N)
     blocks = [np.asarray(b, dtype=np.float64) for b in theta_blocks]
     theta = np.concatenate([b.reshape(-1) for b in blocks])
     H = np.asarray(H, dtype=np.float64)
@@ -588,7 +590,7 @@ def kkt_residual(
         if not (0 <= val < 1):
             raise ValueError(f"{name} must lie in [0, 1), got {val!r}")
     N = get_norm(norm)
-    _kind(N)  # reject unsupported norms before any work
+    norm_kind(N)  # reject unsupported norms before any work
     m64 = copy.deepcopy(model).to(torch.float64).eval()
     X64 = X.to(torch.float64)
     y64 = y.to(torch.float64) if y.is_floating_point() else y

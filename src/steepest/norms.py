@@ -37,6 +37,7 @@ from torch.func import vmap
 
 __all__ = [
     "Norm",
+    "flat_params",
     "LpNorm",
     "Spectral",
     "BlockMax",
@@ -53,7 +54,7 @@ __all__ = [
 Tensors = Sequence[Tensor]
 
 
-def _flat(xs: Tensors, stacked: bool = False) -> Tensor:
+def flat_params(xs: Tensors, stacked: bool = False) -> Tensor:
     """Concatenate a list of tensors into one flat vector θ; (K, P) rows when ``stacked``."""
     if len(xs) == 0:
         raise ValueError("a Norm needs at least one tensor; got an empty list")
@@ -203,25 +204,25 @@ class LpNorm(Norm):
         return (m * scaled.pow(p).sum(-1, keepdim=True).pow(1.0 / p)).squeeze(-1)
 
     def __call__(self, xs: Tensors) -> Tensor:
-        return self._vec_norm(_flat(xs), self.p)
+        return self._vec_norm(flat_params(xs), self.p)
 
     def dual(self, gs: Tensors) -> Tensor:
-        return self._vec_norm(_flat(gs), self.q)
+        return self._vec_norm(flat_params(gs), self.q)
 
     def direction_and_dual(self, gs: Tensors) -> tuple[list[Tensor], Tensor]:
-        return self._direction_and_dual_flat(_flat(gs), gs)
+        return self._direction_and_dual_flat(flat_params(gs), gs)
 
     def direction(self, gs: Tensors) -> list[Tensor]:
-        return self._direction_and_dual_flat(_flat(gs), gs)[0]
+        return self._direction_and_dual_flat(flat_params(gs), gs)[0]
 
     def stacked(self, xs: Tensors) -> Tensor:
-        return self._vec_norm(_flat(xs, stacked=True), self.p)
+        return self._vec_norm(flat_params(xs, stacked=True), self.p)
 
     def stacked_dual(self, gs: Tensors) -> Tensor:
-        return self._vec_norm(_flat(gs, stacked=True), self.q)
+        return self._vec_norm(flat_params(gs, stacked=True), self.q)
 
     def stacked_direction_and_dual(self, gs: Tensors) -> tuple[list[Tensor], Tensor]:
-        return self._direction_and_dual_flat(_flat(gs, stacked=True), gs)
+        return self._direction_and_dual_flat(flat_params(gs, stacked=True), gs)
 
     def _direction_and_dual_flat(self, g: Tensor, gs: Tensors) -> tuple[list[Tensor], Tensor]:
         """U(g) of a flat g (or of each row of a (K, P) g), split back like ``gs``, and ‖g‖_q.

@@ -78,7 +78,7 @@ import torch
 from torch import Tensor, nn
 
 from .checkpoints import load_checkpoint
-from .kkt import NotSeparatedError, _kind, kkt_residual
+from .kkt import NotSeparatedError, kkt_residual, norm_kind
 from .losses import log_loss as _log_loss
 from .losses import margins as _margins
 from .metrics import alignment_gradient, dual_alignment_from
@@ -649,9 +649,9 @@ def check_trajectory(
 
 def _engine_private():
     """The engine's private helpers used here, in one place (the lead may make them public)."""
-    from .engine import Engine, _load_data
+    from .engine import Engine, load_experiment_data
 
-    return Engine, _load_data
+    return Engine, load_experiment_data
 
 
 class _Loader:
@@ -896,7 +896,7 @@ def verify_runs(
             not_hom = "no homogeneity degree stored with the run"
         if kkt and degree is not None:
             try:
-                kind, _ = _kind(get_norm(own))
+                kind, _ = norm_kind(get_norm(own))
                 n_params = sum(int(math.prod(v)) for v in _param_shapes(rec, shape_cache))
                 if kind in ("lp", "spectral") and n_params > tol.kkt_max_conic_params:
                     raise ValueError(

@@ -34,7 +34,7 @@ import torch  # noqa: E402
 from ..adaptive import AdamRule  # noqa: E402
 from ..config import load_config  # noqa: E402
 from ..data import load_dataset  # noqa: E402
-from ..engine import Engine, _warm_start  # noqa: E402
+from ..engine import Engine, warm_start_params  # noqa: E402
 from ..plots import save_figure  # noqa: E402
 from .common import (  # noqa: E402
     BatchRuns,
@@ -125,7 +125,7 @@ def adam_drift_trace(cfg: dict[str, Any], *, eps: float, betas: tuple[float, flo
     engine = Engine(ecfg, ecfg.run_specs(), data)
     params = engine.init_params()
     if ecfg.warm_start is not None:
-        params, _ = _warm_start(ecfg, data, engine, params)
+        params, _ = warm_start_params(ecfg, data, engine, params)
     rule = AdamRule(tuple(betas), eps)
     b2 = float(betas[1])
     g, ll, out = engine.evaluate(params)

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import flavor_matrix, late_phase_ok, load_spec, merge_batches, plot_margin_panels, plot_own_smoothed, run_batches
+from .common import (
+    flavor_matrix,
+    late_phase_ok,
+    load_spec,
+    merge_batches,
+    plot_margin_panels,
+    plot_own_smoothed,
+    run_batches,
+)
 from .report import Report
 from .verdicts import verify_markdown
 

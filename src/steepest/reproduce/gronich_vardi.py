@@ -22,9 +22,9 @@ import numpy as np
 import torch
 
 from ..adaptive import HybridNorm
+from ..checkpoints import load_checkpoint
 from ..metrics import directional_cosine
 from ..store import RunStore
-from ..checkpoints import load_checkpoint
 from .common import BatchRuns, final_value, load_spec, plot_margin_panels, run_batches
 from .report import Report, markdown_table
 from .verdicts import verify_markdown
