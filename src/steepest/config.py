@@ -88,8 +88,10 @@ class AlgorithmConfig(_Strict):
     """One algorithm entry; ``lr`` may be a list (one run per value)."""
 
     algorithm: str
-    lr: float | list[float]
-    schedule: Literal["constant", "power", "loss_based", "norm_scaled"] = "constant"
+    lr: float | list[float] | None = None  # every schedule but 'flow' needs it
+    schedule: Literal["constant", "power", "loss_based", "norm_scaled", "flow"] = "constant"
+    # flow only: the relative tolerance of the error-controlled steps (None: the default).
+    tol: float | None = Field(default=None, gt=0, lt=1)
     a: float | None = None  # decay exponent for power / norm_scaled
     # loss_based only: α ×= up after an accepted step, α ÷= down after a rollback (Lyu & Li:
     # up = 2^(1/5), down = 2^(1/10); then about two proposals are rolled back per accepted step).
@@ -115,7 +117,16 @@ class AlgorithmConfig(_Strict):
             algo = algorithm(self.algorithm, **self.options)
         except (ValueError, TypeError) as exc:
             raise ValueError(f"options: {exc}") from None
-        lrs = self.lr if isinstance(self.lr, list) else [self.lr]
+        if self.schedule == "flow":
+            if self.lr is not None:
+                raise ValueError("schedule 'flow' picks its own steps: drop lr (set tol to change the accuracy)")
+            if self.a is not None:
+                raise ValueError("schedule 'flow' takes no decay exponent a")
+        elif self.tol is not None:
+            raise ValueError(f"tol applies to schedule 'flow' only, not {self.schedule!r}")
+        elif self.lr is None:
+            raise ValueError(f"schedule {self.schedule!r} needs lr")
+        lrs = [1.0] if self.lr is None else self.lr if isinstance(self.lr, list) else [self.lr]
         if not lrs or any(not (x > 0) for x in lrs):
             raise ValueError(f"lr must be positive (or a non-empty list of positive values), got {self.lr}")
         if self.schedule == "loss_based" and algo.normalized:
@@ -132,6 +143,8 @@ class AlgorithmConfig(_Strict):
     def schedules(self):
         from .schedules import schedule
 
+        if self.schedule == "flow":
+            return [schedule("flow", **({} if self.tol is None else {"tol": self.tol}))]
         lrs = self.lr if isinstance(self.lr, list) else [self.lr]
         kw: dict[str, float] = {} if self.a is None or self.schedule in ("constant", "loss_based") else {"a": self.a}
         kw.update({k: v for k, v in (("up", self.up), ("down", self.down)) if v is not None})
@@ -202,8 +215,9 @@ class ExperimentConfig(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> ExperimentConfig:
-        if self.batch_size is not None and any(a.schedule == "loss_based" for a in self.algorithms):
-            raise ValueError("schedule 'loss_based' needs full-batch steps (batch_size: null)")
+        for sched in ("loss_based", "flow"):  # both compare the loss before and after a step
+            if self.batch_size is not None and any(a.schedule == sched for a in self.algorithms):
+                raise ValueError(f"schedule {sched!r} needs full-batch steps (batch_size: null)")
         return self
 
     def canonical(self) -> dict[str, Any]:

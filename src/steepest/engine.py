@@ -113,6 +113,24 @@ def _scatter(full: Tensor, idx: Tensor | None, part: Tensor) -> Tensor:
     return part if idx is None else full.index_copy(0, idx, part)
 
 
+MAX_FLOW_DROP = 50.0  # the largest drop of log 𝓛 in one accepted flow step (stateless rules)
+MAX_FLOW_DROP_STATEFUL = 1.0  # ... and for rules with state (see ``_flow_log_error``)
+
+
+def _log_expm1_ratio(x: Tensor) -> Tensor:
+    """log((e^x − 1)/x), for any real x (the limit 0 at x = 0).
+
+    One step's flow time: dτ = ∫ ds/‖∇𝓛‖_* = ∫ e^{−log𝓛}/‖∇log𝓛‖_* ds. With the log of the
+    integrand linear in s over the step, from a (at θ) to b (at θ'), the integral is
+    ds·e^a·(e^x − 1)/x with x = b − a. The left Riemann sum (factor 1) undercounts by about
+    e^x/x, which compounds when every step drops the loss by O(1)."""
+    small = x.abs() < 1e-6
+    safe = torch.where(small, torch.ones_like(x), x)
+    pos = safe + torch.log(-torch.expm1(-safe.clamp(min=1e-300))) - torch.log(safe.clamp(min=1e-300))
+    neg = torch.log(-torch.expm1(safe.clamp(max=-1e-300))) - torch.log(-safe.clamp(max=-1e-300))
+    return torch.where(small, x / 2, torch.where(safe > 0, pos, neg))
+
+
 class Interrupted(KeyboardInterrupt):
     """Training stopped at a step boundary by SIGINT or SIGTERM; the batch was checkpointed
     there and ``--resume`` continues it exactly."""
@@ -265,8 +283,13 @@ class Engine:
         self.log_up = torch.tensor([math.log(s["up"]) for s in sch], **f64)
         self.log_down = torch.tensor([math.log(s["down"]) for s in sch], **f64)
         self.log_min_alpha = torch.tensor([math.log(s["min_alpha"]) for s in sch], **f64)
+        self.flow = torch.tensor([bool(s.get("flow", False)) for s in sch], device=self.device)
+        # The local error bound is tol/2: with it the global deviation from a tight solve_ivp
+        # stayed within tol in every smooth test (tests/test_flow.py); with tol it did not.
+        self.log_tol = torch.tensor([math.log(s["tol"] / 2) if s.get("flow") else 0.0 for s in sch], **f64)
         # Decided once from the config, so the step never branches on a device tensor.
         self.any_norm_power = any(s["norm_power"] != 0 for s in sch)
+        self.any_flow = any(bool(s.get("flow", False)) for s in sch)
 
     # ------------------------------------------------------------------ math
     def _out_fn(self, pdict: dict[str, Tensor], X: Tensor) -> Tensor:
@@ -628,6 +651,7 @@ class BatchRunner:
         new_params = list(self.params) if len(e.groups) == 1 else [torch.empty_like(p) for p in self.params]
         new_states = []
         log_dtau = torch.empty(K, dtype=torch.float64, device=e.device)
+        flow_parts = []
         for gi, g in enumerate(e.groups):
             algo = g.algo
             pg, gg = _gather(self.params, g.idx), _gather(self.g, g.idx)
@@ -636,6 +660,12 @@ class BatchRunner:
             if g.rescales:  # stateless-in-scale rules (plain steepest descent) skip the call
                 st = algo.stacked_rescale_state(st, _gather(self.frame, g.idx) - ll_g)
             eta_g = _gather(log_eta, g.idx)
+            if e.any_flow and not algo.normalized:
+                # flow: η is the step's length in the own norm, so the lr on ∇𝓛 is η/‖∇𝓛‖_*.
+                d0 = e.own_norms[g.indices[0]].stacked_dual(gg).to(torch.float64)
+                d0 = torch.where(d0 > 0, d0, torch.ones_like(d0))
+                eta_g = torch.where(_gather(e.flow, g.idx), eta_g - ll_g - torch.log(d0), eta_g)
+                log_eta = _scatter(log_eta, g.idx, eta_g)
             log_lr_eff = eta_g if algo.normalized else eta_g + ll_g
             lr_eff = torch.exp(log_lr_eff).to(pg[0].dtype)
             upd, st_new = algo.stacked_update(pg, gg, st, lr_eff)
@@ -645,6 +675,7 @@ class BatchRunner:
                 else:
                     new_params[j].index_copy_(0, g.idx, upd[j])
             new_states.append(st_new)
+            flow_parts.append((pg, st_new, lr_eff))
             if algo.normalized:
                 dual = st_new["grad_dual"] if isinstance(st_new, dict) and "grad_dual" in st_new else e.own_norms[g.indices[0]].stacked_dual(gg)
                 dual = dual.to(torch.float64)
@@ -661,10 +692,23 @@ class BatchRunner:
         finite = e._finite_runs(g2) & e._finite_runs([out2]) & torch.isfinite(ll2)
         no_increase = ll2 <= self.ll
         accept = active & finite & (~e.adaptive | no_increase)
+        # a step too small to change log 𝓛 beyond rounding is no increase (flow)
+        no_increase_flow = ll2 <= self.ll + 64 * torch.finfo(e.dtype).eps * self.ll.abs().clamp(min=1.0)
+        if e.any_flow:
+            log_err, log_dual0, log_dual1 = self._flow_log_error(flow_parts, new_params, g2, ll2)
+            within = finite & no_increase_flow & (log_err <= e.log_tol)
+            accept = torch.where(e.flow, active & within, accept)
         rejected = active & ~accept
         # α: ×up after a good loss-based step; ÷down (loss-based) or ÷2 (others) after a rollback.
         self.log_alpha = self.log_alpha + torch.where(accept & e.adaptive, e.log_up, torch.zeros_like(self.log_alpha))
         shrink = torch.where(e.adaptive, e.log_down, torch.full_like(e.log_down, math.log(2.0)))
+        if e.any_flow:
+            # Error control (Hairer, Nørsett & Wanner, Solving ODEs I, §II.4): a local error
+            # estimate of order O(h²) gives the next step h·min(2, max(0.2, 0.9·√(tol/err))).
+            fac = (math.log(0.9) + 0.5 * (e.log_tol - torch.nan_to_num(log_err, nan=math.inf))).clamp(math.log(0.2), math.log(2.0))
+            fac = torch.where(active & finite & no_increase_flow, fac, torch.full_like(fac, -math.log(2.0)))
+            self.log_alpha = self.log_alpha + torch.where(e.flow & active, fac, torch.zeros_like(fac))
+            shrink = torch.where(e.flow, torch.zeros_like(shrink), shrink)
         self.log_alpha = self.log_alpha - torch.where(rejected, shrink, torch.zeros_like(shrink))
         self.rollbacks = self.rollbacks + rejected.to(torch.long)
         qmin2 = e.q_min(out2, e.y if batch is None else e.y[batch])
@@ -700,6 +744,9 @@ class BatchRunner:
         self.frame = torch.where(accept, self.ll, self.frame)
         self.params = [_where_runs(accept, n, o) for n, o in zip(new_params, self.params, strict=True)]
         self.g = [_where_runs(accept, n, o) for n, o in zip(g2, self.g, strict=True)]
+        if e.any_flow:
+            x = (self.ll - ll2) + (log_dual0 - log_dual1)  # log-integrand change over the step
+            log_dtau = torch.where(e.flow & torch.isfinite(x), log_dtau + _log_expm1_ratio(torch.nan_to_num(x)), log_dtau)
         self.log_flow = torch.where(accept, torch.logaddexp(self.log_flow, log_dtau), self.log_flow)
         self.last_log_lr = torch.where(accept, log_eta, self.last_log_lr)
         self.ll = ll_new
@@ -710,6 +757,51 @@ class BatchRunner:
         self.decade = torch.maximum(decade, self.decade)
         self.done = self.done | finished | dead
         return _Pending(flags_host, ready, before, self._snapshot(), batch is None)
+
+    def _flow_log_error(self, parts, new_params: list[Tensor], g2: list[Tensor], ll2: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """log of each flow run's local error estimate for the step just taken (−inf elsewhere),
+        and log ‖g‖_* at θ and at θ' in the own norm (for the step's flow time).
+
+        Embedded Euler–Heun pair: the step Δ = θ' − θ is explicit Euler; Heun's trapezoid would
+        take (Δ + Δ')/2, where Δ' is the step the rule takes from θ' with the same length. Their
+        difference, ‖Δ' − Δ‖₂/2, estimates Euler's local error (Hairer, Nørsett & Wanner,
+        Solving ODEs I, §II.4); it is divided by ‖θ‖₂ to be relative. No extra gradient: g(θ')
+        is the next step's gradient anyway."""
+        e, K = self.e, self.e.K
+        # A non-finite step is rejected anyway; zeros keep the SVDs of spectral rules defined.
+        new_params = [torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0) for x in new_params]
+        g2 = [torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0) for x in g2]
+        log_err = torch.full((K,), -math.inf, dtype=torch.float64, device=e.device)
+        log_d0, log_d1 = torch.zeros_like(log_err), torch.zeros_like(log_err)
+        for gi, g in enumerate(e.groups):
+            pg, st_new, lr_eff = parts[gi]
+            N = e.own_norms[g.indices[0]]
+            d0 = N.stacked_dual(_gather(self.g, g.idx)).to(torch.float64)
+            d1 = N.stacked_dual(_gather(g2, g.idx)).to(torch.float64)
+            log_d0 = _scatter(log_d0, g.idx, torch.log(d0))
+            log_d1 = _scatter(log_d1, g.idx, torch.log(d1))
+            algo = g.algo
+            pn, gn = _gather(new_params, g.idx), _gather(g2, g.idx)
+            # A rule with state (moments, momentum) averages past gradients of 𝓛: a step that
+            # drops log 𝓛 by more than 1 makes the last gradient outweigh the new one e-fold
+            # in that average, so the rule no longer follows its own flow; such steps are
+            # rejected (and the state rescaled by e^{drop} could overflow). Plain rules: 50.
+            max_drop = MAX_FLOW_DROP_STATEFUL if g.rescales else MAX_FLOW_DROP
+            drop = _gather(torch.nan_to_num(self.ll - ll2, nan=0.0, posinf=0.0, neginf=0.0), g.idx)
+            st2 = algo.stacked_rescale_state(st_new, drop.clamp(max=max_drop)) if g.rescales else st_new
+            st2 = _tree_map(lambda x: torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0) if x.is_floating_point() else x, st2)
+            lr2 = lr_eff
+            if not algo.normalized:  # the same length in the own norm: lr ∝ 1/‖g‖_*
+                lr2 = (lr_eff.to(torch.float64) * torch.where(d1 > 0, d0 / d1, torch.ones_like(d1))).to(lr_eff.dtype)
+            nxt, _ = algo.stacked_update(pn, gn, st2, lr2)
+            k = g.k
+            # (θ' − θ'') − (θ − θ') = Δ' − Δ
+            diff = torch.cat([((b - c) - (a - b)).reshape(k, -1) for a, b, c in zip(pg, pn, nxt, strict=True)], 1)
+            size = torch.cat([a.reshape(k, -1) for a in pg], 1).norm(dim=1)
+            err = diff.norm(dim=1).to(torch.float64) / (2 * size.to(torch.float64))
+            err = torch.where(drop > max_drop, torch.full_like(err, math.inf), err)
+            log_err = _scatter(log_err, g.idx, torch.log(err))
+        return log_err, log_d0, log_d1
 
     _STATE = ("params", "g", "ll", "out", "qmin", "algo_states", "frame", "log_alpha", "rollbacks", "t", "log_flow",
               "last_log_lr", "separated_at", "decade", "done", "iteration")

@@ -15,8 +15,22 @@ Every schedule is one formula (spec §2.5, A.1):
 * ``norm_scaled``: η = lr · t^{-a} · ‖θ_t‖ (steps proportional to the parameter norm; see
   findings: fast, but check that the smoothed margin stays monotone).
 
+* ``flow``: error-controlled steps that follow the steepest flow dθ/dτ = −J(∇𝓛(θ)) (no lr;
+  one option, the relative tolerance ``tol``, default 0.05). The step's length in the rule's
+  own norm is η = α·‖θ‖ (for unnormalized rules the lr on ∇𝓛 is η/‖∇𝓛‖_*, so ``gd`` and ``ngd``
+  take the same steps). After each step the engine forms the embedded Euler–Heun error estimate
+
+      err = ‖Δ' − Δ‖₂ / (2‖θ‖₂),   Δ = θ' − θ,   Δ' = the rule's step from θ' with the same η,
+
+  (Hairer, Nørsett & Wanner, *Solving ODEs I*, §II.4: Heun's trapezoid (Δ + Δ')/2 minus
+  Euler's Δ) and accepts the step iff err ≤ tol, log 𝓛 did not increase (Lyu & Li's rollback,
+  arXiv 1906.05890 §5) and everything is finite. Then α ← α·min(2, max(0.2, 0.9·√(tol/err)));
+  a loss increase or a non-finite value halves α. The acceptance test never looks at a margin.
+  The first step has α = min(tol, 10⁻³). Flow time integrates dτ = ds/(𝓛‖∇log𝓛‖_*) with
+  log 𝓛 linear in s over each step (see ``docs/late_phase.md``).
+
 For every schedule the engine also rolls back a step that produces a non-finite value and
-halves α ("retry with a smaller step"); only ``loss_based`` rolls back loss increases.
+halves α ("retry with a smaller step"); ``loss_based`` and ``flow`` also roll back loss increases.
 """
 
 from __future__ import annotations
@@ -31,6 +45,7 @@ from torch import Tensor
 __all__ = ["Schedule", "schedule", "schedule_names", "SCHEDULES"]
 
 LOG_LOSS0 = math.log(math.log(10.0))  # Lyu & Li's 𝓛₀ = log 10
+FLOW_TOL = 0.05
 
 
 @dataclass(frozen=True)
@@ -47,6 +62,8 @@ class Schedule:
     down: float = 2.0 ** (1.0 / 10.0)
     log_loss0: float = LOG_LOSS0
     min_alpha: float = 1e-50
+    flow: bool = False
+    tol: float = 0.0
 
     def __post_init__(self) -> None:
         if not (self.lr > 0 and math.isfinite(self.lr)):
@@ -98,7 +115,16 @@ def _norm_scaled(lr: float, a: float = 0.0) -> Schedule:
     return Schedule("norm_scaled", lr, decay=a, norm_power=1.0)
 
 
-SCHEDULES = {"constant": _constant, "power": _power, "loss_based": _loss_based, "norm_scaled": _norm_scaled}
+def _flow(tol: float = FLOW_TOL) -> Schedule:
+    if not (0 < tol < 1):
+        raise ValueError(f"schedule 'flow': tol must be in (0, 1), got {tol}")
+    # lr is the first step's length relative to ‖θ‖ in the rule's own norm; the controller
+    # takes over from there.
+    return Schedule("flow", min(tol, 1e-3), norm_power=1.0, flow=True, tol=tol, min_alpha=1e-30)
+
+
+SCHEDULES = {"constant": _constant, "power": _power, "loss_based": _loss_based, "norm_scaled": _norm_scaled,
+             "flow": _flow}
 
 
 def schedule_names() -> list[str]:
