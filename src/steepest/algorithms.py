@@ -135,6 +135,11 @@ class SteepestDescentRule(Algorithm):
 
     def stacked_update(self, params, grads, state, lr):
         u, dual = self.norm.stacked_direction_and_dual(grads)
+        return self.stacked_step(params, u, dual, state, lr)
+
+    def stacked_step(self, params, u, dual, state, lr):
+        """:meth:`stacked_update` with the direction U(g) and ‖g‖_* already computed (the
+        engine's flow schedule computes them at θ' for its error estimate, one step early)."""
         lr = torch.as_tensor(lr, dtype=dual.dtype, device=dual.device).expand(dual.shape)  # a float: every run
         new_params = []
         for p, d in zip(params, u, strict=True):

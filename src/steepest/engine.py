@@ -49,7 +49,7 @@ import torch
 from torch import Tensor
 from torch.func import functional_call, grad_and_value, vmap
 
-from .algorithms import Algorithm, algorithm
+from .algorithms import SteepestDescentRule, Algorithm, algorithm
 from .checkpoints import atomic_torch_save, load_checkpoint, remove_stale_temps
 from .config import ExperimentConfig, RunSpec, load_config
 from .data import Dataset, load_dataset
@@ -461,6 +461,7 @@ class BatchRunner:
         self.t = torch.zeros(K, dtype=torch.long, device=dev)
         self.iteration = 0
         self.log_alpha = torch.zeros(K, dtype=torch.float64, device=dev)
+        self.dir_cache: list[Any] | None = None  # flow: directions at the current θ, per group
         self.frame = torch.zeros(K, dtype=torch.float64, device=dev)
         self.log_flow = torch.full((K,), -math.inf, dtype=torch.float64, device=dev)
         self.last_log_lr = torch.full((K,), -math.inf, dtype=torch.float64, device=dev)
@@ -514,6 +515,7 @@ class BatchRunner:
                   "done", "separated_at", "rollbacks", "decade", "status", "elapsed"):
             v = sd[k]
             setattr(self, k, _tree_map(lambda x: x.to(self.e.device), v) if k not in ("status", "iteration", "elapsed") else v)
+        self.dir_cache = None  # not in checkpoints: recomputed from the gradient
         self.status = list(self.status)
         self.done_host = [bool(d) for d in self.done.tolist()]
         self.t_host_max = max(self.t.tolist())
@@ -660,22 +662,29 @@ class BatchRunner:
             if g.rescales:  # stateless-in-scale rules (plain steepest descent) skip the call
                 st = algo.stacked_rescale_state(st, _gather(self.frame, g.idx) - ll_g)
             eta_g = _gather(log_eta, g.idx)
+            plain = e.any_flow and self._plain_steepest(gi)
+            if plain:  # U(g) and ‖g‖_* as computed at this θ one step ago, when it was θ'
+                cached = self.dir_cache[gi] if self.dir_cache is not None else None
+                u0, dual0 = cached if cached is not None else algo.norm.stacked_direction_and_dual(gg)
             if e.any_flow and not algo.normalized:
                 # flow: η is the step's length in the own norm, so the lr on ∇𝓛 is η/‖∇𝓛‖_*.
-                d0 = e.own_norms[g.indices[0]].stacked_dual(gg).to(torch.float64)
+                d0 = dual0.to(torch.float64) if plain else e.own_norms[g.indices[0]].stacked_dual(gg).to(torch.float64)
                 d0 = torch.where(d0 > 0, d0, torch.ones_like(d0))
                 eta_g = torch.where(_gather(e.flow, g.idx), eta_g - ll_g - torch.log(d0), eta_g)
                 log_eta = _scatter(log_eta, g.idx, eta_g)
             log_lr_eff = eta_g if algo.normalized else eta_g + ll_g
             lr_eff = torch.exp(log_lr_eff).to(pg[0].dtype)
-            upd, st_new = algo.stacked_update(pg, gg, st, lr_eff)
+            if plain:
+                upd, st_new = algo.stacked_step(pg, u0, dual0, st, lr_eff)
+            else:
+                upd, st_new = algo.stacked_update(pg, gg, st, lr_eff)
             for j in range(len(new_params)):
                 if g.idx is None:
                     new_params[j] = upd[j]
                 else:
                     new_params[j].index_copy_(0, g.idx, upd[j])
             new_states.append(st_new)
-            flow_parts.append((pg, st_new, lr_eff))
+            flow_parts.append((pg, st_new, lr_eff, (u0, dual0) if plain else None))
             if algo.normalized:
                 dual = st_new["grad_dual"] if isinstance(st_new, dict) and "grad_dual" in st_new else e.own_norms[g.indices[0]].stacked_dual(gg)
                 dual = dual.to(torch.float64)
@@ -695,7 +704,7 @@ class BatchRunner:
         # a step too small to change log 𝓛 beyond rounding is no increase (flow)
         no_increase_flow = ll2 <= self.ll + 64 * torch.finfo(e.dtype).eps * self.ll.abs().clamp(min=1.0)
         if e.any_flow:
-            log_err, log_dual0, log_dual1 = self._flow_log_error(flow_parts, new_params, g2, ll2)
+            log_err, log_dual0, log_dual1, next_dirs = self._flow_log_error(flow_parts, new_params, g2, ll2)
             within = finite & no_increase_flow & (log_err <= e.log_tol)
             accept = torch.where(e.flow, active & within, accept)
         rejected = active & ~accept
@@ -706,8 +715,12 @@ class BatchRunner:
             # Error control (Hairer, Nørsett & Wanner, Solving ODEs I, §II.4): a local error
             # estimate of order O(h²) gives the next step h·min(2, max(0.2, 0.9·√(tol/err))).
             fac = (math.log(0.9) + 0.5 * (e.log_tol - torch.nan_to_num(log_err, nan=math.inf))).clamp(math.log(0.2), math.log(2.0))
-            fac = torch.where(active & finite & no_increase_flow, fac, torch.full_like(fac, -math.log(2.0)))
-            self.log_alpha = self.log_alpha + torch.where(e.flow & active, fac, torch.zeros_like(fac))
+            # A loss increase (or a non-finite value) halves α. (A ceiling learned from such
+            # rollbacks cut them from ~50% to 5% of the steps, but rode the edge: the smoothed
+            # margin fell more often for GD and coordinate descent stalled; docs/late_phase.md.)
+            bad = active & ~(finite & no_increase_flow)
+            fac = torch.where(bad, torch.full_like(fac, -math.log(2.0)), fac)
+            self.log_alpha = torch.where(e.flow & active, self.log_alpha + fac, self.log_alpha)
             shrink = torch.where(e.flow, torch.zeros_like(shrink), shrink)
         self.log_alpha = self.log_alpha - torch.where(rejected, shrink, torch.zeros_like(shrink))
         self.rollbacks = self.rollbacks + rejected.to(torch.long)
@@ -741,6 +754,9 @@ class BatchRunner:
         # list, never an edit of the old one: snapshots of earlier steps still hold that one.
         self.algo_states = [_select_runs(_gather(accept, g.idx), new_states[gi], self.algo_states[gi])
                             for gi, g in enumerate(e.groups)]
+        if e.any_flow:  # each run's direction for its next step: at θ' if accepted, else at θ
+            self.dir_cache = [None if nd is None else _select_runs(_gather(accept, g.idx), nd, flow_parts[gi][3])
+                              for gi, (g, nd) in enumerate(zip(e.groups, next_dirs, strict=True))]
         self.frame = torch.where(accept, self.ll, self.frame)
         self.params = [_where_runs(accept, n, o) for n, o in zip(new_params, self.params, strict=True)]
         self.g = [_where_runs(accept, n, o) for n, o in zip(g2, self.g, strict=True)]
@@ -773,27 +789,40 @@ class BatchRunner:
         g2 = [torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0) for x in g2]
         log_err = torch.full((K,), -math.inf, dtype=torch.float64, device=e.device)
         log_d0, log_d1 = torch.zeros_like(log_err), torch.zeros_like(log_err)
+        next_dirs: list[Any] = []
         for gi, g in enumerate(e.groups):
-            pg, st_new, lr_eff = parts[gi]
+            pg, st_new, lr_eff, _ = parts[gi]
+            algo = g.algo
             N = e.own_norms[g.indices[0]]
-            d0 = N.stacked_dual(_gather(self.g, g.idx)).to(torch.float64)
-            d1 = N.stacked_dual(_gather(g2, g.idx)).to(torch.float64)
+            pn, gn = _gather(new_params, g.idx), _gather(g2, g.idx)
+            drop = _gather(torch.nan_to_num(self.ll - ll2, nan=0.0, posinf=0.0, neginf=0.0), g.idx)
+            if self._plain_steepest(gi):
+                # Plain steepest descent: Δ' = η·U(g') with η the step's length in the norm
+                # (for unnormalized rules lr·‖g‖_*); one direction at θ', no state.
+                d0 = st_new["grad_dual"].to(torch.float64)
+                u1, d1 = N.stacked_direction_and_dual(gn)
+                eta = lr_eff if algo.normalized else lr_eff * st_new["grad_dual"]
+                nxt = [b - eta.reshape((-1,) + (1,) * (b.dim() - 1)) * u for b, u in zip(pn, u1, strict=True)]
+                next_dirs.append((u1, d1))
+                d1 = d1.to(torch.float64)
+                max_drop = MAX_FLOW_DROP
+            else:
+                d0 = N.stacked_dual(_gather(self.g, g.idx)).to(torch.float64)
+                d1 = N.stacked_dual(gn).to(torch.float64)
+                # A rule with state (moments, momentum) averages past gradients of 𝓛: a step that
+                # drops log 𝓛 by more than 1 makes the last gradient outweigh the new one e-fold
+                # in that average, so the rule no longer follows its own flow; such steps are
+                # rejected (and the state rescaled by e^{drop} could overflow). Plain rules: 50.
+                max_drop = MAX_FLOW_DROP_STATEFUL if g.rescales else MAX_FLOW_DROP
+                st2 = algo.stacked_rescale_state(st_new, drop.clamp(max=max_drop)) if g.rescales else st_new
+                st2 = _tree_map(lambda x: torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0) if x.is_floating_point() else x, st2)
+                lr2 = lr_eff
+                if not algo.normalized:  # the same length in the own norm: lr ∝ 1/‖g‖_*
+                    lr2 = (lr_eff.to(torch.float64) * torch.where(d1 > 0, d0 / d1, torch.ones_like(d1))).to(lr_eff.dtype)
+                nxt, _ = algo.stacked_update(pn, gn, st2, lr2)
+                next_dirs.append(None)
             log_d0 = _scatter(log_d0, g.idx, torch.log(d0))
             log_d1 = _scatter(log_d1, g.idx, torch.log(d1))
-            algo = g.algo
-            pn, gn = _gather(new_params, g.idx), _gather(g2, g.idx)
-            # A rule with state (moments, momentum) averages past gradients of 𝓛: a step that
-            # drops log 𝓛 by more than 1 makes the last gradient outweigh the new one e-fold
-            # in that average, so the rule no longer follows its own flow; such steps are
-            # rejected (and the state rescaled by e^{drop} could overflow). Plain rules: 50.
-            max_drop = MAX_FLOW_DROP_STATEFUL if g.rescales else MAX_FLOW_DROP
-            drop = _gather(torch.nan_to_num(self.ll - ll2, nan=0.0, posinf=0.0, neginf=0.0), g.idx)
-            st2 = algo.stacked_rescale_state(st_new, drop.clamp(max=max_drop)) if g.rescales else st_new
-            st2 = _tree_map(lambda x: torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0) if x.is_floating_point() else x, st2)
-            lr2 = lr_eff
-            if not algo.normalized:  # the same length in the own norm: lr ∝ 1/‖g‖_*
-                lr2 = (lr_eff.to(torch.float64) * torch.where(d1 > 0, d0 / d1, torch.ones_like(d1))).to(lr_eff.dtype)
-            nxt, _ = algo.stacked_update(pn, gn, st2, lr2)
             k = g.k
             # (θ' − θ'') − (θ − θ') = Δ' − Δ
             diff = torch.cat([((b - c) - (a - b)).reshape(k, -1) for a, b, c in zip(pg, pn, nxt, strict=True)], 1)
@@ -801,9 +830,14 @@ class BatchRunner:
             err = diff.norm(dim=1).to(torch.float64) / (2 * size.to(torch.float64))
             err = torch.where(drop > max_drop, torch.full_like(err, math.inf), err)
             log_err = _scatter(log_err, g.idx, torch.log(err))
-        return log_err, log_d0, log_d1
+        return log_err, log_d0, log_d1, next_dirs
 
-    _STATE = ("params", "g", "ll", "out", "qmin", "algo_states", "frame", "log_alpha", "rollbacks", "t", "log_flow",
+    def _plain_steepest(self, gi: int) -> bool:
+        """Group ``gi`` is plain steepest descent in its own norm: no state, direction U(g)."""
+        algo = self.e.groups[gi].algo
+        return isinstance(algo, SteepestDescentRule) and algo.norm is self.e.own_norms[self.e.groups[gi].indices[0]]
+
+    _STATE = ("params", "g", "ll", "out", "qmin", "algo_states", "dir_cache", "frame", "log_alpha", "rollbacks", "t", "log_flow",
               "last_log_lr", "separated_at", "decade", "done", "iteration")
 
     def _snapshot(self) -> dict[str, Any]:

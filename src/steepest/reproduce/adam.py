@@ -288,7 +288,7 @@ def run_f2(size: str, out: Path, device: str | None = None) -> Report:
     ok_all = all(checks.values())
     numbers = {"matrix": {lab: {n: list(v) for n, v in r.items()} for lab, r in mat.items()}, "matched_level": level,
                "at_level": at_level, "drift": drift_num, "checks": checks, "degree": L}
-    verdicts_md = verify_markdown(out / "runs.db", batch.result.run_ids)
+    verified = verify_markdown(out / "runs.db", batch.result.run_ids)
     reason = ("every check passed: " + "; ".join(checks)) if ok_all else "; ".join(reasons) + "."
     return Report.for_spec(spec, size, ok_all, reason, tables=tables, figures=figures, notes=notes,
-                           verdicts_md=verdicts_md, numbers=numbers, seconds=time.perf_counter() - t0)
+                           verify=[verified], numbers=numbers, seconds=time.perf_counter() - t0)

@@ -59,7 +59,7 @@ def run_f1(size: str, out: Path, device: str | None = None) -> Report:
                                           f"{batch.name}: normalized margins vs −log L (seed 0)"))
         figures.append(plot_own_smoothed(batch, out / f"{stem}-own-smoothed.png",
                                          f"{batch.name}: own-norm smoothed margin (dotted: separation)"))
-        verdict_parts.append(f"### {batch.name}\n\n" + verify_markdown(out / "runs.db", batch.result.run_ids))
+        verdict_parts.append(verify_markdown(out / "runs.db", batch.result.run_ids, heading=batch.name))
     if ok_all:
         reason = "in every variant, every run ended with log-loss ≤ −100 and each diagonal entry is the largest in its column."
     elif reasons:
@@ -67,4 +67,4 @@ def run_f1(size: str, out: Path, device: str | None = None) -> Report:
     else:
         reason = "the runs did not reach the late phase (see notes)."
     return Report.for_spec(spec, size, ok_all, reason, tables=tables, figures=figures, notes=notes,
-                           verdicts_md="\n\n".join(verdict_parts), numbers=numbers, seconds=seconds)
+                           verify=verdict_parts, numbers=numbers, seconds=seconds)

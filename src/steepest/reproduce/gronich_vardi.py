@@ -290,9 +290,7 @@ def run(size: str, out: Path, device: str | None = None) -> Report:
                     f"{batch.name}: normalized margins vs step (seed {batch.config['seeds'][0]})",
                 )
             )
-            verdict_parts.append(
-                f"### {batch.name}\n\n" + verify_markdown(db, batch.result.run_ids)
-            )
+            verdict_parts.append(verify_markdown(db, batch.result.run_ids, heading=batch.name))
     width = batches[0].config["model"]["widths"][0] if batches else None
     notes.append(
         f"hidden width {width} (the paper: 2048); n_train = {batches[0].config['data'].get('n_train')} "
@@ -311,4 +309,4 @@ def run(size: str, out: Path, device: str | None = None) -> Report:
     else:
         reason = "; ".join(reasons) + "."
     return Report.for_spec(spec, size, ok_all, reason, tables=tables, figures=figures, notes=notes,
-                           verdicts_md="\n\n".join(verdict_parts), numbers=numbers, seconds=seconds)
+                           verify=verdict_parts, numbers=numbers, seconds=seconds)

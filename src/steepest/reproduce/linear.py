@@ -425,7 +425,7 @@ def run(size: str, out: Path, device: str | None = None) -> Report:
             rows.append([lab, int(cols["step"][-1])] + [f"{float(cols[f'margin_{n}'][-1]) / gam[n]:.4f}" for n in ("l1", "l2", "linf") if n in gam])
         tables.append((f"Engine cross-check ({b.name}: steepest.engine, random init, same data): final γ_N/γ*_N",
                        markdown_table(["run", "steps"] + [f"γ_{n}/γ*_{n}" for n in ("l1", "l2", "linf") if n in gam], rows)))
-        vparts.append(f"### {b.name}\n\n" + verify_markdown(out / "runs.db", b.result.run_ids))
+        vparts.append(verify_markdown(out / "runs.db", b.result.run_ids, heading=b.name))
     seconds = time.perf_counter() - t0
 
     reasons = []
@@ -458,4 +458,4 @@ def run(size: str, out: Path, device: str | None = None) -> Report:
     reason = ("every N-steepest algorithm reached ≥ 0.99 γ*_N, each diagonal entry is the largest in its column, "
               "Adam with ε = 0 reached ≥ 0.99 γ*_∞ and Adam with a large ε ends closer to the ℓ2 max margin") if ok else "; ".join(reasons) + "."
     return Report.for_spec(spec, size, ok, reason, tables=tables, figures=figures, notes=notes,
-                           verdicts_md="\n\n".join(vparts), numbers=numbers, seconds=seconds)
+                           verify=vparts, numbers=numbers, seconds=seconds)

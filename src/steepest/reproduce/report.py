@@ -7,7 +7,10 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
+
+from .verdicts import VerifySection, verify_line
 
 __all__ = ["Report", "markdown_table", "atomic_write_text", "verdict"]
 
@@ -63,10 +66,21 @@ class Report:
     seconds: float | None = None
 
     @classmethod
-    def for_spec(cls, spec: dict[str, Any], size: str, reproduced: bool, reason: str, **parts: Any) -> Report:
+    def for_spec(cls, spec: dict[str, Any], size: str, reproduced: bool, reason: str,
+                 verify: Sequence[VerifySection] = (), **parts: Any) -> Report:
         """The report of experiment ``spec`` at ``size``: name, title, claim and defaults come from
-        the spec, the verdict goes through :func:`verdict` (a smoke run never claims either way)."""
+        the spec, the verdict goes through :func:`verdict` (a smoke run never claims either way).
+
+        ``verify`` holds the batches' theorem checks: their summary joins the verdict line, and a
+        failed check turns a "yes" into "no", so a report never says yes above a FAILED verify."""
+        failed, line = verify_line(list(verify))
+        if failed and reproduced:
+            reproduced, reason = False, f"the claim's own numbers hold ({reason.rstrip('.')}), but {line}"
+        elif line:
+            reason = f"{reason.rstrip('.')}. {line}."
         ok, why = verdict(size, reproduced, reason)
+        if verify and "verdicts_md" not in parts:
+            parts["verdicts_md"] = "\n\n".join(v.markdown for v in verify)
         return cls(name=spec["name"], title=spec["title"], claim=spec["claim"], size=size, reproduced=ok, reason=why,
                    defaults=list(spec.get("defaults", [])), **parts)
 

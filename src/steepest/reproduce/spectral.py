@@ -25,7 +25,7 @@ from .common import (
     run_batches,
 )
 from .report import Report, markdown_table
-from .verdicts import verify_markdown
+from .verdicts import VerifySection, verify_markdown
 
 #: The KKT check of max-spectral runs is skipped: the verifier's nuclear-norm SDP over a
 #: (width × 784) MNIST layer needs hundreds of GB (Clarabel aborted asking for 757 GB at width 8),
@@ -52,22 +52,18 @@ def spectral_family_wins(means: dict[str, float]) -> dict[str, bool]:
     return out
 
 
-def _verify(db: Path, batch: BatchRuns) -> tuple[str, list[int]]:
-    """``steepest verify`` markdown for the batch; KKT off for max-spectral runs on wide inputs."""
-    from ..store import RunStore
-    from ..verify import verify_runs
-
+def _verify(db: Path, batch: BatchRuns) -> tuple[list[VerifySection], list[int]]:
+    """``steepest verify`` on the batch; KKT off for max-spectral runs on wide inputs."""
     wide = SKIP_SPECTRAL_KKT
     ids = list(batch.result.run_ids)
     skip = [rid for rid, info in zip(ids, batch.infos, strict=True) if wide and info.get("own_norm") == "max-spectral"]
     keep = [rid for rid in ids if rid not in skip]
     parts = []
     if keep:
-        parts.append(verify_markdown(db, keep))
+        parts.append(verify_markdown(db, keep, heading=batch.name))
     if skip:
-        with RunStore(db) as store:
-            parts.append(verify_runs(store, skip, kkt=False).to_markdown())
-    return "\n\n".join(parts), skip
+        parts.append(verify_markdown(db, skip, heading=f"{batch.name} (max-spectral runs, KKT skipped)", kkt=False))
+    return parts, skip
 
 
 def _batch_tables(batch: BatchRuns) -> tuple[list[tuple[str, str]], dict, dict[str, bool], str]:
@@ -126,8 +122,8 @@ def run_f3(size: str, out: Path, device: str | None = None) -> Report:
             notes.append(f"{batch.name}: the KKT check was skipped for the max-spectral runs {skipped}: the verifier's "
                          "nuclear-norm SDP does not fit in memory on MNIST (757 GB asked at width 8) and takes ~26 s per run on "
                          "the digits at width 16; their other checks (monotone smoothed margin, growth, alignment, flavor) ran.")
-        parts.append(f"### {batch.name}\n\n" + md)
+        parts.extend(md)
     reason = ("in every variant a spectral-family algorithm has the largest final γ_spectral and each family member "
               "is above GD and sign descent." if ok_all else "; ".join(reasons) + ".")
     return Report.for_spec(spec, size, ok_all, reason, tables=tables, figures=figures, notes=notes,
-                           verdicts_md="\n\n".join(parts), numbers=numbers, seconds=time.perf_counter() - t0)
+                           verify=parts, numbers=numbers, seconds=time.perf_counter() - t0)
