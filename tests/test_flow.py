@@ -288,3 +288,5 @@ def test_flow_config_needs_no_lr_and_names_bad_options():
         load_config({**DIGITS, "batch_size": 10, "algorithms": [{"algorithm": "sign", "schedule": "flow"}]})
     with pytest.raises(ValueError, match=r"\(0, 1\)"):
         schedule("flow", tol=0.0)
+    with pytest.raises(ValueError, match="error control"):
+        schedule("flow")(t=3)

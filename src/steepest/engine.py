@@ -49,7 +49,7 @@ import torch
 from torch import Tensor
 from torch.func import functional_call, grad_and_value, vmap
 
-from .algorithms import SteepestDescentRule, Algorithm, algorithm
+from .algorithms import Algorithm, SteepestDescentRule, algorithm
 from .checkpoints import atomic_torch_save, load_checkpoint, remove_stale_temps
 from .config import ExperimentConfig, RunSpec, load_config
 from .data import Dataset, load_dataset

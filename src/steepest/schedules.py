@@ -91,6 +91,9 @@ class Schedule:
 
     def __call__(self, t: float, log_loss: float = 0.0, norm: float = 1.0, alpha: float = 1.0) -> float:
         """η_t as a float, for users' own loops."""
+        if self.flow:
+            raise ValueError("schedule 'flow' has no formula for η_t: the engine picks each step by error "
+                             "control (steepest.train); use another schedule in a hand-written loop")
         return float(torch.exp(self.log_lr(t, log_loss, math.log(norm), math.log(alpha))))
 
     def to_dict(self) -> dict[str, Any]:

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import os
-
 import copy
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
