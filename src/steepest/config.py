@@ -226,6 +226,10 @@ class ExperimentConfig(_Strict):
     def config_hash(self) -> str:
         """Hash of everything that defines the runs' mathematics (the device does not)."""
         canon = {k: v for k, v in self.canonical().items() if k != "device"}
+        # Fields added later with a None default leave the hash of configs that do not use
+        # them unchanged, so batches started before they existed still resume.
+        canon["algorithms"] = [{k: v for k, v in a.items() if not (k == "tol" and v is None)}
+                               for a in canon["algorithms"]]
         blob = json.dumps(canon, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
