@@ -38,8 +38,14 @@ from steepest.store import RunStore
 QUICK = {  # experiments/flavors-f1.yaml, one-hidden-layer batches
     "gd": {"algorithm": "ngd", "schedule": "power", "lr": 0.3, "a": 0.5},
     "sign": {"algorithm": "sign", "schedule": "power", "lr": 0.015, "a": 0.5},
-    "cd": {"algorithm": "cd", "options": {"normalized": False}, "schedule": "loss_based", "lr": 0.1,
-           "up": 2 ** (1 / 3), "down": 2 ** 0.5},
+    "cd": {
+        "algorithm": "cd",
+        "options": {"normalized": False},
+        "schedule": "loss_based",
+        "lr": 0.1,
+        "up": 2 ** (1 / 3),
+        "down": 2**0.5,
+    },
 }
 FLOW = {
     "gd": {"algorithm": "ngd", "schedule": "flow"},
@@ -64,7 +70,8 @@ def config(entry: dict, seeds: list[int], steps: int) -> dict:
 
 
 def falls(m: dict[str, np.ndarray]) -> tuple[int, int]:
-    """(intervals in which the smoothed own margin fell by > 1e-6 relative, intervals) after separation."""
+    """After separation: (intervals in which the smoothed own margin fell by more than 1e-6
+    relative, all intervals)."""
     sm, q = m["smoothed_own"], m["q_min"]
     keep = np.isfinite(sm) & (q > 0)
     s = sm[keep]
@@ -90,9 +97,18 @@ def measure(entry: dict, seeds: list[int], steps: int, folder: Path) -> dict:
                 first[str(int(lv))] = int(step[hit[0]]) if len(hit) else None
             f, n = falls(m)
             fin = st.final_metrics(r.id)
-            out["runs"].append({"seed": r.seed, "steps_to": first, "falls": f, "intervals": n,
-                                "final_log_loss": float(ll[-1]), "margin_own": float(m["margin_own"][-1]),
-                                "iterations": int(fin.get("iteration", step[-1])), "steps": int(step[-1])})
+            out["runs"].append(
+                {
+                    "seed": r.seed,
+                    "steps_to": first,
+                    "falls": f,
+                    "intervals": n,
+                    "final_log_loss": float(ll[-1]),
+                    "margin_own": float(m["margin_own"][-1]),
+                    "iterations": int(fin.get("iteration", step[-1])),
+                    "steps": int(step[-1]),
+                }
+            )
     return out
 
 
@@ -116,10 +132,19 @@ def main() -> None:
         for algo in ("gd", "sign", "cd"):
             results[algo] = {}
             for name, table in (("quick", QUICK), ("flow", FLOW)):
-                results[algo][name] = measure(table[algo], args.seeds, args.steps, Path(tmp))
-    print(f"MNIST 2 vs 7, n = 200, width 64, warm start to log-loss -2, seeds {args.seeds}, {args.steps} steps")
-    print("steps to a level: the slowest seed; falls: intervals after separation, summed over seeds\n")
-    head = f"{'rule':5} {'schedule':9} {'→-1e2':>8} {'→-1e3':>8} {'→-1e4':>8} {'final log-loss':>22} {'falls':>9} {'γ_own (mean)':>13} {'iters':>6} {'wall s':>7}"
+                res = measure(table[algo], args.seeds, args.steps, Path(tmp))
+                results[algo][name] = res
+    print(
+        "MNIST 2 vs 7, n = 200, width 64, warm start to log-loss -2, "
+        f"seeds {args.seeds}, {args.steps} steps"
+    )
+    print(
+        "steps to a level: the slowest seed; falls: intervals after separation, summed over seeds\n"
+    )
+    head = (
+        f"{'rule':5} {'schedule':9} {'→-1e2':>8} {'→-1e3':>8} {'→-1e4':>8} "
+        f"{'final log-loss':>22} {'falls':>9} {'γ_own (mean)':>13} {'iters':>6} {'wall s':>7}"
+    )
     print(head)
     print("-" * len(head))
     for algo, by in results.items():
@@ -128,20 +153,39 @@ def main() -> None:
             f = sum(r["falls"] for r in runs)
             n = sum(r["intervals"] for r in runs)
             lls = [r["final_log_loss"] for r in runs]
-            print(f"{algo:5} {name:9} {fmt_steps(runs, '-100'):>8} {fmt_steps(runs, '-1000'):>8} {fmt_steps(runs, '-10000'):>8} "
-                  f"{min(lls):10.4g} .. {max(lls):9.4g} {f:>4}/{n:<4} {np.mean([r['margin_own'] for r in runs]):13.4g} "
-                  f"{int(np.mean([r['iterations'] for r in runs])):6d} {res['wall_s']:7.1f}")
-    print("\nTargets for flow (log-loss <= -1e3 in the budget; falls <= 1%; own margin >= quick's):")
+            to = [fmt_steps(runs, lv) for lv in ("-100", "-1000", "-10000")]
+            gamma = np.mean([r["margin_own"] for r in runs])
+            iters = int(np.mean([r["iterations"] for r in runs]))
+            print(
+                f"{algo:5} {name:9} {to[0]:>8} {to[1]:>8} {to[2]:>8} "
+                f"{min(lls):10.4g} .. {max(lls):9.4g} {f:>4}/{n:<4} {gamma:13.4g} "
+                f"{iters:6d} {res['wall_s']:7.1f}"
+            )
+    print(
+        "\nTargets for flow (log-loss <= -1e3 in the budget; falls <= 1%; own margin >= quick's):"
+    )
     for algo, by in results.items():
         flow, quick = by["flow"]["runs"], by["quick"]["runs"]
         worst = max(r["final_log_loss"] for r in flow)
         f = sum(r["falls"] for r in flow) / max(1, sum(r["intervals"] for r in flow))
-        ratio = [a["margin_own"] / b["margin_own"] for a, b in zip(sorted(flow, key=lambda r: r["seed"]),
-                                                                   sorted(quick, key=lambda r: r["seed"]), strict=True)]
-        depth = "met" if worst <= -1e3 else f"missed: worst seed at {worst:.4g}, {math.log10(-1e3 / worst):.2f} decades short"
-        print(f"  {algo:5} depth {depth}; falls {100 * f:.1f}% ({'met' if f <= 0.01 else 'missed'}); "
-              f"own margin / quick's per seed: {', '.join(f'{x:.3f}' for x in ratio)} "
-              f"({'met' if min(ratio) >= 1 else 'missed'})")
+        ratio = [
+            a["margin_own"] / b["margin_own"]
+            for a, b in zip(
+                sorted(flow, key=lambda r: r["seed"]),
+                sorted(quick, key=lambda r: r["seed"]),
+                strict=True,
+            )
+        ]
+        depth = (
+            "met"
+            if worst <= -1e3
+            else f"missed: worst seed at {worst:.4g}, {math.log10(-1e3 / worst):.2f} decades short"
+        )
+        print(
+            f"  {algo:5} depth {depth}; falls {100 * f:.1f}% ({'met' if f <= 0.01 else 'missed'}); "
+            f"own margin / quick's per seed: {', '.join(f'{x:.3f}' for x in ratio)} "
+            f"({'met' if min(ratio) >= 1 else 'missed'})"
+        )
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
 

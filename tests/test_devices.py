@@ -275,7 +275,8 @@ def test_the_pipelined_schedule_stores_exactly_what_the_plain_one_does(
     if variant == "loss-target":
         cfg = {**cfg, "stop": {"steps": 400, "log_loss": -30.0}}
     if variant == "flow":  # rollbacks and the cached next directions must survive the pipeline
-        cfg = {**cfg, "algorithms": [{"algorithm": a, "schedule": "flow"} for a in ("ngd", "sign", "cd", "adam")]}
+        flow = [{"algorithm": a, "schedule": "flow"} for a in ("ngd", "sign", "cd", "adam")]
+        cfg = {**cfg, "algorithms": flow}
     plain = train(cfg, db=tmp_path / "a.db", progress=False)
     if variant == "loss-target":  # the runs must end at different steps for this to test anything
         assert len({f["step"] for f in plain.final}) > 1, [f["step"] for f in plain.final]

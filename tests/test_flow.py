@@ -25,7 +25,13 @@ from steepest.store import RunStore
 
 LINEAR = {
     "name": "flow-linear",
-    "data": {"name": "gaussian_clusters", "n_train": 20, "n_test": 4, "seed": 0, "options": {"d": 5}},
+    "data": {
+        "name": "gaussian_clusters",
+        "n_train": 20,
+        "n_test": 4,
+        "seed": 0,
+        "options": {"d": 5},
+    },
     "model": {"name": "linear"},
     "loss": "exponential",
     "seeds": [0],
@@ -33,7 +39,13 @@ LINEAR = {
 }
 SMALL_MLP = {
     "name": "flow-mlp",
-    "data": {"name": "gaussian_clusters", "n_train": 20, "n_test": 4, "seed": 0, "options": {"d": 5}},
+    "data": {
+        "name": "gaussian_clusters",
+        "n_train": 20,
+        "n_test": 4,
+        "seed": 0,
+        "options": {"d": 5},
+    },
     "model": {"name": "mlp", "widths": [6], "init_scale": 1.0, "activation": "squared_relu"},
     "loss": "exponential",
     "seeds": [0],
@@ -55,7 +67,9 @@ def _runner(cfg_dict: dict) -> BatchRunner:
     specs = cfg.run_specs()
     e = Engine(cfg, specs, load_experiment_data(cfg), "cpu")
     store = RunStore(":memory:")
-    ids = [store.create_run(name="t", algorithm=sp.algorithm, seed=sp.seed, config={}) for sp in specs]
+    ids = [
+        store.create_run(name="t", algorithm=sp.algorithm, seed=sp.seed, config={}) for sp in specs
+    ]
     r = BatchRunner(e, store, ids, None, progress=False)
     r.fresh_state(e.init_params())
     r.log = lambda *a, **k: None  # type: ignore[method-assign]
@@ -73,7 +87,14 @@ def _flat(params: list[torch.Tensor], k: int = 0) -> np.ndarray:
 def _engine_flow(cfg: dict, p: float, tol: float, steps: int):
     """Step a flow run from its first state with log-loss ≤ −2 (separated data): every
     accepted step's (θ, log τ, log 𝓛), with τ counted from that state."""
-    r = _runner({**cfg, "algorithms": [{"algorithm": "lp", "options": {"p": p}, "schedule": "flow", "tol": tol}]})
+    r = _runner(
+        {
+            **cfg,
+            "algorithms": [
+                {"algorithm": "lp", "options": {"p": p}, "schedule": "flow", "tol": tol}
+            ],
+        }
+    )
     while r.ll[0].item() > -2:
         r._step()
     start = _flat(r.params)
@@ -100,7 +121,7 @@ def _reference(r: BatchRunner, p: float, start: np.ndarray, ll_end: float, grid:
     def unflat(v: np.ndarray, k: int) -> list[torch.Tensor]:
         out, i = [], 0
         for s, n in zip(shapes, sizes, strict=True):
-            out.append(torch.as_tensor(v[:, i:i + n]).reshape(k, *s))
+            out.append(torch.as_tensor(v[:, i : i + n]).reshape(k, *s))
             i += n
         return out
 
@@ -116,8 +137,16 @@ def _reference(r: BatchRunner, p: float, start: np.ndarray, ll_end: float, grid:
         return e.evaluate(unflat(y[None, :-1], 1))[1].item() - (ll_end - 1.0)
 
     below.terminal = True  # type: ignore[attr-defined]
-    sol = solve_ivp(rhs, (0.0, 1e6), np.concatenate([start, [0.0]]), method="DOP853", rtol=1e-10, atol=1e-12,
-                    dense_output=True, events=below)
+    sol = solve_ivp(
+        rhs,
+        (0.0, 1e6),
+        np.concatenate([start, [0.0]]),
+        method="DOP853",
+        rtol=1e-10,
+        atol=1e-12,
+        dense_output=True,
+        events=below,
+    )
     assert sol.status == 1, sol.message  # stopped by the loss level, not by the interval's end
     s = np.linspace(0.0, sol.t[-1], grid)
     Y = sol.sol(s).T
@@ -138,7 +167,10 @@ def _matched_loss_errors(traj, ref) -> tuple[float, float]:
         f = (ll[i - 1] - l) / (ll[i - 1] - ll[i])
         th_ref = (1 - f) * theta[i - 1] + f * theta[i]
         lt_ref = (1 - f) * log_tau[i - 1] + f * log_tau[i]
-        dir_err = max(dir_err, float(np.linalg.norm(th / np.linalg.norm(th) - th_ref / np.linalg.norm(th_ref))))
+        dir_err = max(
+            dir_err,
+            float(np.linalg.norm(th / np.linalg.norm(th) - th_ref / np.linalg.norm(th_ref))),
+        )
         if np.isfinite(lt_ref):
             time_err = max(time_err, abs(lt - lt_ref) / max(1.0, abs(lt_ref)))
     return dir_err, time_err
@@ -147,7 +179,12 @@ def _matched_loss_errors(traj, ref) -> tuple[float, float]:
 # ---------------------------------------------------------------- the smooth flows: an oracle
 @pytest.mark.parametrize(
     "cfg,p,tol",
-    [(LINEAR, 2.0, FLOW_TOL), (LINEAR, 2.0, 0.01), (LINEAR, 1.5, FLOW_TOL), (SMALL_MLP, 2.0, FLOW_TOL)],
+    [
+        (LINEAR, 2.0, FLOW_TOL),
+        (LINEAR, 2.0, 0.01),
+        (LINEAR, 1.5, FLOW_TOL),
+        (SMALL_MLP, 2.0, FLOW_TOL),
+    ],
     ids=["linear-l2", "linear-l2-tol0.01", "linear-l1.5", "squared-relu-mlp-l2"],
 )
 def test_flow_stays_within_tol_of_solve_ivp(cfg, p, tol):
@@ -160,8 +197,16 @@ def test_flow_stays_within_tol_of_solve_ivp(cfg, p, tol):
 
 
 def test_a_tighter_tol_follows_the_flow_more_closely():
-    loose = _matched_loss_errors(*(lambda r, s, t: (t, _reference(r, 2.0, s, t[-1][2])))(*_engine_flow(LINEAR, 2.0, 0.05, 300)))
-    tight = _matched_loss_errors(*(lambda r, s, t: (t, _reference(r, 2.0, s, t[-1][2])))(*_engine_flow(LINEAR, 2.0, 0.005, 300)))
+    loose = _matched_loss_errors(
+        *(lambda r, s, t: (t, _reference(r, 2.0, s, t[-1][2])))(
+            *_engine_flow(LINEAR, 2.0, 0.05, 300)
+        )
+    )
+    tight = _matched_loss_errors(
+        *(lambda r, s, t: (t, _reference(r, 2.0, s, t[-1][2])))(
+            *_engine_flow(LINEAR, 2.0, 0.005, 300)
+        )
+    )
     assert tight[0] < loose[0] / 2
 
 
@@ -172,8 +217,11 @@ def test_inclusion_flows_keep_what_the_inclusion_guarantees(tmp_path, algo, opti
     separation ‖θ‖ grows and the own-norm smoothed margin is non-decreasing (Tsilivis et al.,
     Theorem A). The acceptance test uses only the first."""
     db = tmp_path / "r.db"
-    cfg = {**DIGITS, "algorithms": [{"algorithm": algo, "options": options, "schedule": "flow"}],
-           "logging": {"per_decade": 40}}
+    cfg = {
+        **DIGITS,
+        "algorithms": [{"algorithm": algo, "options": options, "schedule": "flow"}],
+        "logging": {"per_decade": 40},
+    }
     train(cfg, db=db, progress=False)
     with RunStore(db) as st:
         (run,) = st.list_runs()
@@ -195,14 +243,29 @@ def test_inclusion_flows_keep_what_the_inclusion_guarantees(tmp_path, algo, opti
 
 
 # ---------------------------------------------------------------- every rule, and the engine
-FLOW_RULES = [("gd", {}), ("ngd", {}), ("sign", {}), ("cd", {}), ("cd", {"normalized": False}), ("lp", {"p": 3}),
-              ("spectral", {}), ("adam", {}), ("signum", {}), ("muon", {}), ("muon-adam", {}), ("shampoo", {}),
-              ("momentum", {})]
+FLOW_RULES = [
+    ("gd", {}),
+    ("ngd", {}),
+    ("sign", {}),
+    ("cd", {}),
+    ("cd", {"normalized": False}),
+    ("lp", {"p": 3}),
+    ("spectral", {}),
+    ("adam", {}),
+    ("signum", {}),
+    ("muon", {}),
+    ("muon-adam", {}),
+    ("shampoo", {}),
+    ("momentum", {}),
+]
 
 
 def test_every_rule_runs_under_flow_without_tuning(tmp_path):
     db = tmp_path / "r.db"
-    algos = [{"algorithm": a, "options": o, "schedule": "flow", "label": f"{a}{o}"} for a, o in FLOW_RULES]
+    algos = [
+        {"algorithm": a, "options": o, "schedule": "flow", "label": f"{a}{o}"}
+        for a, o in FLOW_RULES
+    ]
     res = train({**DIGITS, "algorithms": algos, "stop": {"steps": 80}}, db=db, progress=False)
     with RunStore(db) as st:
         for rid in res.run_ids:
@@ -211,14 +274,24 @@ def test_every_rule_runs_under_flow_without_tuning(tmp_path):
             assert run.status == "completed", (run.algorithm, run.status)
             assert np.isfinite(m["log_loss"]).all()
             assert m["log_loss"][-1] < m["log_loss"][0], run.algorithm
-            assert np.all(np.diff(m["log_loss"]) <= 1e-12 * np.abs(m["log_loss"][1:])), run.algorithm
+            assert np.all(np.diff(m["log_loss"]) <= 1e-12 * np.abs(m["log_loss"][1:])), (
+                run.algorithm
+            )
 
 
 def test_gd_and_ngd_take_the_same_steps_under_flow():
     """Under flow the step's length is set in the norm, so the unnormalized rule (lr η/‖∇𝓛‖_* on
     ∇𝓛) and the normalized one trace the same points, to rounding (Dion-style float64 check:
     rtol 1e-9 allows ~1e3 ulp of drift over 60 steps of products and logs)."""
-    r = _runner({**LINEAR, "algorithms": [{"algorithm": "gd", "schedule": "flow"}, {"algorithm": "ngd", "schedule": "flow"}]})
+    r = _runner(
+        {
+            **LINEAR,
+            "algorithms": [
+                {"algorithm": "gd", "schedule": "flow"},
+                {"algorithm": "ngd", "schedule": "flow"},
+            ],
+        }
+    )
     for _ in range(60):
         r._step()
     np.testing.assert_allclose(_flat(r.params, 0), _flat(r.params, 1), rtol=1e-9)
@@ -226,9 +299,18 @@ def test_gd_and_ngd_take_the_same_steps_under_flow():
 
 
 def test_flow_runs_leave_other_runs_of_the_batch_unchanged():
-    mixed = _runner({**LINEAR, "algorithms": [{"algorithm": "ngd", "schedule": "power", "lr": 0.3, "a": 0.5},
-                                               {"algorithm": "sign", "schedule": "flow"}]})
-    alone = _runner({**LINEAR, "algorithms": [{"algorithm": "ngd", "schedule": "power", "lr": 0.3, "a": 0.5}]})
+    mixed = _runner(
+        {
+            **LINEAR,
+            "algorithms": [
+                {"algorithm": "ngd", "schedule": "power", "lr": 0.3, "a": 0.5},
+                {"algorithm": "sign", "schedule": "flow"},
+            ],
+        }
+    )
+    alone = _runner(
+        {**LINEAR, "algorithms": [{"algorithm": "ngd", "schedule": "power", "lr": 0.3, "a": 0.5}]}
+    )
     for _ in range(40):
         mixed._step()
         alone._step()
@@ -237,7 +319,9 @@ def test_flow_runs_leave_other_runs_of_the_batch_unchanged():
 
 def test_flow_rolls_back_steps_whose_error_is_beyond_tol():
     """A rejected step leaves the run where it was; the accepted ones all met the test."""
-    r = _runner({**SMALL_MLP, "algorithms": [{"algorithm": "ngd", "schedule": "flow", "tol": 1e-3}]})
+    r = _runner(
+        {**SMALL_MLP, "algorithms": [{"algorithm": "ngd", "schedule": "flow", "tol": 1e-3}]}
+    )
     for _ in range(100):
         before = _flat(r.params)
         t = r.t[0].item()
@@ -251,7 +335,13 @@ def test_flow_rolls_back_steps_whose_error_is_beyond_tol():
 def test_flow_state_round_trips_through_a_checkpoint():
     """The step-size controller's state (α) is in the checkpoint: stepping on from a saved
     state equals stepping on without the save, bit for bit."""
-    cfg = {**LINEAR, "algorithms": [{"algorithm": "sign", "schedule": "flow"}, {"algorithm": "ngd", "schedule": "flow"}]}
+    cfg = {
+        **LINEAR,
+        "algorithms": [
+            {"algorithm": "sign", "schedule": "flow"},
+            {"algorithm": "ngd", "schedule": "flow"},
+        ],
+    }
     a = _runner(cfg)
     for _ in range(30):
         a._step()
@@ -273,19 +363,26 @@ def test_flow_config_needs_no_lr_and_names_bad_options():
     cfg = load_config({**DIGITS, "algorithms": [{"algorithm": "sign", "schedule": "flow"}]})
     (sp,) = cfg.run_specs()
     assert sp.schedule["flow"] and sp.schedule["tol"] == FLOW_TOL
-    cfg = load_config({**DIGITS, "algorithms": [{"algorithm": "sign", "schedule": "flow", "tol": 0.01}]})
+    cfg = load_config(
+        {**DIGITS, "algorithms": [{"algorithm": "sign", "schedule": "flow", "tol": 0.01}]}
+    )
     assert cfg.run_specs()[0].schedule["tol"] == 0.01
     bad = [
         ({"algorithm": "sign", "schedule": "flow", "lr": 0.1}, "drop lr"),
         ({"algorithm": "sign", "schedule": "flow", "tol": 2}, "tol"),
-        ({"algorithm": "sign", "schedule": "power", "lr": 0.1, "a": 0.5, "tol": 0.1}, "tol applies to schedule 'flow' only"),
+        (
+            {"algorithm": "sign", "schedule": "power", "lr": 0.1, "a": 0.5, "tol": 0.1},
+            "tol applies to schedule 'flow' only",
+        ),
         ({"algorithm": "sign", "schedule": "power", "a": 0.5}, "needs lr"),
     ]
     for entry, msg in bad:
         with pytest.raises(ConfigError, match=msg):
             load_config({**DIGITS, "algorithms": [entry]})
     with pytest.raises(ConfigError, match="full-batch"):
-        load_config({**DIGITS, "batch_size": 10, "algorithms": [{"algorithm": "sign", "schedule": "flow"}]})
+        load_config(
+            {**DIGITS, "batch_size": 10, "algorithms": [{"algorithm": "sign", "schedule": "flow"}]}
+        )
     with pytest.raises(ValueError, match=r"\(0, 1\)"):
         schedule("flow", tol=0.0)
     with pytest.raises(ValueError, match="error control"):
@@ -300,6 +397,8 @@ def test_configs_without_flow_keep_their_hash():
 
     cfg = load_config(batch_configs(load_spec("flavors-f2"), "quick")["one-hidden-layer"])
     assert cfg.config_hash() == "d781b1c1b8ecff83"
-    flow = load_config({**DIGITS, "algorithms": [{"algorithm": "sign", "schedule": "flow", "tol": 0.01}]})
+    flow = load_config(
+        {**DIGITS, "algorithms": [{"algorithm": "sign", "schedule": "flow", "tol": 0.01}]}
+    )
     default = load_config({**DIGITS, "algorithms": [{"algorithm": "sign", "schedule": "flow"}]})
     assert flow.config_hash() != default.config_hash()

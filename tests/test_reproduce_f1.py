@@ -38,8 +38,10 @@ def test_full_size_configs_validate():
 
 def test_a_report_never_says_yes_above_a_failed_verify():
     spec = load_spec("flavors-f1")
-    passed = VerifySection("md", False, "PASSED: 9 pass, 0 fail, 1 not applicable over 2 run(s)", {})
-    failed = VerifySection("md", True, "FAILED: 7 pass, 2 fail, 1 not applicable over 2 run(s)", {"kkt": 2})
+    passed = VerifySection("md", False, "PASSED: 9 pass, 0 fail, 1 not applicable over 2 run(s)",
+                           {})
+    failed = VerifySection("md", True, "FAILED: 7 pass, 2 fail, 1 not applicable over 2 run(s)",
+                           {"kkt": 2})
     ok = Report.for_spec(spec, "quick", True, "the diagonal dominates.", verify=[passed])
     assert ok.reproduced is True and "`steepest verify`: PASSED: 9 pass" in ok.reason
     bad = Report.for_spec(spec, "quick", True, "the diagonal dominates.", verify=[passed, failed])
@@ -51,7 +53,8 @@ def test_a_report_never_says_yes_above_a_failed_verify():
 @pytest.mark.slow
 def test_flavors_f1_quick_diagonal_dominates_in_the_late_phase(tmp_path):
     """The claim itself (spec §5 item 9): read once every run has log-loss ≤ −100; and on the
-    flow schedule verify finds no failure of the smoothed margin, the norm or the loss in any run."""
+    flow schedule verify finds no failure of the smoothed margin, the norm or the loss in any
+    run."""
     from steepest.store import RunStore
     from steepest.verify import verify_runs
 

@@ -119,7 +119,8 @@ class AlgorithmConfig(_Strict):
             raise ValueError(f"options: {exc}") from None
         if self.schedule == "flow":
             if self.lr is not None:
-                raise ValueError("schedule 'flow' picks its own steps: drop lr (set tol to change the accuracy)")
+                raise ValueError("schedule 'flow' picks its own steps: drop lr "
+                                 "(set tol to change the accuracy)")
             if self.a is not None:
                 raise ValueError("schedule 'flow' takes no decay exponent a")
         elif self.tol is not None:

@@ -113,6 +113,11 @@ def _scatter(full: Tensor, idx: Tensor | None, part: Tensor) -> Tensor:
     return part if idx is None else full.index_copy(0, idx, part)
 
 
+def _finite_or_zero(x: Tensor) -> Tensor:
+    """x with NaN and ±inf set to 0 (integer tensors unchanged)."""
+    return torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0) if x.is_floating_point() else x
+
+
 MAX_FLOW_DROP = 50.0  # the largest drop of log 𝓛 in one accepted flow step (stateless rules)
 MAX_FLOW_DROP_STATEFUL = 1.0  # ... and for rules with state (see ``_flow_log_error``)
 
@@ -126,8 +131,10 @@ def _log_expm1_ratio(x: Tensor) -> Tensor:
     e^x/x, which compounds when every step drops the loss by O(1)."""
     small = x.abs() < 1e-6
     safe = torch.where(small, torch.ones_like(x), x)
-    pos = safe + torch.log(-torch.expm1(-safe.clamp(min=1e-300))) - torch.log(safe.clamp(min=1e-300))
-    neg = torch.log(-torch.expm1(safe.clamp(max=-1e-300))) - torch.log(-safe.clamp(max=-1e-300))
+    pos_x = safe.clamp(min=1e-300)
+    pos = pos_x + torch.log(-torch.expm1(-pos_x)) - torch.log(pos_x)
+    neg_x = safe.clamp(max=-1e-300)
+    neg = torch.log(-torch.expm1(neg_x)) - torch.log(-neg_x)
     return torch.where(small, x / 2, torch.where(safe > 0, pos, neg))
 
 
@@ -177,6 +184,7 @@ class _Group:
         self.idx = None if indices == list(range(K)) else torch.tensor(indices, device=device)
         self.k = len(indices)
         self.rescales = type(algo).rescale_state is not Algorithm.rescale_state
+        self.plain = False  # plain steepest descent in its own norm (set with the own norm)
 
 
 class Engine:
@@ -265,6 +273,8 @@ class Engine:
             own = self._own_norm(g.algo)
             for i in g.indices:
                 self.own_norms[i] = own
+            # no state, direction U(g) in the own norm: the flow schedule reuses its directions
+            g.plain = isinstance(g.algo, SteepestDescentRule) and g.algo.norm is own
 
     def _own_norm(self, algo: Algorithm) -> Norm:
         pn = getattr(algo, "predicted_norm_for", None)
@@ -286,7 +296,8 @@ class Engine:
         self.flow = torch.tensor([bool(s.get("flow", False)) for s in sch], device=self.device)
         # The local error bound is tol/2: with it the global deviation from a tight solve_ivp
         # stayed within tol in every smooth test (tests/test_flow.py); with tol it did not.
-        self.log_tol = torch.tensor([math.log(s["tol"] / 2) if s.get("flow") else 0.0 for s in sch], **f64)
+        self.log_tol = torch.tensor([math.log(s["tol"] / 2) if s.get("flow") else 0.0 for s in sch],
+                                    **f64)
         # Decided once from the config, so the step never branches on a device tensor.
         self.any_norm_power = any(s["norm_power"] != 0 for s in sch)
         self.any_flow = any(bool(s.get("flow", False)) for s in sch)
@@ -662,13 +673,21 @@ class BatchRunner:
             if g.rescales:  # stateless-in-scale rules (plain steepest descent) skip the call
                 st = algo.stacked_rescale_state(st, _gather(self.frame, g.idx) - ll_g)
             eta_g = _gather(log_eta, g.idx)
-            plain = e.any_flow and self._plain_steepest(gi)
-            if plain:  # U(g) and ‖g‖_* as computed at this θ one step ago, when it was θ'
-                cached = self.dir_cache[gi] if self.dir_cache is not None else None
-                u0, dual0 = cached if cached is not None else algo.norm.stacked_direction_and_dual(gg)
+            plain = e.any_flow and g.plain
+            if e.any_flow:
+                # (U(g) for plain rules, else None; ‖g‖_* in the own norm) at this θ: computed one
+                # step ago, when it was θ', by the error estimate.
+                here = self.dir_cache[gi] if self.dir_cache is not None else None
+                if here is None:
+                    own = e.own_norms[g.indices[0]]
+                    if plain:
+                        here = algo.norm.stacked_direction_and_dual(gg)
+                    else:
+                        here = (None, own.stacked_dual(gg))
+                u0, dual0 = here
             if e.any_flow and not algo.normalized:
                 # flow: η is the step's length in the own norm, so the lr on ∇𝓛 is η/‖∇𝓛‖_*.
-                d0 = dual0.to(torch.float64) if plain else e.own_norms[g.indices[0]].stacked_dual(gg).to(torch.float64)
+                d0 = dual0.to(torch.float64)
                 d0 = torch.where(d0 > 0, d0, torch.ones_like(d0))
                 eta_g = torch.where(_gather(e.flow, g.idx), eta_g - ll_g - torch.log(d0), eta_g)
                 log_eta = _scatter(log_eta, g.idx, eta_g)
@@ -684,7 +703,8 @@ class BatchRunner:
                 else:
                     new_params[j].index_copy_(0, g.idx, upd[j])
             new_states.append(st_new)
-            flow_parts.append((pg, st_new, lr_eff, (u0, dual0) if plain else None))
+            if e.any_flow:
+                flow_parts.append((pg, st_new, lr_eff, here))
             if algo.normalized:
                 dual = st_new["grad_dual"] if isinstance(st_new, dict) and "grad_dual" in st_new else e.own_norms[g.indices[0]].stacked_dual(gg)
                 dual = dual.to(torch.float64)
@@ -701,10 +721,12 @@ class BatchRunner:
         finite = e._finite_runs(g2) & e._finite_runs([out2]) & torch.isfinite(ll2)
         no_increase = ll2 <= self.ll
         accept = active & finite & (~e.adaptive | no_increase)
-        # a step too small to change log 𝓛 beyond rounding is no increase (flow)
-        no_increase_flow = ll2 <= self.ll + 64 * torch.finfo(e.dtype).eps * self.ll.abs().clamp(min=1.0)
         if e.any_flow:
-            log_err, log_dual0, log_dual1, next_dirs = self._flow_log_error(flow_parts, new_params, g2, ll2)
+            # a step too small to change log 𝓛 beyond rounding is no increase
+            slack = 64 * torch.finfo(e.dtype).eps * self.ll.abs().clamp(min=1.0)
+            no_increase_flow = ll2 <= self.ll + slack
+            log_err, log_dual0, log_dual1, next_dirs = self._flow_log_error(
+                flow_parts, new_params, g2, ll2)
             within = finite & no_increase_flow & (log_err <= e.log_tol)
             accept = torch.where(e.flow, active & within, accept)
         rejected = active & ~accept
@@ -714,7 +736,8 @@ class BatchRunner:
         if e.any_flow:
             # Error control (Hairer, Nørsett & Wanner, Solving ODEs I, §II.4): a local error
             # estimate of order O(h²) gives the next step h·min(2, max(0.2, 0.9·√(tol/err))).
-            fac = (math.log(0.9) + 0.5 * (e.log_tol - torch.nan_to_num(log_err, nan=math.inf))).clamp(math.log(0.2), math.log(2.0))
+            ratio = e.log_tol - torch.nan_to_num(log_err, nan=math.inf)
+            fac = (math.log(0.9) + 0.5 * ratio).clamp(math.log(0.2), math.log(2.0))
             # A loss increase (or a non-finite value) halves α. (A ceiling learned from such
             # rollbacks cut them from ~50% to 5% of the steps, but rode the edge: the smoothed
             # margin fell more often for GD and coordinate descent stalled; docs/late_phase.md.)
@@ -755,14 +778,15 @@ class BatchRunner:
         self.algo_states = [_select_runs(_gather(accept, g.idx), new_states[gi], self.algo_states[gi])
                             for gi, g in enumerate(e.groups)]
         if e.any_flow:  # each run's direction for its next step: at θ' if accepted, else at θ
-            self.dir_cache = [None if nd is None else _select_runs(_gather(accept, g.idx), nd, flow_parts[gi][3])
-                              for gi, (g, nd) in enumerate(zip(e.groups, next_dirs, strict=True))]
+            self.dir_cache = [_select_runs(_gather(accept, g.idx), next_dirs[gi], flow_parts[gi][3])
+                              for gi, g in enumerate(e.groups)]
         self.frame = torch.where(accept, self.ll, self.frame)
         self.params = [_where_runs(accept, n, o) for n, o in zip(new_params, self.params, strict=True)]
         self.g = [_where_runs(accept, n, o) for n, o in zip(g2, self.g, strict=True)]
         if e.any_flow:
             x = (self.ll - ll2) + (log_dual0 - log_dual1)  # log-integrand change over the step
-            log_dtau = torch.where(e.flow & torch.isfinite(x), log_dtau + _log_expm1_ratio(torch.nan_to_num(x)), log_dtau)
+            quad = log_dtau + _log_expm1_ratio(torch.nan_to_num(x))
+            log_dtau = torch.where(e.flow & torch.isfinite(x), quad, log_dtau)
         self.log_flow = torch.where(accept, torch.logaddexp(self.log_flow, log_dtau), self.log_flow)
         self.last_log_lr = torch.where(accept, log_eta, self.last_log_lr)
         self.ll = ll_new
@@ -774,9 +798,11 @@ class BatchRunner:
         self.done = self.done | finished | dead
         return _Pending(flags_host, ready, before, self._snapshot(), batch is None)
 
-    def _flow_log_error(self, parts, new_params: list[Tensor], g2: list[Tensor], ll2: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def _flow_log_error(self, parts, new_params: list[Tensor], g2: list[Tensor], ll2: Tensor
+                        ) -> tuple[Tensor, Tensor, Tensor, list[Any]]:
         """log of each flow run's local error estimate for the step just taken (−inf elsewhere),
-        and log ‖g‖_* at θ and at θ' in the own norm (for the step's flow time).
+        log ‖g‖_* at θ and at θ' in the own norm (for the step's flow time), and per group the
+        (direction or None, ‖g‖_*) at θ', which the next step starts from if this one is kept.
 
         Embedded Euler–Heun pair: the step Δ = θ' − θ is explicit Euler; Heun's trapezoid would
         take (Δ + Δ')/2, where Δ' is the step the rule takes from θ' with the same length. Their
@@ -785,60 +811,57 @@ class BatchRunner:
         is the next step's gradient anyway."""
         e, K = self.e, self.e.K
         # A non-finite step is rejected anyway; zeros keep the SVDs of spectral rules defined.
-        new_params = [torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0) for x in new_params]
-        g2 = [torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0) for x in g2]
+        new_params = [_finite_or_zero(x) for x in new_params]
+        g2 = [_finite_or_zero(x) for x in g2]
         log_err = torch.full((K,), -math.inf, dtype=torch.float64, device=e.device)
         log_d0, log_d1 = torch.zeros_like(log_err), torch.zeros_like(log_err)
         next_dirs: list[Any] = []
         for gi, g in enumerate(e.groups):
-            pg, st_new, lr_eff, _ = parts[gi]
+            pg, st_new, lr_eff, (_, dual0) = parts[gi]
             algo = g.algo
             N = e.own_norms[g.indices[0]]
             pn, gn = _gather(new_params, g.idx), _gather(g2, g.idx)
-            drop = _gather(torch.nan_to_num(self.ll - ll2, nan=0.0, posinf=0.0, neginf=0.0), g.idx)
-            if self._plain_steepest(gi):
+            drop = _gather(_finite_or_zero(self.ll - ll2), g.idx)
+            d0 = dual0.to(torch.float64)
+            if g.plain:
                 # Plain steepest descent: Δ' = η·U(g') with η the step's length in the norm
                 # (for unnormalized rules lr·‖g‖_*); one direction at θ', no state.
-                d0 = st_new["grad_dual"].to(torch.float64)
-                u1, d1 = N.stacked_direction_and_dual(gn)
-                eta = lr_eff if algo.normalized else lr_eff * st_new["grad_dual"]
-                nxt = [b - eta.reshape((-1,) + (1,) * (b.dim() - 1)) * u for b, u in zip(pn, u1, strict=True)]
-                next_dirs.append((u1, d1))
-                d1 = d1.to(torch.float64)
+                u1, dual1 = N.stacked_direction_and_dual(gn)
+                eta = lr_eff if algo.normalized else lr_eff * dual0
+                nxt = [b - eta.reshape((-1,) + (1,) * (b.dim() - 1)) * u
+                       for b, u in zip(pn, u1, strict=True)]
+                next_dirs.append((u1, dual1))
                 max_drop = MAX_FLOW_DROP
             else:
-                d0 = N.stacked_dual(_gather(self.g, g.idx)).to(torch.float64)
-                d1 = N.stacked_dual(gn).to(torch.float64)
+                dual1 = N.stacked_dual(gn)
+                next_dirs.append((None, dual1))
                 # A rule with state (moments, momentum) averages past gradients of 𝓛: a step that
                 # drops log 𝓛 by more than 1 makes the last gradient outweigh the new one e-fold
                 # in that average, so the rule no longer follows its own flow; such steps are
                 # rejected (and the state rescaled by e^{drop} could overflow). Plain rules: 50.
+                # (Only plain steepest rules are unnormalized, so lr_eff is the step length here.)
                 max_drop = MAX_FLOW_DROP_STATEFUL if g.rescales else MAX_FLOW_DROP
-                st2 = algo.stacked_rescale_state(st_new, drop.clamp(max=max_drop)) if g.rescales else st_new
-                st2 = _tree_map(lambda x: torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0) if x.is_floating_point() else x, st2)
-                lr2 = lr_eff
-                if not algo.normalized:  # the same length in the own norm: lr ∝ 1/‖g‖_*
-                    lr2 = (lr_eff.to(torch.float64) * torch.where(d1 > 0, d0 / d1, torch.ones_like(d1))).to(lr_eff.dtype)
-                nxt, _ = algo.stacked_update(pn, gn, st2, lr2)
-                next_dirs.append(None)
+                st2 = st_new
+                if g.rescales:
+                    st2 = algo.stacked_rescale_state(st_new, drop.clamp(max=max_drop))
+                st2 = _tree_map(_finite_or_zero, st2)
+                nxt, _ = algo.stacked_update(pn, gn, st2, lr_eff)
+            d1 = dual1.to(torch.float64)
             log_d0 = _scatter(log_d0, g.idx, torch.log(d0))
             log_d1 = _scatter(log_d1, g.idx, torch.log(d1))
             k = g.k
             # (θ' − θ'') − (θ − θ') = Δ' − Δ
-            diff = torch.cat([((b - c) - (a - b)).reshape(k, -1) for a, b, c in zip(pg, pn, nxt, strict=True)], 1)
+            diff = torch.cat([((b - c) - (a - b)).reshape(k, -1)
+                              for a, b, c in zip(pg, pn, nxt, strict=True)], 1)
             size = torch.cat([a.reshape(k, -1) for a in pg], 1).norm(dim=1)
             err = diff.norm(dim=1).to(torch.float64) / (2 * size.to(torch.float64))
             err = torch.where(drop > max_drop, torch.full_like(err, math.inf), err)
             log_err = _scatter(log_err, g.idx, torch.log(err))
         return log_err, log_d0, log_d1, next_dirs
 
-    def _plain_steepest(self, gi: int) -> bool:
-        """Group ``gi`` is plain steepest descent in its own norm: no state, direction U(g)."""
-        algo = self.e.groups[gi].algo
-        return isinstance(algo, SteepestDescentRule) and algo.norm is self.e.own_norms[self.e.groups[gi].indices[0]]
-
-    _STATE = ("params", "g", "ll", "out", "qmin", "algo_states", "dir_cache", "frame", "log_alpha", "rollbacks", "t", "log_flow",
-              "last_log_lr", "separated_at", "decade", "done", "iteration")
+    _STATE = ("params", "g", "ll", "out", "qmin", "algo_states", "dir_cache", "frame", "log_alpha",
+              "rollbacks", "t", "log_flow", "last_log_lr", "separated_at", "decade", "done",
+              "iteration")
 
     def _snapshot(self) -> dict[str, Any]:
         """References to the state: a step builds new tensors and new lists, never edits old

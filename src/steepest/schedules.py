@@ -26,7 +26,8 @@ Every schedule is one formula (spec §2.5, A.1):
   Euler's Δ) and accepts the step iff err ≤ tol/2 (so that the global deviation stays within
   tol), log 𝓛 did not increase (Lyu & Li's rollback, arXiv 1906.05890 §5), everything is finite,
   and, for rules with state (Adam, momentum, ...), log 𝓛 fell by at most 1. Then
-  α ← α·min(2, max(0.2, 0.9·√(tol/(2·err)))); a loss increase or a non-finite value halves α. The acceptance test never looks at a margin.
+  α ← α·min(2, max(0.2, 0.9·√(tol/(2·err)))); a loss increase or a non-finite value halves α.
+  The acceptance test never looks at a margin.
   The first step has α = min(tol, 10⁻³). Flow time integrates dτ = ds/(𝓛‖∇log𝓛‖_*) with
   log 𝓛 linear in s over each step (see ``docs/late_phase.md``).
 
@@ -93,8 +94,9 @@ class Schedule:
     def __call__(self, t: float, log_loss: float = 0.0, norm: float = 1.0, alpha: float = 1.0) -> float:
         """η_t as a float, for users' own loops."""
         if self.flow:
-            raise ValueError("schedule 'flow' has no formula for η_t: the engine picks each step by error "
-                             "control (steepest.train); use another schedule in a hand-written loop")
+            raise ValueError("schedule 'flow' has no formula for η_t: the engine picks each step "
+                             "by error control (steepest.train); use another schedule in a "
+                             "hand-written loop")
         return float(torch.exp(self.log_lr(t, log_loss, math.log(norm), math.log(alpha))))
 
     def to_dict(self) -> dict[str, Any]:
@@ -127,8 +129,8 @@ def _flow(tol: float = FLOW_TOL) -> Schedule:
     return Schedule("flow", min(tol, 1e-3), norm_power=1.0, flow=True, tol=tol, min_alpha=1e-30)
 
 
-SCHEDULES = {"constant": _constant, "power": _power, "loss_based": _loss_based, "norm_scaled": _norm_scaled,
-             "flow": _flow}
+SCHEDULES = {"constant": _constant, "power": _power, "loss_based": _loss_based,
+             "norm_scaled": _norm_scaled, "flow": _flow}
 
 
 def schedule_names() -> list[str]:

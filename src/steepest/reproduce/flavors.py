@@ -59,11 +59,13 @@ def run_f1(size: str, out: Path, device: str | None = None) -> Report:
                                           f"{batch.name}: normalized margins vs −log L (seed 0)"))
         figures.append(plot_own_smoothed(batch, out / f"{stem}-own-smoothed.png",
                                          f"{batch.name}: own-norm smoothed margin (dotted: separation)"))
-        verdict_parts.append(verify_markdown(out / "runs.db", batch.result.run_ids, heading=batch.name))
+        verdict_parts.append(verify_markdown(out / "runs.db", batch.result.run_ids,
+                                             heading=batch.name))
     slow = {c for v in verdict_parts for c in v.failing} & {"kkt", "alignment_trend"}
     if size == "quick" and slow:
-        notes.append(f"{' and '.join(sorted(slow))} fail at quick size. Whether the gaps keep falling was measured once "
-                     "on a run of 10x the steps (seed 0, 20,000 steps): see REPRODUCTION.md, flavors-f1, 'Longer run'.")
+        notes.append(f"{' and '.join(sorted(slow))} fail at quick size. Whether the gaps keep "
+                     "falling was measured once on a run of 10x the steps (seed 0, 20,000 "
+                     "steps): see REPRODUCTION.md, flavors-f1, 'Longer run'.")
     if ok_all:
         reason = "in every variant, every run ended with log-loss ≤ −100 and each diagonal entry is the largest in its column."
     elif reasons:

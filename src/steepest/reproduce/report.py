@@ -75,7 +75,8 @@ class Report:
         failed check turns a "yes" into "no", so a report never says yes above a FAILED verify."""
         failed, line = verify_line(list(verify))
         if failed and reproduced:
-            reproduced, reason = False, f"the claim's own numbers hold ({reason.rstrip('.')}), but {line}"
+            claim = reason.rstrip(".")
+            reproduced, reason = False, f"the claim's own numbers hold ({claim}), but {line}"
         elif line:
             reason = f"{reason.rstrip('.')}. {line}."
         ok, why = verdict(size, reproduced, reason)

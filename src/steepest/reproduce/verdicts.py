@@ -21,7 +21,9 @@ class VerifySection:
     failing: dict[str, int]
 
 
-def verify_markdown(db: Path, run_ids: Sequence[int], heading: str | None = None, kkt: bool = True) -> VerifySection:
+def verify_markdown(
+    db: Path, run_ids: Sequence[int], heading: str | None = None, kkt: bool = True
+) -> VerifySection:
     """Verify ``run_ids`` and render the result as markdown under ``### heading`` (verify's
     title dropped: the report has its own heading for this section)."""
     from ..store import RunStore
