@@ -105,6 +105,10 @@ def test_f3_smoke(tmp_path):
     res = json.loads((tmp_path / "results.json").read_text())["numbers"]
     assert res["one-hidden-layer"]["degree"] == 2 and res["digits-two-hidden-layer"]["degree"] == 3
     mat = res["digits-two-hidden-layer"]["matrix"]
-    # Shampoo without accumulation is spectral descent up to ε = 1e-100 (eigh vs SVD rounding).
+    # Shampoo without accumulation is spectral descent up to ε = 1e-100 (eigh vs SVD rounding;
+    # step for step: tests/test_adaptive.py). Both run under flow here, whose step length comes
+    # from an error estimate that subtracts two nearly equal steps, so the ~1e-10 rounding gap
+    # between the two polar factors reaches α at ~1e-4: same 25 proposals and 5 rollbacks, final
+    # margins 1.2e-6 apart (measured). 1e-5 still fails if Shampoo stops following spectral descent.
     for n in ("spectral", "l2", "linf"):
-        assert mat["Shampoo (beta=0)"][n][0] == pytest.approx(mat["spectral descent"][n][0], rel=1e-6)
+        assert mat["Shampoo (beta=0)"][n][0] == pytest.approx(mat["spectral descent"][n][0], rel=1e-5)
