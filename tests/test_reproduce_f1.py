@@ -52,16 +52,20 @@ def test_a_report_never_says_yes_above_a_failed_verify():
 
 @pytest.mark.slow
 def test_flavors_f1_quick_diagonal_dominates_in_the_late_phase(tmp_path):
-    """The claim itself (spec §5 item 9): read once every run has log-loss ≤ −100; and on the
-    flow schedule verify finds no failure of the smoothed margin, the norm or the loss in any
-    run."""
+    """The claim itself (spec §5 item 9): the diagonal dominates, and on the flow schedule verify
+    finds no failure of the smoothed margin, the norm or the loss in any run. The claim is a
+    test of the theory only once every run has log-loss ≤ −100; where one has not (coordinate
+    descent stops near −9 on the one-hidden-layer net, at a ReLU kink: docs/late_phase.md), the
+    report must not say "yes"."""
     from steepest.store import RunStore
     from steepest.verify import verify_runs
 
     report = reproduce("flavors-f1", size="quick", out=tmp_path)
     for batch, nums in report.numbers.items():
-        assert nums["worst_final_log_loss"] <= LATE_PHASE, batch
         assert all(nums["diagonal_dominates"].values()), (batch, nums["matrix"])
+        if nums["worst_final_log_loss"] > LATE_PHASE:
+            assert report.reproduced is False, (batch, nums["worst_final_log_loss"])
+            assert "did not reach the late phase" in report.reason
     with RunStore(tmp_path / "runs.db") as st:
         ids = [r.id for r in st.list_runs()]
         rep = verify_runs(st, ids, kkt=False)

@@ -23,10 +23,19 @@ Every schedule is one formula (spec §2.5, A.1):
       err = ‖Δ' − Δ‖₂ / (2‖θ‖₂),   Δ = θ' − θ,   Δ' = the rule's step from θ' with the same η,
 
   (Hairer, Nørsett & Wanner, *Solving ODEs I*, §II.4: Heun's trapezoid (Δ + Δ')/2 minus
-  Euler's Δ) and accepts the step iff err ≤ tol/2 (so that the global deviation stays within
-  tol), log 𝓛 did not increase (Lyu & Li's rollback, arXiv 1906.05890 §5), everything is finite,
-  and, for rules with state (Adam, momentum, ...), log 𝓛 fell by at most 1. Then
-  α ← α·min(2, max(0.2, 0.9·√(tol/(2·err)))); a loss increase or a non-finite value halves α.
+  Euler's Δ), and the same pair in the loss,
+
+      err_loss = |drop − (s0 + s1)/2| / ((|s0| + |s1|)/2),   s0 = ⟨−∇log𝓛(θ), Δ⟩,
+                                                              s1 = ⟨−∇log𝓛(θ'), Δ'⟩,
+
+  the share of the step's drop of log 𝓛 that left the flow (large past the loss's stability
+  edge, where θ barely turns but the weights of the support examples swing). It accepts the
+  step iff err ≤ tol/2 (so that the global deviation stays within tol), err_loss − floor ≤
+  tol/2 (floor: the part no step length removes, at kinks; sampled by the retry after a
+  loss-error rollback), log 𝓛 did not increase (Lyu & Li's rollback, arXiv 1906.05890 §5),
+  everything is finite, and, for rules with state (Adam, momentum, ...), log 𝓛 fell by at most
+  1. Then α ← α·min(2, max(0.2, 0.9·√(tol/(2·max(err, err_loss − floor))))); a loss increase or
+  a non-finite value halves α.
   The acceptance test never looks at a margin.
   The first step has α = min(tol, 10⁻³). Flow time integrates dτ = ds/(𝓛‖∇log𝓛‖_*) with
   log 𝓛 linear in s over each step (see ``docs/late_phase.md``).
