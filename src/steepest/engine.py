@@ -756,8 +756,9 @@ class BatchRunner:
             # errors instead, or keeping only the last sample, let the noise of the floor
             # ratchet α down to 1e-14: docs/late_phase.md.)
             rej = self.rej_log_alpha
+            # (a retry that raised the loss overshot: its error is not a floor)
             probe = (torch.isfinite(rej) & (self.log_alpha <= rej - math.log(2.0))
-                     & torch.isfinite(log_err_loss))
+                     & torch.isfinite(log_err_loss) & finite & no_increase_flow)
             self.log_floor = torch.where(probe, torch.maximum(self.log_floor, log_err_loss),
                                          self.log_floor)
             self.rej_log_alpha = torch.where(probe, torch.full_like(rej, math.inf), rej)
