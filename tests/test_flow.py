@@ -400,6 +400,28 @@ def test_flow_state_round_trips_through_a_checkpoint():
     for k in range(2):
         np.testing.assert_array_equal(_flat(a.params, k), _flat(b.params, k))
     assert torch.equal(a.log_alpha, b.log_alpha) and torch.equal(a.log_flow, b.log_flow)
+    assert torch.equal(a.log_floor, b.log_floor) and torch.equal(a.rej_log_alpha, b.rej_log_alpha)
+
+
+def test_a_checkpoint_from_before_the_loss_error_resumes_with_no_floor():
+    """Checkpoints written before the loss error have no floor state: they load with none
+    (no floor, no pending rollback) and step on to the same kind of state."""
+    cfg = {**LINEAR, "algorithms": [{"algorithm": "sign", "schedule": "flow"}]}
+    a = _runner(cfg)
+    for _ in range(20):
+        a._step()
+    old = {k: v for k, v in a.state_dict().items() if k not in ("rej_log_alpha", "log_floor")}
+    b = _runner(cfg)
+    b.log_floor = torch.zeros(1, dtype=torch.float64)  # must be replaced, not kept
+    b.load_state_dict(old)
+    assert torch.equal(b.log_floor, torch.full((1,), -math.inf, dtype=torch.float64))
+    assert torch.equal(b.rej_log_alpha, torch.full((1,), math.inf, dtype=torch.float64))
+    b.g, b.ll, b.out = b.e.evaluate(b.params)
+    b.qmin = b.e.q_min(b.out, b.e.y)
+    ll0 = float(b.ll[0])
+    for _ in range(20):
+        b._step()
+    assert int(b.t[0]) > 20 and float(b.ll[0]) < ll0
 
 
 # ---------------------------------------------------------------- config
