@@ -23,15 +23,17 @@ from steepest.engine import BatchRunner, Engine, load_experiment_data, train
 from steepest.schedules import FLOW_TOL, schedule
 from steepest.store import RunStore
 
+# 20 separable points in 5 dimensions: small enough for solve_ivp at rtol 1e-10
+SMALL_CLUSTERS = {
+    "name": "gaussian_clusters",
+    "n_train": 20,
+    "n_test": 4,
+    "seed": 0,
+    "options": {"d": 5},
+}
 LINEAR = {
     "name": "flow-linear",
-    "data": {
-        "name": "gaussian_clusters",
-        "n_train": 20,
-        "n_test": 4,
-        "seed": 0,
-        "options": {"d": 5},
-    },
+    "data": SMALL_CLUSTERS,
     "model": {"name": "linear"},
     "loss": "exponential",
     "seeds": [0],
@@ -39,13 +41,7 @@ LINEAR = {
 }
 SMALL_MLP = {
     "name": "flow-mlp",
-    "data": {
-        "name": "gaussian_clusters",
-        "n_train": 20,
-        "n_test": 4,
-        "seed": 0,
-        "options": {"d": 5},
-    },
+    "data": SMALL_CLUSTERS,
     "model": {"name": "mlp", "widths": [6], "init_scale": 1.0, "activation": "squared_relu"},
     "loss": "exponential",
     "seeds": [0],

@@ -897,9 +897,10 @@ class BatchRunner:
             log_d0 = _scatter(log_d0, g.idx, torch.log(d0))
             log_d1 = _scatter(log_d1, g.idx, torch.log(d1))
             k = g.k
-            # (θ' − θ'') − (θ − θ') = Δ' − Δ
-            diff = torch.cat([((b - c) - (a - b)).reshape(k, -1)
-                              for a, b, c in zip(pg, pn, nxt, strict=True)], 1)
+            step = [b - a for a, b in zip(pg, pn, strict=True)]  # Δ = θ' − θ
+            step_next = [c - b for b, c in zip(pn, nxt, strict=True)]  # Δ' = θ'' − θ'
+            diff = torch.cat([(d - d1).reshape(k, -1)
+                              for d, d1 in zip(step, step_next, strict=True)], 1)
             size = torch.cat([a.reshape(k, -1) for a in pg], 1).norm(dim=1)
             err = diff.norm(dim=1).to(torch.float64) / (2 * size.to(torch.float64))
             # The same pair in the loss. The flow lowers log 𝓛 by ∫⟨−∇log𝓛, dθ⟩; over the
@@ -910,8 +911,8 @@ class BatchRunner:
             # set the margins swing. Without this term, sign descent on the linear sparse
             # teacher ran at that edge and ended at 0.50 of the ℓ∞ max margin
             # (docs/late_phase.md).
-            s0 = -_dot_runs(gg, [b - a for a, b in zip(pg, pn, strict=True)], k)
-            s1 = -_dot_runs(gn, [c - b for b, c in zip(pn, nxt, strict=True)], k)
+            s0 = -_dot_runs(gg, step, k)
+            s1 = -_dot_runs(gn, step_next, k)
             scale = 0.5 * (s0.abs() + s1.abs())
             scale = torch.where(scale > 0, scale, torch.ones_like(scale))
             err_loss = (drop - 0.5 * (s0 + s1)).abs() / scale
