@@ -130,12 +130,12 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], repeat: int) -> dict[str
 
 def make_runner(cfg_dict: dict[str, Any], *, steps_cap: int | None = None, stub_logging: bool = True,
                 dataset: Any = None, device: str = "cpu") -> BatchRunner:
-    """An engine runner on an in-memory store, ready for ``_step()`` calls.
+    """An engine runner on an in-memory store, ready for ``step()`` calls.
 
     Does what :func:`steepest.engine.train` and ``BatchRunner.run`` do before the loop (build the
     engine, fresh state, first evaluation). With ``stub_logging`` the runner's ``log`` and
-    ``checkpoint`` are replaced by no-ops on the instance, so that timing ``_step`` measures the
-    stepping alone (the milestone/event bookkeeping in ``_step`` still runs). ``device`` is
+    ``checkpoint`` are replaced by no-ops on the instance, so that timing ``step`` measures the
+    stepping alone (the milestone/event bookkeeping in ``step`` still runs). ``device`` is
     where the batch lives (``auto | cpu | cuda | cuda:N``).
     """
     cfg = load_config(cfg_dict)
@@ -148,34 +148,11 @@ def make_runner(cfg_dict: dict[str, Any], *, steps_cap: int | None = None, stub_
     ids = [store.create_run(name=f"b/{sp.seed}", algorithm=sp.algorithm, seed=sp.seed, config={}) for sp in specs]
     r = BatchRunner(eng, store, ids, Path(os.devnull), progress=False)
     r.fresh_state(eng.init_params())
-    _run_prelude(r)
+    r.start(resumed=True)  # the first evaluation; resumed: no step-0 row or checkpoint
     if stub_logging:
         r.log = lambda *a, **k: None  # type: ignore[method-assign]
         r.checkpoint = lambda *a, **k: Path(os.devnull)  # type: ignore[method-assign]
     return r
-
-
-class _StopBeforeFirstStep(Exception):
-    pass
-
-
-def _run_prelude(r: BatchRunner) -> None:
-    """Execute ``BatchRunner.run``'s own set-up (first evaluation, ...) and stop before the first step.
-
-    Calling the real method keeps this in step with the engine as it changes.
-    """
-
-    def stop() -> None:
-        raise _StopBeforeFirstStep
-
-    r._advance = stop  # type: ignore[method-assign]
-    try:
-        r.run(resumed=True)  # resumed: no initial log row
-    except _StopBeforeFirstStep:
-        pass
-    finally:
-        del r._advance  # back to the class's method
-    r._t0 = time.perf_counter()
 
 
 def step_rate(runner: BatchRunner, n: int) -> Callable[[], None]:
@@ -183,22 +160,22 @@ def step_rate(runner: BatchRunner, n: int) -> Callable[[], None]:
 
     def go() -> None:
         for _ in range(n):
-            runner._step()
+            runner.step()
 
     return go
 
 
 def seconds_per_step(runner: BatchRunner, steps: int, warmup: int = 1) -> float:
-    """Wall seconds per ``_step()`` after ``warmup`` untimed steps; on CUDA the timed block is
+    """Wall seconds per ``step()`` after ``warmup`` untimed steps; on CUDA the timed block is
     fenced by ``torch.cuda.synchronize()`` so that queued kernels are counted."""
     cuda = runner.e.device.type == "cuda"
     for _ in range(warmup):
-        runner._step()
+        runner.step()
     if cuda:
         torch.cuda.synchronize()
     t0 = time.perf_counter()
     for _ in range(steps):
-        runner._step()
+        runner.step()
     if cuda:
         torch.cuda.synchronize()
     return (time.perf_counter() - t0) / steps

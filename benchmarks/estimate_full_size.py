@@ -4,7 +4,7 @@ For every engine batch of every experiment at ``--size full``, builds the batch 
 reproduction does (``steepest.reproduce.common.batch_configs``) on ``--device``, counts the
 FLOPs of one engine step with ``torch.utils.flop_counter.FlopCounterMode`` (matmuls and
 convolutions of the forward and backward passes and of the rules' SVD-free products; SVDs,
-eigendecompositions and elementwise work are not counted), times a few ``BatchRunner._step``
+eigendecompositions and elementwise work are not counted), times a few ``BatchRunner.step``
 calls (logging stubbed, no warm start), and extrapolates: seconds per iteration × accepted
 steps × iterations per accepted step (1 for the power/constant schedules; for the loss-based
 schedule, 1 + the rollback rate log(up)/log(down) of its equilibrium). Logging, warm starts,
@@ -63,7 +63,7 @@ def main() -> None:
             try:
                 r = make_runner(cfg, device=args.device)
                 with FlopCounterMode(display=False) as fc:
-                    r._step()
+                    r.step()
                 flops = fc.get_total_flops()
                 per = seconds_per_step(r, args.steps)
             except Exception as exc:  # report and go on: one bad batch should not hide the rest

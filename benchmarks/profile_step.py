@@ -1,10 +1,10 @@
 """Where the time of one engine step goes (K = 16 digits runs by default; ``--mnist`` for width 784).
 
-Three views of ``BatchRunner._step`` (log/checkpoint stubbed, as in the stepping benchmark):
+Three views of ``BatchRunner.step`` (log/checkpoint stubbed, as in the stepping benchmark):
 
 1. segments: wall time inside ``Engine.evaluate`` (forward+backward), the rules'
-   ``stacked_update`` / ``stacked_rescale_state``, ``Norm.stacked*`` calls, ``_finite_runs`` and
-   ``q_min``; the rest of ``_step`` (schedule math, where-selects, event bookkeeping, Python) is
+   ``stacked_update`` / ``stacked_rescale_state``, ``Norm.stacked*`` calls, ``finite_runs`` and
+   ``q_min``; the rest of ``step`` (schedule math, where-selects, event bookkeeping, Python) is
    the remainder;
 2. cProfile: Python function calls per step and the top functions by own time;
 3. torch.profiler: aten ops per step and the top ops by self CPU time.
@@ -48,9 +48,11 @@ def main() -> None:
                 seg[key] += time.perf_counter() - t0
         return w
 
-    for name, key in (("evaluate", "evaluate: vmap(grad) fwd+bwd"), ("_finite_runs", "_finite_runs (isfinite)"),
-                      ("q_min", "q_min (vmap margins)")):
+    for name, key in (("evaluate", "evaluate: vmap(grad) fwd+bwd"), ("q_min", "q_min (vmap margins)")):
         setattr(Engine, name, timed(key, getattr(Engine, name)))
+    import steepest.step as step_module
+
+    step_module.finite_runs = timed("finite_runs (isfinite)", step_module.finite_runs)
     # The per-algorithm update and the per-step norm calls (``stacked*`` methods, vmap only as
     # their default) are timed by wrapping the classes' methods.
     from steepest.algorithms import Algorithm, SteepestDescentRule

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -165,9 +164,7 @@ def _runner(tmp_path, cfg):
     r.fresh_state(eng.init_params())
     r.log = lambda which, *a, **k: None  # type: ignore[method-assign]
     r.checkpoint = lambda *a, **k: None  # type: ignore[method-assign]
-    r._t0 = time.perf_counter()
-    r.g, r.ll, r.out = eng.evaluate(r.params)
-    r.qmin = eng.q_min(r.out, eng.y)
+    r.start(resumed=False)  # the first evaluation (log and checkpoint do nothing)
     return r
 
 
@@ -184,20 +181,20 @@ def _runner(tmp_path, cfg):
     ids=["ngd-sign-lossbased-gd", "adam-muon-cd"],
 )
 def test_a_step_makes_no_host_transfer_and_its_settling_one(tmp_path, monkeypatch, algos):
-    """Queuing a step (``BatchRunner._advance``) makes no host transfer at all; settling it reads
+    """Queuing a step (``BatchRunner.advance``) makes no host transfer at all; settling it reads
     its packed event flags once (on a GPU from a non-blocking copy, after the next step is
     queued); a metric event adds one more (the stacked columns, see ``BatchRunner.log``). Counted
     on the CPU by wrapping every Tensor method that copies to the host."""
     r = _runner(tmp_path, {**CFG, "algorithms": algos, "stop": {"steps": 400}})
     for _ in range(5):  # past step 1's milestone and the first-separation event
-        r._step()
+        r.step()
     counter = _SyncCounter(monkeypatch)
     advance, settle = [], []
     for _ in range(40):
         n0 = len(counter.calls)
-        pending = r._advance()
+        pending = r.advance()
         n1 = len(counter.calls)
-        r._settle(pending)
+        r.settle(pending)
         advance.append(counter.calls[n0:n1])
         settle.append(counter.calls[n1:])
     monkeypatch.undo()
@@ -215,7 +212,7 @@ def test_a_metrics_event_moves_its_numbers_in_one_transfer(tmp_path, monkeypatch
 
     r = _runner(tmp_path, {**CFG, "stop": {"steps": 50}})
     for _ in range(3):
-        r._step()
+        r.step()
     counter = _SyncCounter(monkeypatch)
     BatchRunner.log(r, [True] * r.e.K, True)
     calls = list(counter.calls)
@@ -302,10 +299,10 @@ def test_the_pipelined_schedule_stores_exactly_what_the_plain_one_does(
     for pa, pb in zip(sa["params"], sb["params"], strict=True):
         assert torch.equal(pa, pb)
     flat_a, flat_b = [], []
-    from steepest.engine import _tree_map
+    from steepest.stacked import tree_map
 
-    _tree_map(lambda x: flat_a.append(x), sa["algo_states"])
-    _tree_map(lambda x: flat_b.append(x), sb["algo_states"])
+    tree_map(lambda x: flat_a.append(x), sa["algo_states"])
+    tree_map(lambda x: flat_b.append(x), sb["algo_states"])
     assert len(flat_a) == len(flat_b) > 0 and all(
         torch.equal(x, y) for x, y in zip(flat_a, flat_b, strict=True)
     )
@@ -327,18 +324,18 @@ def test_a_signal_in_the_pipelined_loop_checkpoints_the_settled_step_and_resumes
     }
     ref = train(cfg, db=tmp_path / "ref.db", progress=False)
     _pipelined(monkeypatch)
-    orig = eng.BatchRunner._settle
+    orig = eng.BatchRunner.settle
 
     def settle(self, p):
         orig(self, p)
         if self.t_host_max == 57:  # as if SIGTERM arrived while step 58 was queued
             self.stop.signum = sig.SIGTERM
 
-    monkeypatch.setattr(eng.BatchRunner, "_settle", settle)
+    monkeypatch.setattr(eng.BatchRunner, "settle", settle)
     db = tmp_path / "b.db"
     with pytest.raises(eng.Interrupted):
         train(cfg, db=db, progress=False)
-    monkeypatch.setattr(eng.BatchRunner, "_settle", orig)
+    monkeypatch.setattr(eng.BatchRunner, "settle", orig)
     with RunStore(db, create=False) as store:
         assert {r.status for r in store.list_runs()} == {"interrupted"}
     res = train(cfg, db=db, resume=True, progress=False)

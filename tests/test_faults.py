@@ -583,14 +583,14 @@ def _stop_when(monkeypatch, predicate):
     """Ask training to stop (as SIGTERM would) once ``predicate(runner)`` holds after a step."""
     from steepest import engine as eng
 
-    orig = eng.BatchRunner._settle
+    orig = eng.BatchRunner.settle
 
     def settle(self, p):
         orig(self, p)
         if self.stop.signum is None and predicate(self):
             self.stop.signum = signal.SIGTERM
 
-    monkeypatch.setattr(eng.BatchRunner, "_settle", settle)
+    monkeypatch.setattr(eng.BatchRunner, "settle", settle)
 
 
 def test_runs_that_ended_before_an_interrupt_keep_their_status(tmp_path, monkeypatch):

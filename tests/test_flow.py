@@ -11,7 +11,6 @@ inclusion; for those the tests check what the inclusion guarantees instead.
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import pytest
@@ -70,9 +69,7 @@ def _runner(cfg_dict: dict) -> BatchRunner:
     r.fresh_state(e.init_params())
     r.log = lambda *a, **k: None  # type: ignore[method-assign]
     r.checkpoint = lambda *a, **k: None  # type: ignore[method-assign]
-    r.g, r.ll, r.out = e.evaluate(r.params)
-    r.qmin = e.q_min(r.out, e.y)
-    r._t0 = time.perf_counter()
+    r.start(resumed=False)  # the first evaluation (log and checkpoint do nothing)
     return r
 
 
@@ -92,14 +89,14 @@ def _engine_flow(cfg: dict, p: float, tol: float, steps: int):
         }
     )
     while r.ll[0].item() > -2:
-        r._step()
+        r.step()
     start = _flat(r.params)
     r.log_flow = torch.full_like(r.log_flow, -math.inf)
     t0, traj = r.t[0].item(), []
     for _ in range(steps):
         if r.done_host[0]:
             break
-        r._step()
+        r.step()
         if r.t[0].item() > t0:
             t0 = r.t[0].item()
             traj.append((_flat(r.params), r.log_flow[0].item(), r.ll[0].item()))
@@ -333,7 +330,7 @@ def test_gd_and_ngd_take_the_same_steps_under_flow():
         }
     )
     for _ in range(60):
-        r._step()
+        r.step()
     np.testing.assert_allclose(_flat(r.params, 0), _flat(r.params, 1), rtol=1e-9)
     np.testing.assert_allclose(r.log_flow[0].item(), r.log_flow[1].item(), rtol=1e-9)
 
@@ -352,8 +349,8 @@ def test_flow_runs_leave_other_runs_of_the_batch_unchanged():
         {**LINEAR, "algorithms": [{"algorithm": "ngd", "schedule": "power", "lr": 0.3, "a": 0.5}]}
     )
     for _ in range(40):
-        mixed._step()
-        alone._step()
+        mixed.step()
+        alone.step()
     np.testing.assert_array_equal(_flat(mixed.params, 0), _flat(alone.params, 0))
 
 
@@ -365,7 +362,7 @@ def test_flow_rolls_back_steps_whose_error_is_beyond_tol():
     for _ in range(100):
         before = _flat(r.params)
         t = r.t[0].item()
-        r._step()
+        r.step()
         if r.t[0].item() == t:
             np.testing.assert_array_equal(_flat(r.params), before)
     assert r.rollbacks[0].item() > 0
@@ -384,15 +381,15 @@ def test_flow_state_round_trips_through_a_checkpoint():
     }
     a = _runner(cfg)
     for _ in range(30):
-        a._step()
+        a.step()
     saved = a.state_dict()
     b = _runner(cfg)
     b.load_state_dict(saved)
     b.g, b.ll, b.out = b.e.evaluate(b.params)
     b.qmin = b.e.q_min(b.out, b.e.y)
     for _ in range(30):
-        a._step()
-        b._step()
+        a.step()
+        b.step()
     for k in range(2):
         np.testing.assert_array_equal(_flat(a.params, k), _flat(b.params, k))
     assert torch.equal(a.log_alpha, b.log_alpha) and torch.equal(a.log_flow, b.log_flow)
@@ -405,7 +402,7 @@ def test_a_checkpoint_from_before_the_loss_error_resumes_with_no_floor():
     cfg = {**LINEAR, "algorithms": [{"algorithm": "sign", "schedule": "flow"}]}
     a = _runner(cfg)
     for _ in range(20):
-        a._step()
+        a.step()
     old = {k: v for k, v in a.state_dict().items() if k not in ("rej_log_alpha", "log_floor")}
     b = _runner(cfg)
     b.log_floor = torch.zeros(1, dtype=torch.float64)  # must be replaced, not kept
@@ -416,7 +413,7 @@ def test_a_checkpoint_from_before_the_loss_error_resumes_with_no_floor():
     b.qmin = b.e.q_min(b.out, b.e.y)
     ll0 = float(b.ll[0])
     for _ in range(20):
-        b._step()
+        b.step()
     assert int(b.t[0]) > 20 and float(b.ll[0]) < ll0
 
 

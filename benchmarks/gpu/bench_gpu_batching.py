@@ -2,7 +2,7 @@
 
 Setup (the overhead-bound regime of ``bench_batching.py``): sklearn digits 0 vs 1 (n = 360),
 a width-64 one-hidden-layer MLP, normalized GD, full batch, float64. For each K the engine's
-``BatchRunner._step`` is timed with logging and checkpoints stubbed (``_common.make_runner``) after a
+``BatchRunner.step`` is timed with logging and checkpoints stubbed (``_common.make_runner``) after a
 warm-up, with ``torch.cuda.synchronize()`` around the timed block; run-steps/s = K × steps / s,
 and the ratio is against K = 1 measured in the same process.
 
@@ -43,12 +43,12 @@ def syncs_per_step(device: str, K: int = 16, steps: int = 10) -> dict[str, float
 
     r = make_runner(digits_config(K, 100_000), device=device)
     for _ in range(5):
-        r._step()
+        r.step()
     _sync(device)
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
     with profile(activities=acts) as prof:
         for _ in range(steps):
-            r._step()
+            r.step()
         _sync(device)
     counts: dict[str, float] = {}
     for ev in prof.key_averages():

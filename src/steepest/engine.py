@@ -5,18 +5,9 @@ Parameters are stacked along a leading run axis and every step is one batched
 ``torch.func.vmap(grad(log 𝓛))`` (or plain autograd through a model's ``batched_forward``) over
 all K runs plus one ``Algorithm.stacked_update`` per algorithm.
 
-Late-phase numerics (spec §2.5, §3.8, §6 item 3):
-
-* The loss is only ever handled as log 𝓛. Rules receive ∇log𝓛 = ∇𝓛/𝓛, which is O(1) at
-  𝓛 = e^-10000. Normalized directions are scale-free; an unnormalized step
-  η·J(∇𝓛) = (η𝓛)·J(∇log𝓛) is taken with the learning rate exp(log η + log 𝓛), so
-  constant-step GD is faithful (it really does stall) and the loss-based schedule
-  η = α𝓛₀/𝓛 gives an O(1) step. Stateful rules are kept exact by ``rescale_state``.
-* A step that produces a non-finite value is rolled back and retried with a smaller step
-  (α halves). The ``loss_based`` schedule also rolls back a loss increase (Lyu & Li).
-  A run never records NaN: the store refuses it.
-* Flow time is accumulated in log space: log τ += log η for unnormalized steps and
-  log(η/‖∇𝓛‖_*) = log η − log 𝓛 − log ‖∇log𝓛‖_* for normalized ones (spec §3.8).
+Each step is :func:`steepest.step.step`, the package's one batched step: it owns the late-phase
+numerics (log-space learning rates, the 𝓛 factor of unnormalized steps, rollbacks, flow time;
+see that module). The runner here adds what a long run needs around it.
 
 Metrics are recorded at log-spaced steps (``per_decade`` per decade), at the first step where
 every training point is classified, and at the end. Checkpoints are written atomically, only
@@ -25,8 +16,8 @@ first separates, every ``checkpoint_every`` iterations, at a SIGINT/SIGTERM, and
 ``resume=True`` continues an interrupted batch bit-for-bit (CPU, float64, same threads). One
 process owns a batch at a time (a lease with a heartbeat in the store).
 
-Queuing a step makes no host-device synchronization (``BatchRunner._advance``); on a GPU the loop
-reads step t's event flags while step t+1 runs (``BatchRunner.run``, ``BatchRunner._settle``).
+Queuing a step makes no host-device synchronization (``BatchRunner.advance``); on a GPU the loop
+reads step t's event flags while step t+1 runs (``BatchRunner.run``, ``BatchRunner.settle``).
 """
 
 from __future__ import annotations
@@ -49,7 +40,7 @@ import torch
 from torch import Tensor
 from torch.func import functional_call, grad_and_value, vmap
 
-from .algorithms import Algorithm, SteepestDescentRule, algorithm
+from .algorithms import Algorithm, algorithm
 from .checkpoints import atomic_torch_save, load_checkpoint, remove_stale_temps
 from .config import ExperimentConfig, RunSpec, load_config
 from .data import Dataset, load_dataset
@@ -59,7 +50,10 @@ from .losses import margins as _margins
 from .losses import per_sample_log_losses, smoothed_margin_numerator
 from .models import build_model, homogeneity_degree
 from .norms import LpNorm, Norm, Spectral, flat_params, get_norm
-from .schedules import LOG_LOSS0
+from .schedules import BatchedSchedule
+from .stacked import gather_runs, scatter_runs, tree_map
+from .step import FIELDS as STEP_FIELDS
+from .step import RuleGroup, StepState, step
 from .store import HEARTBEAT_EVERY_S, BatchBusyError, RunStore, default_db_path
 
 __all__ = ["train", "TrainResult", "METRIC_NORMS", "Engine", "BatchRunner", "Interrupted", "load_experiment_data",
@@ -81,67 +75,6 @@ class TrainResult:
     labels: list[str]
     checkpoint: Path | None = None
     statuses: list[str] = field(default_factory=list)
-
-
-def _tree_map(fn: Callable[..., Any], *trees: Any) -> Any:
-    first = trees[0]
-    if isinstance(first, dict):
-        return {k: _tree_map(fn, *(t[k] for t in trees)) for k in first}
-    if isinstance(first, (list, tuple)):
-        return type(first)(_tree_map(fn, *items) for items in zip(*trees, strict=True))
-    if isinstance(first, Tensor):
-        return fn(*trees)
-    return first
-
-
-def _where_runs(mask: Tensor, new: Tensor, old: Tensor) -> Tensor:
-    """Per-run select along the leading axis."""
-    m = mask.reshape(mask.shape + (1,) * (new.dim() - 1))
-    return torch.where(m, new, old)
-
-
-def _select_runs(mask: Tensor, new: Any, old: Any) -> Any:
-    """Per-run select over a whole state tree (new tensors; nothing is edited)."""
-    return _tree_map(lambda a, b: _where_runs(mask, a, b), new, old)
-
-
-def _gather(tree: Any, idx: Tensor | None) -> Any:
-    return tree if idx is None else _tree_map(lambda x: x.index_select(0, idx), tree)
-
-
-def _scatter(full: Tensor, idx: Tensor | None, part: Tensor) -> Tensor:
-    return part if idx is None else full.index_copy(0, idx, part)
-
-
-def _finite_or_zero(x: Tensor) -> Tensor:
-    """x with NaN and ±inf set to 0 (integer tensors unchanged)."""
-    return torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0) if x.is_floating_point() else x
-
-
-MAX_FLOW_DROP = 50.0  # the largest drop of log 𝓛 in one accepted flow step (stateless rules)
-MAX_FLOW_DROP_STATEFUL = 1.0  # ... and for rules with state (see ``_flow_log_error``)
-
-
-def _dot_runs(a: Sequence[Tensor], b: Sequence[Tensor], k: int) -> Tensor:
-    """⟨a, b⟩ per run (float64, shape (k,)) for two stacked parameter lists."""
-    return sum((x.reshape(k, -1) * y.reshape(k, -1)).sum(dim=1).to(torch.float64)
-               for x, y in zip(a, b, strict=True))
-
-
-def _log_expm1_ratio(x: Tensor) -> Tensor:
-    """log((e^x − 1)/x), for any real x (the limit 0 at x = 0).
-
-    One step's flow time: dτ = ∫ ds/‖∇𝓛‖_* = ∫ e^{−log𝓛}/‖∇log𝓛‖_* ds. With the log of the
-    integrand linear in s over the step, from a (at θ) to b (at θ'), the integral is
-    ds·e^a·(e^x − 1)/x with x = b − a. The left Riemann sum (factor 1) undercounts by about
-    e^x/x, which compounds when every step drops the loss by O(1)."""
-    small = x.abs() < 1e-6
-    safe = torch.where(small, torch.ones_like(x), x)
-    pos_x = safe.clamp(min=1e-300)
-    pos = pos_x + torch.log(-torch.expm1(-pos_x)) - torch.log(pos_x)
-    neg_x = safe.clamp(max=-1e-300)
-    neg = torch.log(-torch.expm1(neg_x)) - torch.log(-neg_x)
-    return torch.where(small, x / 2, torch.where(safe > 0, pos, neg))
 
 
 class Interrupted(KeyboardInterrupt):
@@ -181,18 +114,6 @@ def _deferred_signals(stop: _StopFlag):
             signal.signal(sig, h)
 
 
-class _Group:
-    """Runs that share one algorithm (same name and options); lrs and schedules may differ."""
-
-    def __init__(self, algo: Algorithm, indices: list[int], K: int, device: torch.device):
-        self.algo = algo
-        self.indices = indices
-        self.idx = None if indices == list(range(K)) else torch.tensor(indices, device=device)
-        self.k = len(indices)
-        self.rescales = type(algo).rescale_state is not Algorithm.rescale_state
-        self.plain = False  # plain steepest descent in its own norm (set with the own norm)
-
-
 class Engine:
     """Steps K runs of one experiment together. Use :func:`train` unless you need the parts."""
 
@@ -211,7 +132,7 @@ class Engine:
         if self.y.is_floating_point():
             self.y = self.y.to(self.dtype)
             self.yt = self.yt.to(self.dtype)
-        self.template = self._build_model(self.specs[0].seed)
+        self.template = self.model_for_seed(self.specs[0].seed)
         self.names = [n for n, _ in self.template.named_parameters()]
         self.L = self._check_degree()
         self.metric_norms: dict[str, Norm] = {k: get_norm(v) for k, v in METRIC_NORMS.items()}
@@ -219,14 +140,15 @@ class Engine:
             N = get_norm(name)
             self.metric_norms.setdefault(N.name.replace(".", "_"), N)
         self._build_groups()
-        self._build_schedules()
+        self.schedule = BatchedSchedule.of([sp.schedule for sp in self.specs], self.device)
         self._grad = vmap(grad_and_value(self._loss_fn, has_aux=True), in_dims=(0, None, None))
         # Models with a batched_forward (MLP, linear, diagonal) skip functorch: plain batched
         # matmuls + autograd are about twice as fast for small nets; others use vmap.
         self.batched = callable(getattr(self.template, "batched_forward", None))
 
     # ------------------------------------------------------------------ set-up
-    def _build_model(self, seed: int) -> torch.nn.Module:
+    def model_for_seed(self, seed: int) -> torch.nn.Module:
+        """The config's model with the initialization of ``seed``, on the engine's device and dtype."""
         kw = self.cfg.model.kwargs()
         d = self.data.input_dim
         out = 1 if self.data.binary else self.data.num_classes
@@ -263,50 +185,28 @@ class Engine:
         """Stacked parameters (K, *shape) from each run's seed."""
         per_seed: dict[int, list[Tensor]] = {}
         for s in {sp.seed for sp in self.specs}:
-            per_seed[s] = [p.detach() for p in self._build_model(s).parameters()]
+            per_seed[s] = [p.detach() for p in self.model_for_seed(s).parameters()]
         return [torch.stack([per_seed[sp.seed][j] for sp in self.specs]) for j in range(len(self.names))]
 
     def _build_groups(self) -> None:
         keys: dict[str, list[int]] = {}
         for sp in self.specs:
             keys.setdefault(json.dumps([sp.algorithm, sp.options], sort_keys=True), []).append(sp.index)
-        self.groups = []
+        self.groups: list[RuleGroup] = []
+        self.own_norms: list[Norm] = [None] * self.K  # type: ignore[list-item]
         for key, idx in keys.items():
             name, options = json.loads(key)
-            self.groups.append(_Group(algorithm(name, **options), idx, self.K, self.device))
-        self.own_norms: list[Norm] = [None] * self.K  # type: ignore[list-item]
-        for g in self.groups:
-            own = self._own_norm(g.algo)
-            for i in g.indices:
-                self.own_norms[i] = own
-            # no state, direction U(g) in the own norm: the flow schedule reuses its directions
-            g.plain = isinstance(g.algo, SteepestDescentRule) and g.algo.norm is own
+            algo = algorithm(name, **options)
+            grp = RuleGroup(algo, idx, self.K, self._own_norm(algo), self.device)
+            self.groups.append(grp)
+            for i in idx:
+                self.own_norms[i] = grp.own
 
     def _own_norm(self, algo: Algorithm) -> Norm:
         pn = getattr(algo, "predicted_norm_for", None)
         if callable(pn):
             return pn([p for p in self.template.parameters()])
         return algo.predicted_norm
-
-    def _build_schedules(self) -> None:
-        f64 = dict(dtype=torch.float64, device=self.device)
-        sch = [sp.schedule for sp in self.specs]
-        self.log_lr0 = torch.tensor([math.log(s["lr"]) for s in sch], **f64)
-        self.decay = torch.tensor([s["decay"] for s in sch], **f64)
-        self.loss_power = torch.tensor([s["loss_power"] for s in sch], **f64)
-        self.norm_power = torch.tensor([s["norm_power"] for s in sch], **f64)
-        self.adaptive = torch.tensor([bool(s["adaptive"]) for s in sch], device=self.device)
-        self.log_up = torch.tensor([math.log(s["up"]) for s in sch], **f64)
-        self.log_down = torch.tensor([math.log(s["down"]) for s in sch], **f64)
-        self.log_min_alpha = torch.tensor([math.log(s["min_alpha"]) for s in sch], **f64)
-        self.flow = torch.tensor([bool(s.get("flow", False)) for s in sch], device=self.device)
-        # The local error bound is tol/2: with it the global deviation from a tight solve_ivp
-        # stayed within tol in every smooth test (tests/test_flow.py); with tol it did not.
-        self.log_tol = torch.tensor([math.log(s["tol"] / 2) if s.get("flow") else 0.0 for s in sch],
-                                    **f64)
-        # Decided once from the config, so the step never branches on a device tensor.
-        self.any_norm_power = any(s["norm_power"] != 0 for s in sch)
-        self.any_flow = any(bool(s.get("flow", False)) for s in sch)
 
     # ------------------------------------------------------------------ math
     def _out_fn(self, pdict: dict[str, Tensor], X: Tensor) -> Tensor:
@@ -352,14 +252,9 @@ class Engine:
     def q_min(self, out: Tensor, y: Tensor) -> Tensor:
         return self.batched_margins(out, y).min(dim=1).values
 
-    def _finite_runs(self, tensors: Sequence[Tensor]) -> Tensor:
-        # A per-run sum is non-finite whenever an entry is inf/NaN (one reduction pass instead
-        # of isfinite + all). It can also overflow with finite entries near 1e308: that only
-        # rolls the step back, which is the safe side.
-        ok = torch.ones(self.K, dtype=torch.bool, device=self.device)
-        for x in tensors:
-            ok = ok & torch.isfinite(x.reshape(self.K, -1).sum(dim=1))
-        return ok
+    def batch_q_min(self, out: Tensor, batch: Tensor | None = None) -> Tensor:
+        """q_min per run from the outputs of :meth:`evaluate` on ``batch`` (None: full batch)."""
+        return self.q_min(out, self.y if batch is None else self.y[batch])
 
     # ------------------------------------------------------------------ metrics
     @torch.no_grad()
@@ -422,9 +317,9 @@ class Engine:
         own_dual = torch.empty_like(own_rho)
         for g in self.groups:
             N = self.own_norms[g.indices[0]]
-            rho, dual = rho_and_dual(N, _gather(p64, g.idx), _gather(g64, g.idx), g.idx)
-            own_rho = _scatter(own_rho, g.idx, rho)
-            own_dual = _scatter(own_dual, g.idx, dual)
+            rho, dual = rho_and_dual(N, gather_runs(p64, g.idx), gather_runs(g64, g.idx), g.idx)
+            own_rho = scatter_runs(own_rho, g.idx, rho)
+            own_dual = scatter_runs(own_dual, g.idx, dual)
         add("own", own_rho, own_dual)
         ln10 = math.log(10.0)
         for k in (1, 2, 3, 5, 7):
@@ -436,8 +331,10 @@ class Engine:
 
 
 class BatchRunner:
-    """Holds the mutable state of one batch and steps it (``_advance`` queues a step,
-    ``_settle`` acts on it); serialisable to a checkpoint. Benchmarks build one directly."""
+    """Holds the state of one batch and steps it: :meth:`advance` queues a step
+    (:func:`steepest.step.step`) and :meth:`settle` acts on its events (metrics, statuses,
+    checkpoints); serialisable to a checkpoint. Benchmarks build one directly: ``fresh_state``,
+    ``start``, then ``step`` (or ``run``)."""
 
     def __init__(self, engine: Engine, store: RunStore, run_ids: list[int], ckpt_dir: Path | None, progress: bool):
         self.e = engine
@@ -474,7 +371,7 @@ class BatchRunner:
     def fresh_state(self, params: list[Tensor]) -> None:
         e, K, dev = self.e, self.e.K, self.e.device
         self.params = params
-        self.algo_states = [g.algo.stacked_init(_gather(params, g.idx)) for g in e.groups]
+        self.algo_states = [g.algo.stacked_init(gather_runs(params, g.idx)) for g in e.groups]
         self.t = torch.zeros(K, dtype=torch.long, device=dev)
         self.iteration = 0
         self.log_alpha = torch.zeros(K, dtype=torch.float64, device=dev)
@@ -505,7 +402,7 @@ class BatchRunner:
         extra = {}
         if self.batch_size is not None and hasattr(self, "g"):
             extra = {"g": self.g, "ll": self.ll, "out": self.out, "qmin": self.qmin}
-        return _tree_map(lambda x: x.detach().cpu(), {
+        return tree_map(lambda x: x.detach().cpu(), {
             **extra,
             "version": CHECKPOINT_VERSION,
             "params": self.params,
@@ -536,7 +433,7 @@ class BatchRunner:
         for k in ("params", "algo_states", "t", "iteration", "log_alpha", "frame", "log_flow", "last_log_lr",
                   "done", "separated_at", "rollbacks", "decade", "status", "elapsed"):
             v = sd[k]
-            setattr(self, k, _tree_map(lambda x: x.to(self.e.device), v) if k not in ("status", "iteration", "elapsed") else v)
+            setattr(self, k, tree_map(lambda x: x.to(self.e.device), v) if k not in ("status", "iteration", "elapsed") else v)
         self.dir_cache = None  # not in checkpoints: recomputed from the gradient
         K, dev = self.e.K, self.e.device
         for k, empty in (("rej_log_alpha", math.inf), ("log_floor", -math.inf)):
@@ -548,7 +445,7 @@ class BatchRunner:
         self.t_host_max = max(self.t.tolist())
         self._resume_eval = None
         if all(k in sd for k in ("g", "ll", "out", "qmin")):
-            self._resume_eval = tuple(_tree_map(lambda x: x.to(self.e.device), sd[k]) for k in ("g", "ll", "out", "qmin"))
+            self._resume_eval = tuple(tree_map(lambda x: x.to(self.e.device), sd[k]) for k in ("g", "ll", "out", "qmin"))
 
     def checkpoint(self, final: bool = False) -> Path | None:
         if self.ckpt_dir is None:  # a warm-start phase keeps no checkpoints
@@ -606,10 +503,9 @@ class BatchRunner:
         gen = torch.Generator().manual_seed(1_000_003 * (self.e.specs[0].seed + 1) + it)
         return torch.randperm(len(self.e.X), generator=gen)[: self.batch_size].to(self.e.device)
 
-    def run(self, resumed: bool) -> None:
-        """Step until every run has ended. On a GPU (``pipelined``) step t+1 is queued before
-        the host reads step t's event flags, so the device never waits for the host; the flags
-        come through a non-blocking copy and a CUDA event recorded right after step t."""
+    def start(self, resumed: bool) -> None:
+        """Set up for stepping: evaluate the first point (a resumed minibatch batch takes it
+        from the checkpoint) and, for a new batch, log and checkpoint step 0."""
         e, K = self.e, self.e.K
         self._t0 = time.perf_counter()
         batch = self._batch()
@@ -618,12 +514,19 @@ class BatchRunner:
             self.g = list(self.g)
         else:
             self.g, self.ll, self.out = e.evaluate(self.params, batch)
-            self.qmin = e.q_min(self.out, e.y if batch is None else e.y[batch])
+            self.qmin = e.batch_q_min(self.out, batch)
         if not resumed:
             self.consistent = False  # until step 0 is logged and checkpointed
             self.log([True] * K, batch is None)
             self.checkpoint()  # step 0: an interruption from here on can always be resumed
             self.consistent = True
+
+    def run(self, resumed: bool) -> None:
+        """Step until every run has ended. On a GPU (``pipelined``) step t+1 is queued before
+        the host reads step t's event flags, so the device never waits for the host; the flags
+        come through a non-blocking copy and a CUDA event recorded right after step t."""
+        e = self.e
+        self.start(resumed)
         bar = _Progress(self.steps, enabled=self.progress)
         pending: _Pending | None = None
         try:
@@ -641,12 +544,12 @@ class BatchRunner:
                     self.store.heartbeat(self.batch_id)
                     self._last_beat = time.monotonic()
                 self.consistent = False
-                queued = self._advance()
+                queued = self.advance()
                 if pending is not None:
-                    self._settle(pending)
+                    self.settle(pending)
                 pending = queued
                 if not self.pipelined:
-                    self._settle(pending)
+                    self.settle(pending)
                     pending = None
                     self.consistent = True
                 bar.update(self.t_host_max, lambda: float(self.ll.min()),
@@ -657,151 +560,27 @@ class BatchRunner:
             self._t0 = time.perf_counter()
         self.consistent = True
 
-    def _step(self) -> None:
+    def step(self) -> None:
         """One whole step: advance, then settle (read its events, log, checkpoint)."""
-        self._settle(self._advance())
+        self.settle(self.advance())
 
-    def _advance(self) -> _Pending:
-        """Queue one step on the device and commit it to the runner's state. No host-device
-        synchronization: acceptance, rollback, step size and the event flags stay on the device;
-        the flags start a non-blocking copy to the host that :meth:`_settle` reads."""
-        e, K = self.e, self.e.K
+    def advance(self) -> _Pending:
+        """Queue one step on the device (:func:`steepest.step.step`) and commit it to the
+        runner's state, with the events it raises. No host-device synchronization: acceptance,
+        rollback, step size and the event flags stay on the device; the flags start a
+        non-blocking copy to the host that :meth:`settle` reads."""
+        e = self.e
         before = self._snapshot() if self.pipelined else {}  # only a queued step is ever dropped
-        active = ~self.done
-        t_next = (self.t + 1).to(torch.float64)
-        log_eta = e.log_lr0 + self.log_alpha - e.decay * torch.log(t_next) + e.loss_power * (LOG_LOSS0 - self.ll)
-        if e.any_norm_power:
-            own = torch.empty(K, dtype=torch.float64, device=e.device)
-            for g in e.groups:
-                own = _scatter(own, g.idx, e.own_norms[g.indices[0]].stacked(_gather(self.params, g.idx)).to(torch.float64))
-            log_eta = log_eta + e.norm_power * torch.log(own)
-        # Groups partition the runs: with several groups, fill fresh tensors in place (one
-        # out-of-place index_copy per group would copy every parameter once per group).
-        new_params = list(self.params) if len(e.groups) == 1 else [torch.empty_like(p) for p in self.params]
-        new_states = []
-        log_dtau = torch.empty(K, dtype=torch.float64, device=e.device)
-        flow_parts = []
-        for gi, g in enumerate(e.groups):
-            algo = g.algo
-            pg, gg = _gather(self.params, g.idx), _gather(self.g, g.idx)
-            ll_g = _gather(self.ll, g.idx)
-            st = self.algo_states[gi]
-            if g.rescales:  # stateless-in-scale rules (plain steepest descent) skip the call
-                st = algo.stacked_rescale_state(st, _gather(self.frame, g.idx) - ll_g)
-            eta_g = _gather(log_eta, g.idx)
-            plain = e.any_flow and g.plain
-            if e.any_flow:
-                # (U(g) for plain rules, else None; ‖g‖_* in the own norm) at this θ: computed one
-                # step ago, when it was θ', by the error estimate.
-                here = self.dir_cache[gi] if self.dir_cache is not None else None
-                if here is None:
-                    own = e.own_norms[g.indices[0]]
-                    if plain:
-                        here = algo.norm.stacked_direction_and_dual(gg)
-                    else:
-                        here = (None, own.stacked_dual(gg))
-                u0, dual0 = here
-            if e.any_flow and not algo.normalized:
-                # flow: η is the step's length in the own norm, so the lr on ∇𝓛 is η/‖∇𝓛‖_*.
-                d0 = dual0.to(torch.float64)
-                d0 = torch.where(d0 > 0, d0, torch.ones_like(d0))
-                eta_g = torch.where(_gather(e.flow, g.idx), eta_g - ll_g - torch.log(d0), eta_g)
-                log_eta = _scatter(log_eta, g.idx, eta_g)
-            log_lr_eff = eta_g if algo.normalized else eta_g + ll_g
-            lr_eff = torch.exp(log_lr_eff).to(pg[0].dtype)
-            if plain:
-                upd, st_new = algo.stacked_step(pg, u0, dual0, st, lr_eff)
-            else:
-                upd, st_new = algo.stacked_update(pg, gg, st, lr_eff)
-            for j in range(len(new_params)):
-                if g.idx is None:
-                    new_params[j] = upd[j]
-                else:
-                    new_params[j].index_copy_(0, g.idx, upd[j])
-            new_states.append(st_new)
-            if e.any_flow:
-                flow_parts.append((pg, gg, st_new, lr_eff, here))
-            if algo.normalized:
-                dual = st_new["grad_dual"] if isinstance(st_new, dict) and "grad_dual" in st_new else e.own_norms[g.indices[0]].stacked_dual(gg)
-                dual = dual.to(torch.float64)
-                # g = 0 (e.g. every ReLU dead): the step moves nowhere, so no flow time passes.
-                safe = torch.where(dual > 0, dual, torch.ones_like(dual))
-                dt = torch.where(dual > 0, eta_g - ll_g - torch.log(safe), torch.full_like(dual, -math.inf))
-            else:
-                dt = eta_g
-            log_dtau = _scatter(log_dtau, g.idx, dt)
-        iteration = self.iteration + 1
-        batch = self._batch(iteration)
-        g2, ll2, out2 = e.evaluate(new_params, batch)
-        # Overflowing parameters show up in the outputs, so outputs, loss and gradients suffice.
-        finite = e._finite_runs(g2) & e._finite_runs([out2]) & torch.isfinite(ll2)
-        no_increase = ll2 <= self.ll
-        accept = active & finite & (~e.adaptive | no_increase)
-        if e.any_flow:
-            # a step too small to change log 𝓛 beyond rounding is no increase
-            slack = 64 * torch.finfo(e.dtype).eps * self.ll.abs().clamp(min=1.0)
-            no_increase_flow = ll2 <= self.ll + slack
-            log_err, log_err_loss, log_dual0, log_dual1, next_dirs = self._flow_log_error(
-                flow_parts, new_params, g2, ll2)
-            log_err = torch.nan_to_num(log_err, nan=math.inf)
-            log_err_loss = torch.nan_to_num(log_err_loss, nan=math.inf)
-            ok_dir = log_err <= e.log_tol
-            # The loss error of a step is f + c·h: c·h from the step (first order), f a floor
-            # from kinks (a ReLU switching on a support example, sign descent's coordinates
-            # chattering where their gradient crosses 0), which no step length removes: on
-            # MNIST it stayed at 2-4% for sign descent from α = 1e-1 down to 1e-13. The retry
-            # after a loss-error rollback is at most half as long; its error is a sample of the
-            # floor. The floor is the largest such sample, shrunk by 1% per accepted step, and
-            # only the error above it is held to tol/2. (Fitting the line through the two
-            # errors instead, or keeping only the last sample, let the noise of the floor
-            # ratchet α down to 1e-14: docs/late_phase.md.)
-            rej = self.rej_log_alpha
-            # (a retry that raised the loss overshot: its error is not a floor)
-            probe = (torch.isfinite(rej) & (self.log_alpha <= rej - math.log(2.0))
-                     & torch.isfinite(log_err_loss) & finite & no_increase_flow)
-            self.log_floor = torch.where(probe, torch.maximum(self.log_floor, log_err_loss),
-                                         self.log_floor)
-            self.rej_log_alpha = torch.where(probe, torch.full_like(rej, math.inf), rej)
-            excess = (torch.exp(log_err_loss) - torch.exp(self.log_floor)).clamp(min=0.0)
-            log_err_loss = torch.log(excess)
-            ok_loss = log_err_loss <= e.log_tol
-            within = finite & no_increase_flow & ok_dir & ok_loss
-            accept = torch.where(e.flow, active & within, accept)
-        rejected = active & ~accept
-        # α: ×up after a good loss-based step; ÷down (loss-based) or ÷2 (others) after a rollback.
-        self.log_alpha = self.log_alpha + torch.where(accept & e.adaptive, e.log_up, torch.zeros_like(self.log_alpha))
-        shrink = torch.where(e.adaptive, e.log_down, torch.full_like(e.log_down, math.log(2.0)))
-        if e.any_flow:
-            # Error control (Hairer, Nørsett & Wanner, Solving ODEs I, §II.4): a local error
-            # estimate of order O(h²) gives the next step h·min(2, max(0.2, 0.9·√(tol/err))).
-            log_err_ctl = torch.maximum(log_err, log_err_loss)
-            fac = (math.log(0.9) + 0.5 * (e.log_tol - log_err_ctl)).clamp(
-                math.log(0.2), math.log(2.0))
-            # A loss increase (or a non-finite value) halves α. (A ceiling learned from such
-            # rollbacks cut them from ~50% to 5% of the steps, but rode the edge: the smoothed
-            # margin fell more often for GD and coordinate descent stalled; docs/late_phase.md.)
-            bad = active & ~(finite & no_increase_flow)
-            fac = torch.where(bad, torch.full_like(fac, -math.log(2.0)), fac)
-            # After a loss-error rollback the retry is at most half as long (a first-order
-            # error halves with it; a floor does not).
-            loss_rejected = e.flow & active & finite & no_increase_flow & ok_dir & ~ok_loss
-            fac = torch.where(loss_rejected, fac.clamp(max=-math.log(2.0)), fac)
-            self.rej_log_alpha = torch.where(loss_rejected, self.log_alpha, self.rej_log_alpha)
-            self.log_floor = torch.where(accept, self.log_floor + math.log(0.99), self.log_floor)
-            self.log_alpha = torch.where(e.flow & active, self.log_alpha + fac, self.log_alpha)
-            shrink = torch.where(e.flow, torch.zeros_like(shrink), shrink)
-        self.log_alpha = self.log_alpha - torch.where(rejected, shrink, torch.zeros_like(shrink))
-        self.rollbacks = self.rollbacks + rejected.to(torch.long)
-        qmin2 = e.q_min(out2, e.y if batch is None else e.y[batch])
-        t_new = self.t + accept.to(torch.long)
-        qmin_new = torch.where(accept, qmin2, self.qmin)
-        ll_new = torch.where(accept, ll2, self.ll)
+        batch = self._batch(self.iteration + 1)
+        new, what = step(self.step_state(), e, e.groups, e.schedule, batch)
+        accept, active = what.accepted, what.active
+        t_new, ll_new = new.t, new.ll
         # Events, decided on the device: log-spaced steps, first separated step, end of run.
-        newly_separated = accept & (self.separated_at < 0) & (qmin_new > 0)
+        newly_separated = accept & (self.separated_at < 0) & (new.qmin > 0)
         finished = active & (t_new >= self.steps)
         if self.target is not None:
             finished = finished | (active & (ll_new <= self.target))
-        dead = active & (self.log_alpha < e.log_min_alpha)
+        dead = what.gave_up
         pos = torch.searchsorted(self.milestones, t_new).clamp(max=len(self.milestones) - 1)
         milestone = accept & (self.milestones[pos] == t_new)
         decade = torch.floor(torch.log10(torch.clamp(-ll_new, min=1.0))).to(torch.long)
@@ -815,111 +594,22 @@ class BatchRunner:
         if cuda:
             ready = torch.cuda.Event()
             ready.record(torch.cuda.current_stream(flags.device))  # the stream that runs the copy
-        # Commit: the iteration counter moves with the rest of the state (a half-done step is
-        # never checkpointed: ``consistent`` is False until the step is settled).
-        self.iteration = iteration
-        # A rejected run keeps its state as it was before the rescale (and its frame). A new
-        # list, never an edit of the old one: snapshots of earlier steps still hold that one.
-        self.algo_states = [_select_runs(_gather(accept, g.idx), new_states[gi], self.algo_states[gi])
-                            for gi, g in enumerate(e.groups)]
-        if e.any_flow:  # each run's direction for its next step: at θ' if accepted, else at θ
-            self.dir_cache = [_select_runs(_gather(accept, g.idx), next_dirs[gi], flow_parts[gi][4])
-                              for gi, g in enumerate(e.groups)]
-        self.frame = torch.where(accept, self.ll, self.frame)
-        self.params = [_where_runs(accept, n, o) for n, o in zip(new_params, self.params, strict=True)]
-        self.g = [_where_runs(accept, n, o) for n, o in zip(g2, self.g, strict=True)]
-        if e.any_flow:
-            x = (self.ll - ll2) + (log_dual0 - log_dual1)  # log-integrand change over the step
-            quad = log_dtau + _log_expm1_ratio(torch.nan_to_num(x))
-            log_dtau = torch.where(e.flow & torch.isfinite(x), quad, log_dtau)
-        self.log_flow = torch.where(accept, torch.logaddexp(self.log_flow, log_dtau), self.log_flow)
-        self.last_log_lr = torch.where(accept, log_eta, self.last_log_lr)
-        self.ll = ll_new
-        self.out = _where_runs(accept, out2, self.out) if batch is None else out2
-        self.qmin = qmin_new
-        self.t = t_new
+        # Commit (a half-done step is never checkpointed: ``consistent`` is False until the
+        # step is settled).
+        self.take_state(new)
         self.separated_at = torch.where(newly_separated, t_new, self.separated_at)
         self.decade = torch.maximum(decade, self.decade)
         self.done = self.done | finished | dead
         return _Pending(flags_host, ready, before, self._snapshot(), batch is None)
 
-    def _flow_log_error(self, parts, new_params: list[Tensor], g2: list[Tensor], ll2: Tensor
-                        ) -> tuple[Tensor, Tensor, Tensor, Tensor, list[Any]]:
-        """log of each flow run's two local error estimates for the step just taken, in
-        direction and in the loss (−inf elsewhere), log ‖g‖_* at θ and at θ' in the own norm
-        (for the step's flow time), and per group the (direction or None, ‖g‖_*) at θ', which
-        the next step starts from if this one is kept.
+    def step_state(self) -> StepState:
+        """The runner's step state (references, no copies)."""
+        return StepState(**{k: getattr(self, k) for k in STEP_FIELDS})
 
-        Embedded Euler–Heun pair: the step Δ = θ' − θ is explicit Euler; Heun's trapezoid would
-        take (Δ + Δ')/2, where Δ' is the step the rule takes from θ' with the same length. Their
-        difference, ‖Δ' − Δ‖₂/2, estimates Euler's local error (Hairer, Nørsett & Wanner,
-        Solving ODEs I, §II.4); it is divided by ‖θ‖₂ to be relative. No extra gradient: g(θ')
-        is the next step's gradient anyway."""
-        e, K = self.e, self.e.K
-        # A non-finite step is rejected anyway; zeros keep the SVDs of spectral rules defined.
-        new_params = [_finite_or_zero(x) for x in new_params]
-        g2 = [_finite_or_zero(x) for x in g2]
-        log_err = torch.full((K,), -math.inf, dtype=torch.float64, device=e.device)
-        log_err_loss = torch.full_like(log_err, -math.inf)
-        log_d0, log_d1 = torch.zeros_like(log_err), torch.zeros_like(log_err)
-        next_dirs: list[Any] = []
-        for gi, g in enumerate(e.groups):
-            pg, gg, st_new, lr_eff, (_, dual0) = parts[gi]
-            algo = g.algo
-            N = e.own_norms[g.indices[0]]
-            pn, gn = _gather(new_params, g.idx), _gather(g2, g.idx)
-            drop = _gather(_finite_or_zero(self.ll - ll2), g.idx)
-            d0 = dual0.to(torch.float64)
-            if g.plain:
-                # Plain steepest descent: Δ' = η·U(g') with η the step's length in the norm
-                # (for unnormalized rules lr·‖g‖_*); one direction at θ', no state.
-                u1, dual1 = N.stacked_direction_and_dual(gn)
-                eta = lr_eff if algo.normalized else lr_eff * dual0
-                nxt = [b - eta.reshape((-1,) + (1,) * (b.dim() - 1)) * u
-                       for b, u in zip(pn, u1, strict=True)]
-                next_dirs.append((u1, dual1))
-                max_drop = MAX_FLOW_DROP
-            else:
-                dual1 = N.stacked_dual(gn)
-                next_dirs.append((None, dual1))
-                # A rule with state (moments, momentum) averages past gradients of 𝓛: a step that
-                # drops log 𝓛 by more than 1 makes the last gradient outweigh the new one e-fold
-                # in that average, so the rule no longer follows its own flow; such steps are
-                # rejected (and the state rescaled by e^{drop} could overflow). Plain rules: 50.
-                # (Only plain steepest rules are unnormalized, so lr_eff is the step length here.)
-                max_drop = MAX_FLOW_DROP_STATEFUL if g.rescales else MAX_FLOW_DROP
-                st2 = st_new
-                if g.rescales:
-                    st2 = algo.stacked_rescale_state(st_new, drop.clamp(max=max_drop))
-                st2 = _tree_map(_finite_or_zero, st2)
-                nxt, _ = algo.stacked_update(pn, gn, st2, lr_eff)
-            d1 = dual1.to(torch.float64)
-            log_d0 = _scatter(log_d0, g.idx, torch.log(d0))
-            log_d1 = _scatter(log_d1, g.idx, torch.log(d1))
-            k = g.k
-            step = [b - a for a, b in zip(pg, pn, strict=True)]  # Δ = θ' − θ
-            step_next = [c - b for b, c in zip(pn, nxt, strict=True)]  # Δ' = θ'' − θ'
-            diff = torch.cat([(d - d1).reshape(k, -1)
-                              for d, d1 in zip(step, step_next, strict=True)], 1)
-            size = torch.cat([a.reshape(k, -1) for a in pg], 1).norm(dim=1)
-            err = diff.norm(dim=1).to(torch.float64) / (2 * size.to(torch.float64))
-            # The same pair in the loss. The flow lowers log 𝓛 by ∫⟨−∇log𝓛, dθ⟩; over the
-            # step its trapezoid is (s0 + s1)/2, s0 = ⟨−g, Δ⟩ and s1 = ⟨−g', Δ'⟩ (η‖g‖_* and
-            # η‖g'‖_* for plain rules). The actual drop differs from it by a share O(h) on
-            # the flow, and by O(1) past the loss's stability edge, where θ still moves little
-            # in direction (the error above stays small) while the weights e^{−q_i}/𝓛 that
-            # set the margins swing. Without this term, sign descent on the linear sparse
-            # teacher ran at that edge and ended at 0.50 of the ℓ∞ max margin
-            # (docs/late_phase.md).
-            s0 = -_dot_runs(gg, step, k)
-            s1 = -_dot_runs(gn, step_next, k)
-            scale = 0.5 * (s0.abs() + s1.abs())
-            scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-            err_loss = (drop - 0.5 * (s0 + s1)).abs() / scale
-            err = torch.where(drop > max_drop, torch.full_like(err, math.inf), err)
-            log_err = _scatter(log_err, g.idx, torch.log(err))
-            log_err_loss = _scatter(log_err_loss, g.idx, torch.log(err_loss))
-        return log_err, log_err_loss, log_d0, log_d1, next_dirs
+    def take_state(self, state: StepState) -> None:
+        """Adopt ``state`` (from :func:`steepest.step.step`) as the runner's step state."""
+        for k in STEP_FIELDS:
+            setattr(self, k, getattr(state, k))
 
     _STATE = ("params", "g", "ll", "out", "qmin", "algo_states", "dir_cache", "frame", "log_alpha",
               "rej_log_alpha", "log_floor",
@@ -946,7 +636,7 @@ class BatchRunner:
         finally:
             self._restore(now)
 
-    def _settle(self, p: _Pending) -> None:
+    def settle(self, p: _Pending) -> None:
         """Read a step's event flags (the only wait on the device, for that step's copy only),
         then act on them as of that step: log, statuses, checkpoint."""
         K = self.e.K
@@ -1092,7 +782,7 @@ def _tree_bytes(tree: Any) -> int:
         total += x.numel() * x.element_size()
         return x
 
-    _tree_map(add, tree)
+    tree_map(add, tree)
     return total
 
 

@@ -47,16 +47,42 @@ halves α ("retry with a smaller step"); ``loss_based`` and ``flow`` also roll b
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
-__all__ = ["Schedule", "schedule", "schedule_names", "SCHEDULES"]
+__all__ = ["Schedule", "BatchedSchedule", "log_step_size", "schedule", "schedule_names",
+           "SCHEDULES"]
 
 LOG_LOSS0 = math.log(math.log(10.0))  # Lyu & Li's 𝓛₀ = log 10
 FLOW_TOL = 0.05
+
+
+def log_step_size(log_lr: Tensor | float, log_alpha: Tensor | float, t: Tensor | float,
+                  decay: Tensor | float | None = None,
+                  loss_power: Tensor | float | None = None, log_loss0: Tensor | float = 0.0,
+                  log_loss: Tensor | float = 0.0,
+                  norm_power: Tensor | float | None = None,
+                  log_norm: Tensor | float = 0.0) -> Tensor:
+    """The schedule formula of this module's docstring, elementwise in float64:
+
+        log η_t = log lr + log α_t − decay·log t + loss_power·(log 𝓛₀ − log 𝓛_t)
+                  + norm_power·log ‖θ_t‖
+
+    A power passed as None is zero, and its term is left out (so an infinite log there does
+    not make NaN). The one copy of the formula: :meth:`Schedule.log_lr` (one run) and
+    :meth:`BatchedSchedule.log_eta` (K runs, the training step) both call it."""
+    out = log_lr + torch.as_tensor(log_alpha, dtype=torch.float64)
+    if decay is not None:
+        out = out - decay * torch.log(torch.as_tensor(t, dtype=torch.float64))
+    if loss_power is not None:
+        out = out + loss_power * (log_loss0 - torch.as_tensor(log_loss, dtype=torch.float64))
+    if norm_power is not None:
+        out = out + norm_power * torch.as_tensor(log_norm, dtype=torch.float64)
+    return out
 
 
 @dataclass(frozen=True)
@@ -92,13 +118,10 @@ class Schedule:
         log_alpha: Tensor | float = 0.0,
     ) -> Tensor:
         """log η_t for step t ≥ 1 (tensors broadcast, so K runs are handled at once)."""
-        t = torch.as_tensor(t, dtype=torch.float64)
-        out = math.log(self.lr) + torch.as_tensor(log_alpha, dtype=torch.float64) - self.decay * torch.log(t)
-        if self.loss_power:
-            out = out + self.loss_power * (self.log_loss0 - torch.as_tensor(log_loss, dtype=torch.float64))
-        if self.norm_power:
-            out = out + self.norm_power * torch.as_tensor(log_norm, dtype=torch.float64)
-        return out
+        return log_step_size(math.log(self.lr), log_alpha, t, decay=self.decay,
+                             loss_power=self.loss_power or None, log_loss0=self.log_loss0,
+                             log_loss=log_loss,
+                             norm_power=self.norm_power or None, log_norm=log_norm)
 
     def __call__(self, t: float, log_loss: float = 0.0, norm: float = 1.0, alpha: float = 1.0) -> float:
         """η_t as a float, for users' own loops."""
@@ -110,6 +133,93 @@ class Schedule:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class BatchedSchedule:
+    """The schedules of K runs as (K,) float64 (or bool) tensors on one device: what one
+    batched step (:func:`steepest.step.step`) reads. Build it with :meth:`of`.
+
+    ``norm_floor``: ‖θ‖ in the formula is max(‖θ‖, norm_floor); a loop that starts at θ = 0
+    (the linear reproduction) needs 1, or a norm-scaled step would stay 0 forever."""
+
+    log_lr: Tensor
+    decay: Tensor
+    loss_power: Tensor
+    log_loss0: Tensor
+    norm_power: Tensor
+    adaptive: Tensor
+    log_up: Tensor
+    log_down: Tensor
+    log_min_alpha: Tensor
+    flow: Tensor
+    log_tol: Tensor
+    norm_floor: float = 0.0
+
+    @classmethod
+    def of(cls, schedules: Sequence[Schedule | Mapping[str, Any]],
+           device: torch.device | str = "cpu",
+           norm_floor: float = 0.0) -> BatchedSchedule:
+        """From one schedule (or its ``to_dict()``) per run."""
+        sch = [s.to_dict() if isinstance(s, Schedule) else dict(s) for s in schedules]
+        if not sch:
+            raise ValueError("a batch needs at least one schedule")
+        f64 = dict(dtype=torch.float64, device=device)
+
+        def col(fn: Any, **kw: Any) -> Tensor:
+            return torch.tensor([fn(s) for s in sch], **(kw or f64))
+
+        return cls(
+            log_lr=col(lambda s: math.log(s["lr"])),
+            decay=col(lambda s: s["decay"]),
+            loss_power=col(lambda s: s["loss_power"]),
+            log_loss0=col(lambda s: s.get("log_loss0", LOG_LOSS0)),
+            norm_power=col(lambda s: s["norm_power"]),
+            adaptive=col(lambda s: bool(s["adaptive"]), device=device),
+            log_up=col(lambda s: math.log(s["up"])),
+            log_down=col(lambda s: math.log(s["down"])),
+            log_min_alpha=col(lambda s: math.log(s["min_alpha"])),
+            flow=col(lambda s: bool(s.get("flow", False)), device=device),
+            # The local error bound is tol/2: with it the global deviation from a tight
+            # solve_ivp stayed within tol in every smooth test (tests/test_flow.py); with tol
+            # it did not.
+            log_tol=col(lambda s: math.log(s["tol"] / 2) if s.get("flow") else 0.0),
+            norm_floor=float(norm_floor),
+        )
+
+    def __post_init__(self) -> None:
+        # Decided once, on the host, so that a step never branches on a device tensor; a term
+        # that is zero for every run is left out (x + 0 = x: the same numbers, fewer ops).
+        for name, col in (("any_decay", self.decay), ("any_loss_power", self.loss_power),
+                          ("any_norm_power", self.norm_power)):
+            object.__setattr__(self, name, bool((col != 0).any()))
+        object.__setattr__(self, "any_flow", bool(self.flow.any()))
+        object.__setattr__(self, "any_adaptive", bool(self.adaptive.any()))
+        # log α falls by this after a rollback: ÷down (loss-based), ÷2 (others); flow runs set
+        # their own α (``steepest.step``).
+        halve = torch.full_like(self.log_down, math.log(2.0))
+        shrink = torch.where(self.adaptive, self.log_down, halve)
+        shrink = torch.where(self.flow, torch.zeros_like(shrink), shrink)
+        object.__setattr__(self, "log_shrink", shrink)
+
+    def __len__(self) -> int:
+        return int(self.log_lr.shape[0])
+
+    def log_eta(self, t: Tensor, log_loss: Tensor, log_alpha: Tensor,
+                norm: Tensor | None = None) -> Tensor:
+        """log η_t per run (:func:`log_step_size`); ``norm`` is ‖θ‖ in each run's own norm,
+        needed only when ``any_norm_power``."""
+        log_norm: Tensor | float = 0.0
+        if self.any_norm_power:
+            if norm is None:
+                raise ValueError("a norm-scaled schedule needs the parameter norm")
+            log_norm = torch.log(norm.clamp(min=self.norm_floor) if self.norm_floor > 0 else norm)
+        return log_step_size(self.log_lr, log_alpha, t,
+                             decay=self.decay if self.any_decay else None,
+                             loss_power=self.loss_power if self.any_loss_power else None,
+                             log_loss0=self.log_loss0, log_loss=log_loss,
+                             norm_power=self.norm_power if self.any_norm_power else None,
+                             log_norm=log_norm)
 
 
 def _constant(lr: float) -> Schedule:

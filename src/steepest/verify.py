@@ -686,7 +686,7 @@ class _Loader:
         if rec.id not in run_ids:
             raise KeyError(f"run {rec.id} is not in checkpoint {path} (it holds runs {run_ids})")
         i = run_ids.index(rec.id)
-        model = eng._build_model(rec.seed).to(torch.float64)
+        model = eng.model_for_seed(rec.seed).to(torch.float64)
         names = [n for n, _ in model.named_parameters()]
         if list(sd["names"]) != names:
             raise ValueError(

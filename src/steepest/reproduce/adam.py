@@ -2,9 +2,9 @@
 
 Spec §2.4, §4.1 F2, §4.2, §5 item 11, A.3, A.6. The engine batch trains GD, sign descent and
 Adam variants from a common separated state; a separate single-run loop (:func:`adam_drift_trace`)
-re-runs Adam with :class:`steepest.adaptive.AdamRule` exactly as the engine does (it is fed
-∇log𝓛 = ∇𝓛/𝓛 and ``rescale_state(state, log𝓛_prev − log𝓛)``), because the engine does not store
-optimizer state. From that state the *true* second moment is recovered:
+re-runs Adam with the engine's own step (:func:`steepest.step.run_steps`: the rule is fed
+∇log𝓛 = ∇𝓛/𝓛 and ``rescale_state(state, log𝓛_prev − log𝓛)``) and a hook that reads the rule's
+state, which the engine does not store. From that state the *true* second moment is recovered:
 
     √v̂_true = √v̂_fed · e^{−s},  s = ``log_grad_scale`` = −log𝓛 of the frame the state is in,
 
@@ -31,11 +31,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from ..adaptive import AdamRule  # noqa: E402
 from ..config import load_config  # noqa: E402
 from ..data import load_dataset  # noqa: E402
 from ..engine import Engine, warm_start_params  # noqa: E402
 from ..plots import save_figure  # noqa: E402
+from ..step import StepOutcome, StepState, initial_state, run_steps  # noqa: E402
 from .common import (  # noqa: E402
     BatchRuns,
     batch_configs,
@@ -106,9 +106,9 @@ def adam_drift_trace(cfg: dict[str, Any], *, eps: float, betas: tuple[float, flo
     """One Adam run from the config's warm start, logging the true √v̂ against ε.
 
     ``cfg`` is an engine config (data, model, loss, warm_start); its algorithms are replaced by
-    Adam(betas, eps) with η_t = lr·t^{−a}, seed ``seed``. The loop is the engine's for one
-    run: g = ∇log𝓛, ``state = rule.rescale_state(state, frame − log𝓛)`` (frame = the log𝓛 the
-    state was expressed in, 0 initially), ``rule.update`` with η_t = exp(log lr − a log t).
+    Adam(betas, eps) with η_t = lr·t^{−a}, seed ``seed``. The steps are the engine's
+    (:func:`steepest.step.step`: g = ∇log𝓛, the state rescaled to the frame of the current
+    log 𝓛, a non-finite step rolled back and retried with half the step).
     Columns (at log-spaced steps): step, log_loss, log10_sqrt_vhat = log10 of the median over
     coordinates with v > 0 of √v̂_true = √(v/(1−β2^t))·e^{−s}, frac_below_eps (share of those
     coordinates with √v̂_true < ε), margin_linf, margin_l2, margin_spectral (engine metrics).
@@ -126,46 +126,37 @@ def adam_drift_trace(cfg: dict[str, Any], *, eps: float, betas: tuple[float, flo
     params = engine.init_params()
     if ecfg.warm_start is not None:
         params, _ = warm_start_params(ecfg, data, engine, params)
-    rule = AdamRule(tuple(betas), eps)
     b2 = float(betas[1])
-    g, ll, out = engine.evaluate(params)
-    p1 = [x[0] for x in params]
-    state = rule.init(p1)
-    frame = torch.zeros((), dtype=torch.float64)
+    state = initial_state(engine, engine.groups, params)
     when = _record_steps(steps)
     rows: dict[str, list[float]] = {k: [] for k in ("step", "log_loss", "log10_sqrt_vhat", "frac_below_eps",
                                                     "margin_linf", "margin_l2", "margin_spectral")}
 
-    def record(t: int) -> None:
-        met = engine.metrics(params, g, ll, out)
-        v = torch.cat([x.reshape(-1) for x in state["exp_avg_sq"]])
+    def record(st: StepState) -> None:
+        t = int(st.t[0])
+        met = engine.metrics(st.params, st.g, st.ll, st.out)
+        adam = st.algo_states[0]
+        v = torch.cat([x[0].reshape(-1) for x in adam["exp_avg_sq"]])
         bc2 = 1.0 - b2 ** max(t, 1) if t > 0 else 1.0
         pos = v > 0
         if bool(pos.any()):
             # log √v̂_true = ½ log(v/bc2) − s, in log space: v_fed ~ e^{2s} v_true can be huge.
-            log_sv = 0.5 * (torch.log(v[pos]) - math.log(bc2)) - state["log_grad_scale"]
+            log_sv = 0.5 * (torch.log(v[pos]) - math.log(bc2)) - adam["log_grad_scale"][0]
             med = float(torch.median(log_sv)) / math.log(10.0)
             frac = float((log_sv < math.log(eps)).double().mean()) if eps > 0 else 0.0
         else:
             med, frac = float("nan"), float("nan")
-        for k, val in (("step", t), ("log_loss", float(ll[0])), ("log10_sqrt_vhat", med), ("frac_below_eps", frac),
+        for k, val in (("step", t), ("log_loss", float(st.ll[0])), ("log10_sqrt_vhat", med), ("frac_below_eps", frac),
                        ("margin_linf", float(met["margin_linf"][0])), ("margin_l2", float(met["margin_l2"][0])),
                        ("margin_spectral", float(met["margin_spectral"][0]))):
             rows[k].append(float(val))
 
-    record(0)
-    for t in range(1, steps + 1):
-        st = rule.rescale_state(state, frame - ll[0])
-        lr_t = torch.exp(torch.tensor(math.log(lr) - a * math.log(t), dtype=torch.float64))
-        p_new, st_new = rule.update(p1, [x[0] for x in g], st, lr_t)
-        stacked = [x.unsqueeze(0) for x in p_new]
-        g2, ll2, out2 = engine.evaluate(stacked)
-        if not (bool(torch.isfinite(ll2).all()) and all(bool(torch.isfinite(x).all()) for x in g2)):
-            break  # a non-finite step ends the trace (the engine would retry with a smaller step)
-        frame = ll[0]
-        p1, state, params, g, ll, out = p_new, st_new, stacked, g2, ll2, out2
-        if t in when:
-            record(t)
+    def on_step(st: StepState, what: StepOutcome) -> None:
+        if bool(what.accepted[0]) and int(st.t[0]) in when:
+            record(st)
+
+    record(state)
+    run_steps(state, engine, engine.groups, engine.schedule, steps, on_step=on_step)
     return {k: np.asarray(v, dtype=float) for k, v in rows.items()}
 
 

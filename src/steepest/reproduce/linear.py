@@ -7,13 +7,13 @@ steepest descent w.r.t. a norm N drives γ_N(θ) = min_i y_i⟨θ, x_i⟩ / ‖�
 algorithm stays below γ*_N in norm N (the "flavor matrix"). Adam with ε = 0 follows sign descent
 (ℓ∞); with a large ε its late phase is gradient descent with momentum (ℓ2).
 
-Training uses a direct loop (:func:`train_linear`) instead of the engine: a 60-parameter model
-needs ~10⁴–10⁵ steps, and the loop is ~10× faster per step. It runs the package's own pieces
-unchanged — :func:`steepest.algorithms.algorithm` rules (``update`` and ``rescale_state``),
-:class:`steepest.schedules.Schedule` (``log_lr``) — and the engine's late-phase conventions: the
-rules receive ∇log𝓛, unnormalized rules take exp(log η + log 𝓛), stateful rules are rescaled by
-log 𝓛_prev − log 𝓛_now, and a non-finite step is rolled back with α halved (``loss_based`` also
-rolls back loss increases and grows α by ``up`` after a good step).
+Training uses a small loop (:func:`train_linear`) instead of the engine's runner, with no store
+or checkpoints: a 60-parameter model needs ~10⁴–10⁵ steps and records a few numbers per step. Its
+steps are the package's one training step (:func:`steepest.step.step`), so every late-phase
+convention of the engine holds: the rules receive ∇log𝓛, unnormalized rules take
+exp(log η + log 𝓛), stateful rules are rescaled by log 𝓛_prev − log 𝓛_now, a non-finite step is
+rolled back with α halved (``loss_based`` also rolls back loss increases and grows α by ``up``
+after a good step).
 
 Progressive norm rescaling (Wang, Min & Wu 2023, arXiv 2311.14387, "PRGD") is the one piece the
 engine's schedule formula cannot express: after each step θ is radially moved to the sphere
@@ -34,7 +34,8 @@ import torch
 
 from ..algorithms import Algorithm, algorithm
 from ..oracles import max_margin
-from ..schedules import Schedule, schedule
+from ..schedules import BatchedSchedule, Schedule, schedule
+from ..step import RuleGroup, StepOutcome, StepState, initial_state, run_steps
 from .report import Report
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "LinearTrace",
     "make_data",
     "oracles",
+    "LinearObjective",
     "train_linear",
     "run",
 ]
@@ -128,6 +130,29 @@ def _log_spaced(steps: int, per_decade: int = 20) -> set[int]:
     return set(pts.tolist()) | {steps}
 
 
+class LinearObjective:
+    """log 𝓛 of a linear model with the exponential loss, as :func:`steepest.step.step` needs it
+    (one run, full batch): q = Aθ with A = y ⊙ X, log 𝓛 = logsumexp(−q),
+    g = ∇log𝓛 = −Aᵀ softmax(−q). The outputs it returns are the margins q themselves."""
+
+    K = 1
+    device = torch.device("cpu")
+    dtype = torch.float64
+
+    def __init__(self, A: torch.Tensor):
+        self.A = A
+
+    def evaluate(self, params: list[torch.Tensor], batch: torch.Tensor | None = None
+                 ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+        q = self.A @ params[0][0]
+        ll = torch.logsumexp(-q, 0)
+        p = torch.exp(-q - ll)
+        return [-(self.A.T @ p)[None]], ll[None], q[None]
+
+    def batch_q_min(self, out: torch.Tensor, batch: torch.Tensor | None = None) -> torch.Tensor:
+        return out.min(dim=1).values
+
+
 def train_linear(
     X: np.ndarray,
     y: np.ndarray,
@@ -145,11 +170,11 @@ def train_linear(
 ) -> LinearTrace:
     """Train θ ∈ R^d from θ₀ = 0 with ``algo`` (a package rule) and ``sched`` (a package schedule).
 
-    Each step: q = y ⊙ Xθ, log 𝓛 = logsumexp(−q), g = ∇log𝓛 = −Xᵀ(y ⊙ softmax(−q));
-    log η_t = ``sched.log_lr(t, log 𝓛, log max(‖θ‖_own, 1), log α)`` (the floor 1 only matters at
-    θ₀ = 0, where the ``norm_scaled`` η would be 0 forever); θ, state ← ``algo.update`` with lr η
-    (normalized rules) or η·𝓛 (unnormalized rules, exactly as the engine). Optional ``rescale``
-    (PRGD, see :class:`Rescale`) after each step.
+    The steps are the package's one training step (:func:`steepest.step.step`, one run) on
+    :class:`LinearObjective`, with every late-phase convention of the engine, ``flow``
+    included. The ‖θ‖ of a norm-scaled schedule is max(‖θ‖_own, 1): at θ₀ = 0 the step would
+    otherwise be 0 forever. Optional ``rescale`` (PRGD, see :class:`Rescale`) moves each
+    proposal before it is evaluated.
 
     Records γ_N/γ*_N for every N in ``gammas`` at log-spaced steps, and the first step (and
     elapsed seconds, measured without the recording overhead) at which the own-norm ratio reaches
@@ -159,60 +184,33 @@ def train_linear(
     own = _own_name(rule)
     Xt = torch.as_tensor(X, dtype=torch.float64)
     yt = torch.as_tensor(y, dtype=torch.float64)
-    A = yt[:, None] * Xt  # q = A θ
-    d = A.shape[1]
-    theta = torch.zeros(d, dtype=torch.float64)
+    objective = LinearObjective(yt[:, None] * Xt)  # q = A θ
+    d = Xt.shape[1]
     norm_fns = {n: _norm_fn(n) for n in gammas}
     own_fn = _norm_fn(own)
     g_own = gammas[own]
-    state = rule.init([theta])
-    rescales = type(rule).rescale_state is not Algorithm.rescale_state
+    groups = [RuleGroup(rule, [0], 1, rule.predicted_norm)]
+    batched = BatchedSchedule.of([sched], norm_floor=1.0)
     record = _log_spaced(steps, per_decade)
     rec_steps: list[int] = []
     rec_ratios: dict[str, list[float]] = {n: [] for n in gammas}
     rec_ll: list[float] = []
     hits: dict[float, int | None] = {th: None for th in thresholds}
     hit_sec: dict[float, float | None] = {th: None for th in thresholds}
-    log_alpha = 0.0
-    frame = 0.0
-    rollbacks = 0
-
-    def evaluate(th: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        q = A @ th
-        ll = torch.logsumexp(-q, 0)
-        p = torch.exp(-q - ll)
-        return q, ll, -(A.T @ p)
-
-    q, ll, g = evaluate(theta)
-    t = 0
     rec_time = 0.0
-    t0 = time.perf_counter()
-    while t < steps:
-        rho = float(own_fn(theta))
-        log_eta = float(sched.log_lr(t + 1, float(ll), math.log(max(rho, 1.0)), log_alpha))
-        st = rule.rescale_state(state, torch.tensor(frame - float(ll), dtype=torch.float64)) if rescales else state
-        lr = math.exp(log_eta if rule.normalized else log_eta + float(ll))
-        new, st_new = rule.update([theta], [g], st, lr)
-        cand = new[0]
-        if rescale is not None:
-            R = rescale.radius(t + 1)
-            rn = float(own_fn(cand))
-            if 0 < rn < R:
-                cand = cand * (R / rn)
-        q2, ll2, g2 = evaluate(cand)
-        finite = bool(torch.isfinite(ll2)) and bool(torch.isfinite(cand).all())
-        if not finite or (sched.adaptive and float(ll2) > float(ll)):
-            log_alpha -= math.log(sched.down) if sched.adaptive else math.log(2.0)
-            rollbacks += 1
-            if log_alpha < math.log(sched.min_alpha):
-                break
-            continue
-        if sched.adaptive:
-            log_alpha += math.log(sched.up)
-        frame = float(ll)
-        theta, state, q, ll, g = cand, st_new, q2, ll2, g2
-        t += 1
-        qmin = float(q.min())
+
+    def record_row(t: int, theta: torch.Tensor, qmin: float, ll: float) -> None:
+        rec_steps.append(t)
+        for n, fn in norm_fns.items():
+            rec_ratios[n].append(qmin / float(fn(theta)) / gammas[n])
+        rec_ll.append(ll)
+
+    def on_step(state: StepState, what: StepOutcome) -> bool:
+        nonlocal rec_time
+        if not bool(what.accepted[0]):
+            return False
+        t, theta = int(state.t[0]), state.params[0][0]
+        qmin = float(state.qmin[0])
         ratio = qmin / float(own_fn(theta)) / g_own
         for th in thresholds:
             if hits[th] is None and ratio >= th:
@@ -220,25 +218,29 @@ def train_linear(
                 hit_sec[th] = time.perf_counter() - t0 - rec_time
         if t in record:
             r0 = time.perf_counter()
-            rec_steps.append(t)
-            for n, fn in norm_fns.items():
-                rec_ratios[n].append(qmin / float(fn(theta)) / gammas[n])
-            rec_ll.append(float(ll))
+            record_row(t, theta, qmin, float(state.ll[0]))
             rec_time += time.perf_counter() - r0
-        if stop_at is not None and ratio >= stop_at:
-            break
+        return stop_at is not None and ratio >= stop_at
+
+    def prgd(proposal: list[torch.Tensor], state: StepState) -> list[torch.Tensor]:
+        assert rescale is not None
+        R = rescale.radius(int(state.t[0]) + 1)
+        rn = float(own_fn(proposal[0][0]))
+        return [proposal[0] * (R / rn)] if 0 < rn < R else proposal
+
+    state = initial_state(objective, groups, [torch.zeros(1, d, dtype=torch.float64)])
+    t0 = time.perf_counter()
+    state = run_steps(state, objective, groups, batched, steps, on_step=on_step,
+                      transform=prgd if rescale is not None else None)
     seconds = time.perf_counter() - t0 - rec_time
+    t, theta = int(state.t[0]), state.params[0][0]
     if not rec_steps or rec_steps[-1] != t:
-        qmin = float(q.min())
-        rec_steps.append(t)
-        for n, fn in norm_fns.items():
-            rec_ratios[n].append(qmin / float(fn(theta)) / gammas[n])
-        rec_ll.append(float(ll))
+        record_row(t, theta, float(state.qmin[0]), float(state.ll[0]))
     return LinearTrace(
         label=label or rule.name, own=own, steps=np.array(rec_steps), ratios={n: np.array(v) for n, v in rec_ratios.items()},
         log_loss=np.array(rec_ll), hit_steps=hits, hit_seconds=hit_sec,
         final={n: float(v[-1]) for n, v in rec_ratios.items()}, seconds=seconds, theta=theta.numpy().copy(),
-        rollbacks=rollbacks,
+        rollbacks=int(state.rollbacks[0]),
     )
 
 
