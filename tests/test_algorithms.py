@@ -210,7 +210,8 @@ def test_rule_accepts_norm_objects():
     assert not s.normalized and s.hyperparams == {"norm": "max-spectral", "normalized": False}
 
 
-@pytest.mark.parametrize("name", ["gd", "ngd", "sign", "cd", "spectral", "lp", "adam", "muon-adam"])
+@pytest.mark.parametrize("name", ["gd", "ngd", "sign", "cd", "spectral", "lp", "adam", "adam-eps", "signum",
+                                  "muon-adam"])
 def test_stacked_update_matches_the_single_run_update(name):
     """``stacked_update`` (the engine's path: native batching for steepest rules, vmap for the
     rest) gives each run's own ``update`` with its own lr, over three steps with state.
@@ -218,8 +219,8 @@ def test_stacked_update_matches_the_single_run_update(name):
     rtol 1e-13: the same float64 operations per run; batching changes at most the reduction
     order inside a norm (a few ulps), which three steps do not amplify beyond 1e-13.
     """
-    kw = {"p": 3} if name == "lp" else {}
-    a = algorithm(name, **kw)
+    kw = {"lp": {"p": 3}, "adam-eps": {"eps": 1e-3}}.get(name, {})
+    a = algorithm(name.removesuffix("-eps"), **kw)  # adam-eps: ε > 0, rescaled with the state
     g = torch.Generator().manual_seed(7)
     K = 4
     P = [torch.randn(K, 3, 5, generator=g, dtype=torch.float64), torch.randn(K, 1, 3, generator=g, dtype=torch.float64)]
@@ -237,6 +238,17 @@ def test_stacked_update_matches_the_single_run_update(name):
     if "grad_dual" in S:
         for i, (_, s) in enumerate(singles):
             torch.testing.assert_close(S["grad_dual"][i], s["grad_dual"], rtol=1e-13, atol=0)
+    # The state re-expressed for rescaled gradients (the engine's frame change, a different
+    # factor per run), then one more step: still each run's own.
+    lf = torch.tensor([0.5, -3.0, 0.0, 40.0], dtype=torch.float64)
+    S = a.stacked_rescale_state(S, lf)
+    singles = [(p, a.rescale_state(s, lf[i])) for i, (p, s) in enumerate(singles)]
+    G = [torch.randn(x.shape, generator=g, dtype=torch.float64) for x in P]
+    P, S = a.stacked_update(P, G, S, lrs)
+    singles = [a.update(p, [x[i] for x in G], s, float(lrs[i])) for i, (p, s) in enumerate(singles)]
+    for i, (p, _) in enumerate(singles):
+        for x, r in zip(P, p, strict=True):
+            torch.testing.assert_close(x[i], r, rtol=1e-13, atol=1e-15)
     # A float lr applies to every run, as in update().
     P1, _ = a.stacked_update(P, G, S, 0.1)
     P2, _ = a.stacked_update(P, G, S, torch.full((K,), 0.1, dtype=torch.float64))

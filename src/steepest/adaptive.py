@@ -208,6 +208,11 @@ def _eps_now(eps: float, state: State, power: float = 1.0, dtype: torch.dtype | 
     return out if dtype is None else out.to(dtype)
 
 
+def _per_run(x: Tensor, like: Tensor) -> Tensor:
+    """A per-run vector (K,) shaped to broadcast over a stacked tensor (K, ...)."""
+    return x.reshape((-1,) + (1,) * (like.dim() - 1))
+
+
 def _step0(params: Sequence[Tensor]) -> Tensor:
     if len(params) == 0:
         raise ValueError("params must hold at least one tensor; got an empty list")
@@ -378,6 +383,54 @@ class AdamRule(Algorithm):
             "log_grad_scale": state["log_grad_scale"],
         }
 
+
+    # K runs on a leading axis without vmap: the elementwise operations of ``init``,
+    # ``rescale_state`` and ``update`` in the same order, each per-run scalar (step, lr, ε in
+    # the frame, the rescale factor) broadcast over its run. vmap's per-op dispatch made a
+    # one-run step several times slower than this (the linear reproduction's Adam rows).
+    def stacked_init(self, params: Sequence[Tensor]) -> State:
+        p0 = params[0]
+        zero = torch.zeros(p0.shape[0], dtype=p0.dtype, device=p0.device)
+        return {
+            "step": zero,
+            "exp_avg": [torch.zeros_like(p) for p in params],
+            "exp_avg_sq": [torch.zeros_like(p) for p in params],
+            "grad_dual": zero,
+            "log_grad_scale": torch.zeros(p0.shape[0], dtype=torch.float64, device=p0.device),
+        }
+
+    def stacked_rescale_state(self, state: State, log_factor: Tensor) -> State:
+        def scaled(xs: Sequence[Tensor], power: float) -> list[Tensor]:
+            return [x * _per_run(torch.exp(power * log_factor).to(x.dtype), x) for x in xs]
+
+        return {
+            **state,
+            "exp_avg": scaled(state["exp_avg"], 1.0),
+            "exp_avg_sq": scaled(state["exp_avg_sq"], 2.0),
+            "log_grad_scale": state["log_grad_scale"] + log_factor,
+        }
+
+    def stacked_update(self, params, grads, state, lr):
+        b1, b2 = self.betas
+        t = state["step"] + 1
+        eps = _eps_now(self.eps, state, dtype=params[0].dtype)
+        p0 = params[0]
+        lr = torch.as_tensor(lr, dtype=p0.dtype, device=p0.device).expand(t.shape)
+        new_p, new_m, new_v = [], [], []
+        for p, g, m, v in zip(params, grads, state["exp_avg"], state["exp_avg_sq"], strict=True):
+            m, v = _adam_moments(m, v, g, b1, b2)
+            eps_p = _per_run(eps, p) if isinstance(eps, Tensor) else eps
+            ratio, inv_bc1 = _adam_ratio(m, v, _per_run(t, p), b1, b2, eps_p, self.bias_correction)
+            new_p.append(p - (_per_run(lr, p) * inv_bc1) * ratio)
+            new_m.append(m)
+            new_v.append(v)
+        return new_p, {
+            "step": t,
+            "exp_avg": new_m,
+            "exp_avg_sq": new_v,
+            "grad_dual": self.predicted_norm.stacked_dual(grads),
+            "log_grad_scale": state["log_grad_scale"],
+        }
 
 # ----------------------------------------------------------------------------- momentum methods
 
