@@ -243,14 +243,14 @@ def test_alignment_equals_the_conic_program(kind, seed):
     default gaps are 1e-8 relative on O(1) values."""
     import cvxpy as cp
 
-    from steepest.kkt import _optimized_alignment
+    from steepest.kkt import optimized_alignment
 
     rng = np.random.default_rng(seed)
     H = rng.standard_normal((6, 40))
     theta = rng.standard_normal(40) + 0.5 * H[0] + 0.3 * H[2]  # partly inside the cone
     N = get_norm(kind)
     rho = float(N([torch.from_numpy(theta)]))
-    fast, _ = _optimized_alignment(H, [theta], N, rho)
+    fast, _ = optimized_alignment(H, [theta], N, rho)
     lam = cp.Variable(6, nonneg=True)
     v = H.T @ lam
     dual = {"l1": cp.norm_inf(v), "l2": cp.norm(v, 2), "linf": cp.norm1(v)}[kind]
@@ -267,16 +267,16 @@ def test_l2_least_slackness_stage_in_row_space_equals_full_space(seed):
     1e-6 on λ: both are Clarabel solutions (gaps 1e-8 relative) of the same convex program."""
     import cvxpy as cp
 
-    from steepest.kkt import _cap, _solve_l2
+    from steepest.kkt import l2_multipliers, stage2_cap
 
     rng = np.random.default_rng(seed)
     H = rng.standard_normal((8, 300))
     theta = H.T @ np.abs(rng.standard_normal(8)) + 0.05 * rng.standard_normal(300)
     theta /= np.linalg.norm(theta)
     gap = np.abs(rng.standard_normal(8)) * (np.arange(8) % 2)
-    r, lam, solver, _ = _solve_l2(H, theta, gap)
+    r, lam, solver, _ = l2_multipliers(H, theta, gap)
     assert solver == "scipy-nnls+clarabel"  # the second stage ran (no silent fallback)
     var = cp.Variable(8, nonneg=True)
-    cp.Problem(cp.Minimize(gap @ var), [cp.norm(theta - H.T @ var, 2) <= _cap(r)]).solve(solver=cp.CLARABEL)
+    cp.Problem(cp.Minimize(gap @ var), [cp.norm(theta - H.T @ var, 2) <= stage2_cap(r)]).solve(solver=cp.CLARABEL)
     assert np.abs(lam - np.maximum(var.value, 0.0)).max() < 1e-6
-    assert np.linalg.norm(theta - H.T @ lam) <= _cap(r) * (1 + 1e-6)
+    assert np.linalg.norm(theta - H.T @ lam) <= stage2_cap(r) * (1 + 1e-6)

@@ -304,7 +304,7 @@ class Engine:
                 return cache[key]
             if isinstance(N, LpNorm):
                 ap, ag = (abs_p, abs_g) if idx is None else (abs_p.index_select(0, idx), abs_g.index_select(0, idx))
-                val = (LpNorm._vec_norm(ap, N.p, nonneg=True), LpNorm._vec_norm(ag, N.q, nonneg=True))
+                val = (LpNorm.vec_norm(ap, N.p, nonneg=True), LpNorm.vec_norm(ag, N.q, nonneg=True))
             else:
                 val = (N.stacked(pg), N.stacked_dual(gg))
             if idx is None:

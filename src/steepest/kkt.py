@@ -66,6 +66,9 @@ __all__ = [
     "fenchel_young_gap_from",
     "kkt_residual",
     "kkt_residual_from",
+    "optimized_alignment",
+    "l2_multipliers",
+    "stage2_cap",
 ]
 
 #: Norm names :func:`kkt_residual` accepts (any ``l<p>``, p ≥ 1, also works).
@@ -239,7 +242,9 @@ def _count_kinks(model: nn.Module, pdict: dict[str, Tensor], X: Tensor) -> int:
 _STAGE2_RTOL, _STAGE2_ATOL = 1e-6, 1e-9
 
 
-def _cap(r: float) -> float:
+def stage2_cap(r: float) -> float:
+    """The residual the least-slackness second stage may spend: r·(1 + rtol) + atol, with r
+    the first stage's optimal residual (the tolerances absorb the solvers' gaps)."""
     return r * (1.0 + _STAGE2_RTOL) + _STAGE2_ATOL
 
 
@@ -270,7 +275,7 @@ def _lexicographic_lp(c, A_ub, b_ub, A_eq, b_eq, slack_c) -> tuple[float, Any]:
     if not np.any(slack_c > 0) or not np.any(res.x[slack_c > 0] > 0):
         return r, res.x
     A2 = sp.vstack([sp.csr_matrix(A_ub), sp.csr_matrix(c[None, :])], format="csr")
-    b2 = np.concatenate([b_ub, [_cap(r)]])
+    b2 = np.concatenate([b_ub, [stage2_cap(r)]])
     try:
         res2 = _linprog(slack_c, A2, b2, A_eq, b_eq)
     except RuntimeError:  # keep the first-stage multipliers if the second stage stalls
@@ -355,7 +360,7 @@ def _lexicographic_cvx(
     r, lam1 = float(prob.value), np.maximum(lam.value, 0.0)
     if not np.any(gap > 0) or not np.any(lam1[gap > 0] > 1e-12):
         return r, lam1, status
-    prob2 = cp.Problem(cp.Minimize(gap @ lam), [*constraints, objective <= _cap(r)])
+    prob2 = cp.Problem(cp.Minimize(gap @ lam), [*constraints, objective <= stage2_cap(r)])
     try:
         _cvx_solve(prob2)
     except RuntimeError:
@@ -363,7 +368,7 @@ def _lexicographic_cvx(
     return r, np.maximum(lam.value, 0.0), status
 
 
-def _solve_l2(H: np.ndarray, theta: np.ndarray, gap: np.ndarray):
+def l2_multipliers(H: np.ndarray, theta: np.ndarray, gap: np.ndarray):
     """min_{λ≥0} ‖θ − Hᵀλ‖₂ (NNLS; θ scaled to ‖θ‖₂ = 1), then the least-slackness λ."""
     import cvxpy as cp
     from scipy.optimize import nnls
@@ -381,7 +386,7 @@ def _solve_l2(H: np.ndarray, theta: np.ndarray, gap: np.ndarray):
     perp = theta - Q @ qt  # computed directly: ‖θ‖² − ‖Qᵀθ‖² would cancel when r is tiny
     perp2 = float(perp @ perp)
     var = cp.Variable(H.shape[0], nonneg=True)
-    prob = cp.Problem(cp.Minimize(gap @ var), [cp.norm(qt - R @ var, 2) <= float(np.sqrt(max(_cap(r) ** 2 - perp2, 0.0)))])
+    prob = cp.Problem(cp.Minimize(gap @ var), [cp.norm(qt - R @ var, 2) <= float(np.sqrt(max(stage2_cap(r) ** 2 - perp2, 0.0)))])
     try:
         _cvx_solve(prob)
     except RuntimeError:
@@ -439,7 +444,7 @@ def _solve_spectral(H: np.ndarray, blocks: list[np.ndarray], gap: np.ndarray, ti
     return r_opt, lam_v, "cvxpy-clarabel", status, active
 
 
-def _optimized_alignment(
+def optimized_alignment(
     H: np.ndarray, blocks: list[np.ndarray], N: Norm, rho: float
 ) -> tuple[float, str]:
     """β* = max_{λ ≥ 0, ‖Hᵀλ‖_* ≤ 1} ⟨θ/‖θ‖, Hᵀλ⟩ ∈ [0, 1].
@@ -531,7 +536,7 @@ def kkt_residual_from(
         raise ValueError(f"q_support must have shape ({H.shape[0]},), got {gap.shape}")
     active: Any = None
     if kind == "l2":
-        r, lam, solver, status = _solve_l2(H, th, gap)
+        r, lam, solver, status = l2_multipliers(H, th, gap)
     elif kind == "linf":
         r, lam, solver, status, active = _solve_linf(H, th, gap, tie_tol)
     elif kind == "l1":
@@ -629,7 +634,7 @@ def kkt_residual(
         zero_tol=zero_tol,
     )
     slack = float(np.sum(lam * (q_hat[support] - 1.0)))
-    beta_star, _ = _optimized_alignment(
+    beta_star, _ = optimized_alignment(
         H, [hat[n].numpy() for n in names], N, float(N(list(hat.values())))
     )
     return KKTResult(

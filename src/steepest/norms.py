@@ -190,7 +190,7 @@ class LpNorm(Norm):
         self.name = _lp_name(p)
 
     @staticmethod
-    def _vec_norm(v: Tensor, p: float, *, nonneg: bool = False) -> Tensor:
+    def vec_norm(v: Tensor, p: float, *, nonneg: bool = False) -> Tensor:
         """‖v‖_p over the last axis (a flat θ, or (K, P) stacked rows); ``nonneg``: v is |v| already."""
         a = v if nonneg else v.abs()
         if math.isinf(p):
@@ -204,10 +204,10 @@ class LpNorm(Norm):
         return (m * scaled.pow(p).sum(-1, keepdim=True).pow(1.0 / p)).squeeze(-1)
 
     def __call__(self, xs: Tensors) -> Tensor:
-        return self._vec_norm(flat_params(xs), self.p)
+        return self.vec_norm(flat_params(xs), self.p)
 
     def dual(self, gs: Tensors) -> Tensor:
-        return self._vec_norm(flat_params(gs), self.q)
+        return self.vec_norm(flat_params(gs), self.q)
 
     def direction_and_dual(self, gs: Tensors) -> tuple[list[Tensor], Tensor]:
         return self._direction_and_dual_flat(flat_params(gs), gs)
@@ -216,10 +216,10 @@ class LpNorm(Norm):
         return self._direction_and_dual_flat(flat_params(gs), gs)[0]
 
     def stacked(self, xs: Tensors) -> Tensor:
-        return self._vec_norm(flat_params(xs, stacked=True), self.p)
+        return self.vec_norm(flat_params(xs, stacked=True), self.p)
 
     def stacked_dual(self, gs: Tensors) -> Tensor:
-        return self._vec_norm(flat_params(gs, stacked=True), self.q)
+        return self.vec_norm(flat_params(gs, stacked=True), self.q)
 
     def stacked_direction_and_dual(self, gs: Tensors) -> tuple[list[Tensor], Tensor]:
         return self._direction_and_dual_flat(flat_params(gs, stacked=True), gs)
@@ -228,22 +228,22 @@ class LpNorm(Norm):
         """U(g) of a flat g (or of each row of a (K, P) g), split back like ``gs``, and ‖g‖_q.
 
         For 1 < p < ∞ the dual norm reuses the scaled powers of the direction: the same
-        operations as :meth:`_vec_norm`, so the value is identical, at half the passes.
+        operations as :meth:`vec_norm`, so the value is identical, at half the passes.
         """
         if math.isinf(self.p):
-            return _unflat(torch.sign(g), gs), self._vec_norm(g, self.q)
+            return _unflat(torch.sign(g), gs), self.vec_norm(g, self.q)
         if self.p == 1.0:
             # torch.argmax returns the first maximal index: the lowest-index tie-break.
             absg = g.abs()
             j = torch.argmax(absg, dim=-1, keepdim=True)
             u = torch.zeros_like(g).scatter(-1, j, torch.sign(g.gather(-1, j)))
-            return _unflat(u, gs), absg.amax(-1)  # ‖g‖_∞, as _vec_norm(g, ∞)
+            return _unflat(u, gs), absg.amax(-1)  # ‖g‖_∞, as vec_norm(g, ∞)
         q = self.q
         absg = g.abs()
         m = absg.amax(-1, keepdim=True)
         a = _safe_div(absg, m)  # in [0, 1]; the max entry is 1 up to rounding
         sum_aq = a.pow(q).sum(-1, keepdim=True)
-        dual = (m * sum_aq.pow(1.0 / q)).squeeze(-1)  # = _vec_norm(g, q), same operations
+        dual = (m * sum_aq.pow(1.0 / q)).squeeze(-1)  # = vec_norm(g, q), same operations
         if self.p == 2.0:
             u = _safe_div(g, dual.unsqueeze(-1))
         else:
