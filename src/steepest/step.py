@@ -453,7 +453,7 @@ def _flow_errors(
     Embedded Euler–Heun pair: the step Δ = θ' − θ is explicit Euler; Heun's trapezoid would
     take (Δ + Δ')/2, where Δ' is the step the rule takes from θ' with the same length. Their
     difference, ‖Δ' − Δ‖₂/2, estimates Euler's local error (Hairer, Nørsett & Wanner,
-    Solving ODEs I, §II.4); it is divided by ‖θ‖₂ to be relative. No extra gradient: g(θ')
+    Solving ODEs I, §II.4); it is divided by max(‖θ‖₂, ‖Δ‖₂) to be relative. No extra gradient: g(θ')
     is the next step's gradient anyway."""
     K, dev = state.ll.shape[0], state.ll.device
     # A non-finite step is rejected anyway; zeros keep the SVDs of spectral rules defined.
@@ -504,7 +504,10 @@ def _flow_errors(
         diff = torch.cat(
             [(d - d1).reshape(k, -1) for d, d1 in zip(step_now, step_next, strict=True)], 1
         )
+        # Relative to ‖θ‖₂, or to the step itself where that is longer: at θ = 0 (the linear
+        # reproduction's start) ‖θ‖₂ = 0 would reject every step.
         size = torch.cat([a.reshape(k, -1) for a in pg], 1).norm(dim=1)
+        size = torch.maximum(size, torch.cat([d.reshape(k, -1) for d in step_now], 1).norm(dim=1))
         err = diff.norm(dim=1).to(torch.float64) / (2 * size.to(torch.float64))
         # The same pair in the loss. The flow lowers log 𝓛 by ∫⟨−∇log𝓛, dθ⟩; over the
         # step its trapezoid is (s0 + s1)/2, s0 = ⟨−g, Δ⟩ and s1 = ⟨−g', Δ'⟩ (η‖g‖_* and

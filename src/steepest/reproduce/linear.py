@@ -202,7 +202,8 @@ def train_linear(
     def record_row(t: int, theta: torch.Tensor, qmin: float, ll: float) -> None:
         rec_steps.append(t)
         for n, fn in norm_fns.items():
-            rec_ratios[n].append(qmin / float(fn(theta)) / gammas[n])
+            rho = float(fn(theta))  # 0 only at θ₀ = 0, where γ_N is undefined
+            rec_ratios[n].append(qmin / rho / gammas[n] if rho > 0 else math.nan)
         rec_ll.append(ll)
 
     def on_step(state: StepState, what: StepOutcome) -> bool:
