@@ -453,8 +453,8 @@ def _flow_errors(
     Embedded Euler–Heun pair: the step Δ = θ' − θ is explicit Euler; Heun's trapezoid would
     take (Δ + Δ')/2, where Δ' is the step the rule takes from θ' with the same length. Their
     difference, ‖Δ' − Δ‖₂/2, estimates Euler's local error (Hairer, Nørsett & Wanner,
-    Solving ODEs I, §II.4); it is divided by max(‖θ‖₂, ‖Δ‖₂) to be relative. No extra gradient: g(θ')
-    is the next step's gradient anyway."""
+    Solving ODEs I, §II.4); it is divided by max(‖θ‖₂, ‖Δ‖₂) to be relative. No extra
+    gradient: g(θ') is the next step's gradient anyway."""
     K, dev = state.ll.shape[0], state.ll.device
     # A non-finite step is rejected anyway; zeros keep the SVDs of spectral rules defined.
     new_params = [finite_or_zero(x) for x in new_params]
