@@ -39,3 +39,4 @@ def test_the_readme_example_config_trains(tmp_path):
         res = train(short, db=tmp_path / "runs.db", progress=False)
         assert len(res.run_ids) == len(load_config(short).run_specs())
         assert all(st == "completed" for st in res.statuses)
+

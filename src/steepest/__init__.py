@@ -22,6 +22,25 @@ from .optim import SteepestDescent, optimizer
 
 __version__ = "0.1.0"
 
+#: Submodules that ``import steepest`` does not load; ``steepest.NAME`` imports one on first use
+#: (PEP 562), so that cvxpy (oracles, kkt) and matplotlib (plots, reproduce) load only when used.
+_LAZY = ("checkpoints", "cli", "config", "data", "devices", "engine", "kkt", "oracles", "plots",
+         "reproduce", "schedules", "stacked", "step", "store", "verify")
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        module = importlib.import_module(f".{name}", __name__)
+        globals()[name] = module
+        return module
+    raise AttributeError(f"module 'steepest' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 __all__ = [
     "Algorithm",
     "adaptive",
