@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -46,3 +47,26 @@ def test_vectorized_over_runs():
 def test_errors(name, kw, msg):
     with pytest.raises(ValueError, match=msg):
         schedule(name, **kw)
+
+
+def test_bundle_retries_are_a_flow_option_only():
+    from steepest.config import load_config
+
+    base = {"name": "x", "data": {"name": "digits", "classes": [0, 1]},
+            "model": {"name": "mlp", "widths": [8]}}
+    cd_flow = {"algorithm": "cd", "schedule": "flow"}
+    cfg = load_config({**base, "algorithms": [{**cd_flow, "bundle": True}]})
+    assert cfg.run_specs()[0].schedule["bundle"] is True
+    plain = load_config({**base, "algorithms": [cd_flow]})
+    assert plain.run_specs()[0].schedule["bundle"] is False
+    # configs that do not set it keep their hash (batches started before it still resume)
+    before = {k: v for k, v in plain.canonical().items() if k != "device"}
+    before["algorithms"] = [{k: v for k, v in a.items() if k not in ("tol", "bundle")}
+                            for a in before["algorithms"]]
+    import hashlib
+
+    blob = json.dumps(before, sort_keys=True, separators=(",", ":"))
+    assert plain.config_hash() == hashlib.sha256(blob.encode()).hexdigest()[:16]
+    with pytest.raises(ValueError, match="bundle applies to schedule 'flow' only"):
+        power = {"algorithm": "cd", "schedule": "power", "lr": 0.1, "a": 0.5, "bundle": True}
+        load_config({**base, "algorithms": [power]})

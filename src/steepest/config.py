@@ -92,6 +92,9 @@ class AlgorithmConfig(_Strict):
     schedule: Literal["constant", "power", "loss_based", "norm_scaled", "flow"] = "constant"
     # flow only: the relative tolerance of the error-controlled steps (None: the default).
     tol: float | None = Field(default=None, gt=0, lt=1)
+    # flow only: retry a step rolled back across a kink along the bundle direction of the
+    # gradients on both sides (norms that have one: l1, i.e. coordinate descent).
+    bundle: bool | None = None
     a: float | None = None  # decay exponent for power / norm_scaled
     # loss_based only: α ×= up after an accepted step, α ÷= down after a rollback (Lyu & Li:
     # up = 2^(1/5), down = 2^(1/10); then about two proposals are rolled back per accepted step).
@@ -125,6 +128,8 @@ class AlgorithmConfig(_Strict):
                 raise ValueError("schedule 'flow' takes no decay exponent a")
         elif self.tol is not None:
             raise ValueError(f"tol applies to schedule 'flow' only, not {self.schedule!r}")
+        elif self.bundle is not None:
+            raise ValueError(f"bundle applies to schedule 'flow' only, not {self.schedule!r}")
         elif self.lr is None:
             raise ValueError(f"schedule {self.schedule!r} needs lr")
         lrs = [1.0] if self.lr is None else self.lr if isinstance(self.lr, list) else [self.lr]
@@ -145,7 +150,8 @@ class AlgorithmConfig(_Strict):
         from .schedules import schedule
 
         if self.schedule == "flow":
-            return [schedule("flow", **({} if self.tol is None else {"tol": self.tol}))]
+            kw = {k: v for k, v in (("tol", self.tol), ("bundle", self.bundle)) if v is not None}
+            return [schedule("flow", **kw)]
         lrs = self.lr if isinstance(self.lr, list) else [self.lr]
         kw: dict[str, float] = {} if self.a is None or self.schedule in ("constant", "loss_based") else {"a": self.a}
         kw.update({k: v for k, v in (("up", self.up), ("down", self.down)) if v is not None})
@@ -229,7 +235,8 @@ class ExperimentConfig(_Strict):
         canon = {k: v for k, v in self.canonical().items() if k != "device"}
         # Fields added later with a None default leave the hash of configs that do not use
         # them unchanged, so batches started before they existed still resume.
-        canon["algorithms"] = [{k: v for k, v in a.items() if not (k == "tol" and v is None)}
+        later = ("tol", "bundle")
+        canon["algorithms"] = [{k: v for k, v in a.items() if not (k in later and v is None)}
                                for a in canon["algorithms"]]
         blob = json.dumps(canon, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]

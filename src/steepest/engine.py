@@ -379,6 +379,7 @@ class BatchRunner:
         self.rej_log_alpha = torch.full((K,), math.inf, dtype=torch.float64, device=dev)
         self.log_floor = torch.full((K,), -math.inf, dtype=torch.float64, device=dev)
         self.dir_cache: list[Any] | None = None  # flow: directions at the current θ, per group
+        self.sliding: Tensor | None = None  # flow: runs whose next step is a bundle retry
         self.frame = torch.zeros(K, dtype=torch.float64, device=dev)
         self.log_flow = torch.full((K,), -math.inf, dtype=torch.float64, device=dev)
         self.last_log_lr = torch.full((K,), -math.inf, dtype=torch.float64, device=dev)
@@ -412,6 +413,9 @@ class BatchRunner:
             "log_alpha": self.log_alpha,
             "rej_log_alpha": self.rej_log_alpha,
             "log_floor": self.log_floor,
+            # flow: a retry's bundle direction is no function of θ, so the directions are kept
+            "dir_cache": self.dir_cache,
+            "sliding": self.sliding,
             "frame": self.frame,
             "log_flow": self.log_flow,
             "last_log_lr": self.last_log_lr,
@@ -434,8 +438,10 @@ class BatchRunner:
                   "done", "separated_at", "rollbacks", "decade", "status", "elapsed"):
             v = sd[k]
             setattr(self, k, tree_map(lambda x: x.to(self.e.device), v) if k not in ("status", "iteration", "elapsed") else v)
-        self.dir_cache = None  # not in checkpoints: recomputed from the gradient
         K, dev = self.e.K, self.e.device
+        # absent from checkpoints written before bundle retries: recomputed from the gradient
+        self.dir_cache = tree_map(lambda x: x.to(dev), sd.get("dir_cache"))
+        self.sliding = tree_map(lambda x: x.to(dev), sd.get("sliding"))
         for k, empty in (("rej_log_alpha", math.inf), ("log_floor", -math.inf)):
             v = sd.get(k)  # absent from checkpoints written before the loss error
             fill = torch.full((K,), empty, dtype=torch.float64, device=dev)
@@ -611,7 +617,8 @@ class BatchRunner:
         for k in STEP_FIELDS:
             setattr(self, k, getattr(state, k))
 
-    _STATE = ("params", "g", "ll", "out", "qmin", "algo_states", "dir_cache", "frame", "log_alpha",
+    _STATE = ("params", "g", "ll", "out", "qmin", "algo_states", "dir_cache", "sliding", "frame",
+              "log_alpha",
               "rej_log_alpha", "log_floor",
               "rollbacks", "t", "log_flow", "last_log_lr", "separated_at", "decade", "done",
               "iteration")

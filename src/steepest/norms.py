@@ -163,6 +163,24 @@ class Norm:
         dirs, duals = vmap(self.direction_and_dual)(list(gs))
         return list(dirs), duals
 
+    #: Whether :meth:`stacked_bundle_direction` gives a direction (the flow schedule then
+    #: retries a step rolled back across a kink along it).
+    offers_bundle: bool = False
+
+    def stacked_bundle_direction(self, gs: Tensors, hs: Tensors) -> list[Tensor] | None:
+        """U of a bundle of two gradients, per run: the step θ ← θ − ηU is steepest for the
+        two-piece model max(⟨g, Δ⟩, ⟨h, Δ⟩) of the change of the loss,
+
+            U ∈ argmax_{‖u‖ ≤ 1} min(⟨g, u⟩, ⟨h, u⟩),  max = min_{λ∈[0,1]} ‖λg + (1−λ)h‖_*,
+
+        for two gradients g, h taken on the two sides of a kink (a bundle of two subgradients:
+        Kiwiel, *Methods of Descent for Nondifferentiable Optimization*, 1985; Filippov's
+        sliding velocity, *Differential Equations with Discontinuous Righthand Sides*, 1988).
+        Where U(g) crosses a kink uphill, u is tangent to it. The flow schedule retries a
+        rolled-back step along u (``steepest.step``). None: this norm has no such direction
+        (then the retry uses U(g))."""
+        return None
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"
 
@@ -223,6 +241,76 @@ class LpNorm(Norm):
 
     def stacked_direction_and_dual(self, gs: Tensors) -> tuple[list[Tensor], Tensor]:
         return self._direction_and_dual_flat(flat_params(gs, stacked=True), gs)
+
+    @property
+    def offers_bundle(self) -> bool:  # type: ignore[override]
+        return self.p == 1.0
+
+    def stacked_bundle_direction(self, gs: Tensors, hs: Tensors) -> list[Tensor] | None:
+        """ℓ1 (greedy coordinate descent): see :meth:`Norm.stacked_bundle_direction`.
+
+        With d = g − h, F(λ) = ‖h + λd‖_∞ is convex and piecewise linear. At its minimum λ* in
+        (0, 1) a coordinate p whose |h_p + λd_p| rises with λ meets one, m, where it falls; U
+        moves those two, U = w σ_p e_p + (1 − w) σ_m e_m with σ = sign(h + λ*d) and w such
+        that ⟨d, U⟩ = 0, so ⟨g, U⟩ = ⟨h, U⟩ = F(λ*). A greedy step along one coordinate
+        jumps across such a kink and back (measured: on a ReLU kink of MNIST 2 vs 7 it lowered
+        log 𝓛 by 2% of its first-order prediction; u by 100%, up to steps 10⁵× longer).
+
+        λ* is found on the M = 256 coordinates with the largest max(|g_j|, |h_j|): three grids
+        of 65 points, each in the last one's bracket, name the two active lines, whose exact
+        crossing is then certified (no line of the subset above it, none outside able to
+        reach it). U is the better of that pair and the best single coordinate σe_j (worth
+        min(σg_j, σh_j)): this linear program over the cross-polytope has an optimum that
+        moves at most two coordinates.
+        """
+        if self.p != 1.0:
+            return None
+        g, h = flat_params(gs, stacked=True), flat_params(hs, stacked=True)
+        k = min(256, g.shape[-1])
+        bound, idx = torch.maximum(g.abs(), h.abs()).topk(k, dim=-1)
+        a, b = g.gather(-1, idx), h.gather(-1, idx)
+        d = a - b
+        # F(λ) on a grid of 65 points, three times, each in the bracket the last one found:
+        # the bracket is then 64⁻³ ≈ 4e-6 wide and its two ends tell the two active lines.
+        lo, hi = torch.zeros_like(a[:, :1]), torch.ones_like(a[:, :1])
+        steps = torch.linspace(0.0, 1.0, 65, dtype=g.dtype, device=g.device)
+        for _ in range(3):
+            lams = lo + (hi - lo) * steps  # (K, 65)
+            peak = (b.unsqueeze(1) + lams.unsqueeze(-1) * d.unsqueeze(1)).abs().amax(-1)
+            best = peak.argmin(-1, keepdim=True)
+            lo = lams.gather(-1, (best - 1).clamp(min=0))
+            hi = lams.gather(-1, (best + 1).clamp(max=64))
+
+        def top_line(lam: Tensor) -> Tensor:
+            return (b + lam * d).abs().argmax(-1, keepdim=True)
+
+        jm, jp = top_line(lo), top_line(hi)  # F falls left of λ* (jm) and rises right of it (jp)
+        bp, bm, dp, dm = b.gather(-1, jp), b.gather(-1, jm), d.gather(-1, jp), d.gather(-1, jm)
+        lam = 0.5 * (lo + hi)
+        sgp, sgm = torch.sign(bp + lam * dp), torch.sign(bm + lam * dm)
+        sp, sm = sgp * dp, sgm * dm  # the slopes of |h_j + λd_j|
+        pair_ok = (jp != jm) & (sp > 0) & (sm < 0)
+        den = torch.where(pair_ok, sp - sm, torch.ones_like(sp))
+        cross = (sgm * bm - sgp * bp) / den  # where the two lines meet
+        f_star = sgp * (bp + cross * dp)
+        w = -sm / den  # U = w σ_p e_p + (1 − w) σ_m e_m has ⟨d, U⟩ = 0
+        # Certified: no line of the subset is above the crossing, none outside can reach it.
+        peak_at = (b + cross * d).abs().amax(-1, keepdim=True)
+        pair_ok = pair_ok & (cross > 0) & (cross < 1) & (peak_at <= f_star * (1 + 1e-12))
+        pair_ok = pair_ok & (bound[:, -1:] <= f_star if k < g.shape[-1] else pair_ok)
+        # The best single coordinate σe_j is worth min(σg_j, σh_j); this linear program over
+        # the cross-polytope has an optimum that moves at most two coordinates, so U is the
+        # better of the two candidates.
+        up, down = torch.minimum(a, b), torch.minimum(-a, -b)
+        one_val, j1 = torch.maximum(up, down).max(-1, keepdim=True)
+        sigma = torch.where(up.gather(-1, j1) >= down.gather(-1, j1), 1.0, -1.0).to(g.dtype)
+        pair = pair_ok & (f_star > one_val)
+        zero = torch.zeros_like(w)
+        u = torch.zeros_like(g)
+        first = idx.gather(-1, torch.where(pair, jp, j1))
+        u = u.scatter(-1, first, torch.where(pair, w * sgp, sigma))
+        u = u.scatter_add(-1, idx.gather(-1, jm), torch.where(pair, (1.0 - w) * sgm, zero))
+        return _unflat(u, gs)
 
     def _direction_and_dual_flat(self, g: Tensor, gs: Tensors) -> tuple[list[Tensor], Tensor]:
         """U(g) of a flat g (or of each row of a (K, P) g), split back like ``gs``, and ‖g‖_q.

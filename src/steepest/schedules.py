@@ -36,7 +36,11 @@ Every schedule is one formula (spec §2.5, A.1):
   everything is finite, and, for rules with state (Adam, momentum, ...), log 𝓛 fell by at most
   1. Then α ← α·min(2, max(0.2, 0.9·√(tol/(2·max(err, err_loss − floor))))); a loss increase or
   a non-finite value halves α.
-  The acceptance test never looks at a margin.
+  The acceptance test never looks at a margin. Option ``bundle`` (default false; norms that
+  offer one: ℓ1): a step rolled back across a kink is retried, with the same α, along the
+  bundle direction of the gradients on both sides (``Norm.stacked_bundle_direction``), which
+  is accepted iff its drop matches its own first-order model within tol/2, and reused for up
+  to 4 steps (``docs/late_phase.md``, "Bundle retries").
   The first step has α = min(tol, 10⁻³). Flow time integrates dτ = ds/(𝓛‖∇log𝓛‖_*) with
   log 𝓛 linear in s over each step (see ``docs/late_phase.md``).
 
@@ -101,6 +105,7 @@ class Schedule:
     min_alpha: float = 1e-50
     flow: bool = False
     tol: float = 0.0
+    bundle: bool = False
 
     def __post_init__(self) -> None:
         if not (self.lr > 0 and math.isfinite(self.lr)):
@@ -154,6 +159,7 @@ class BatchedSchedule:
     log_min_alpha: Tensor
     flow: Tensor
     log_tol: Tensor
+    bundle: Tensor | None = None
     norm_floor: float = 0.0
 
     @classmethod
@@ -184,6 +190,7 @@ class BatchedSchedule:
             # solve_ivp stayed within tol in every smooth test (tests/test_flow.py); with tol
             # it did not.
             log_tol=col(lambda s: math.log(s["tol"] / 2) if s.get("flow") else 0.0),
+            bundle=col(lambda s: bool(s.get("bundle", False)), device=device),
             norm_floor=float(norm_floor),
         )
 
@@ -194,6 +201,9 @@ class BatchedSchedule:
                           ("any_norm_power", self.norm_power)):
             object.__setattr__(self, name, bool((col != 0).any()))
         object.__setattr__(self, "any_flow", bool(self.flow.any()))
+        if self.bundle is None:
+            object.__setattr__(self, "bundle", torch.zeros_like(self.flow))
+        object.__setattr__(self, "any_bundle", bool(self.bundle.any()))
         object.__setattr__(self, "any_adaptive", bool(self.adaptive.any()))
         # log α falls by this after a rollback: ÷down (loss-based), ÷2 (others); flow runs set
         # their own α (``steepest.step``).
@@ -240,12 +250,15 @@ def _norm_scaled(lr: float, a: float = 0.0) -> Schedule:
     return Schedule("norm_scaled", lr, decay=a, norm_power=1.0)
 
 
-def _flow(tol: float = FLOW_TOL) -> Schedule:
+def _flow(tol: float = FLOW_TOL, bundle: bool = False) -> Schedule:
     if not (0 < tol < 1):
         raise ValueError(f"schedule 'flow': tol must be in (0, 1), got {tol}")
+    if not isinstance(bundle, bool):
+        raise ValueError(f"schedule 'flow': bundle must be true or false, got {bundle!r}")
     # lr is the first step's length relative to ‖θ‖ in the rule's own norm; the controller
     # takes over from there.
-    return Schedule("flow", min(tol, 1e-3), norm_power=1.0, flow=True, tol=tol, min_alpha=1e-30)
+    return Schedule("flow", min(tol, 1e-3), norm_power=1.0, flow=True, tol=tol, min_alpha=1e-30,
+                    bundle=bundle)
 
 
 SCHEDULES = {"constant": _constant, "power": _power, "loss_based": _loss_based,

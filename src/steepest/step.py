@@ -68,6 +68,7 @@ __all__ = [
 
 MAX_FLOW_DROP = 50.0  # the largest drop of log 𝓛 in one accepted flow step (stateless rules)
 MAX_FLOW_DROP_STATEFUL = 1.0  # ... and for rules with state (see ``_flow_errors``)
+BUNDLE_STEPS = 4  # accepted steps along one bundle direction before U(g) is tried again
 
 
 class Objective(Protocol):
@@ -117,6 +118,8 @@ class RuleGroup:
         object.__setattr__(
             self, "plain", isinstance(self.algo, SteepestDescentRule) and self.algo.norm is self.own
         )
+        # plain, and the norm has a bundle direction for retries across kinks
+        object.__setattr__(self, "bundles", self.plain and self.own.offers_bundle)
 
 
 @dataclass(frozen=True, eq=False)
@@ -129,6 +132,9 @@ class StepState:
     controller's log α. ``rej_log_alpha``, ``log_floor``: the flow schedule's last α rolled
     back for its loss error (+inf: none) and its kink floor (−inf: none). ``dir_cache``: the
     flow schedule's (direction, ‖g‖_*) at θ per group, computed one step early (None: not yet).
+    ``sliding``: per run, 0, or how many steps along the bundle direction in ``dir_cache``
+    were tried (a retry across a kink; None: none yet); no function of θ, so checkpoints keep
+    it and the directions.
     ``t``: accepted steps; ``iteration``: proposals (accepted or not). ``done``: runs that
     take no more steps."""
 
@@ -149,6 +155,7 @@ class StepState:
     done: Tensor
     iteration: int = 0
     dir_cache: list[Any] | None = None
+    sliding: Tensor | None = None
 
     def replace(self, **changes: Any) -> StepState:
         return dataclasses.replace(self, **changes)
@@ -237,14 +244,16 @@ def step(
     batch: Tensor | None = None,
     *,
     transform: Callable[[list[Tensor], StepState], list[Tensor]] | None = None,
+    evaluate_runs: Tensor | None = None,
 ) -> tuple[StepState, StepOutcome]:
     """One step of every run that is not done: propose, evaluate, accept or roll back.
 
     ``groups`` partition the K runs; ``schedule`` holds their step sizes; ``batch`` is the
     minibatch the proposal is evaluated on (None: full batch). ``transform(proposal, state)``
     may move the proposed parameters before they are evaluated (the linear reproduction's
-    progressive rescaling). Returns the new state (a rolled-back run keeps its parameters,
-    gradient and rule state, with α lowered) and what happened."""
+    progressive rescaling). ``evaluate_runs`` (indices, a superset of the runs not done;
+    None: all) limits the evaluation to those runs. Returns the new state (a rolled-back run
+    keeps its parameters, gradient and rule state, with α lowered) and what happened."""
     K, dev = objective.K, objective.device
     sch = schedule
     active = ~state.done
@@ -280,6 +289,7 @@ def step(
         if sch.any_flow:
             # (U(g) for plain rules, else None; ‖g‖_* in the own norm) at this θ: computed one
             # step ago, when it was θ', by the error estimate.
+            # With bundle retries: (direction taken, ‖g‖_*, U(g)).
             here = state.dir_cache[gi] if state.dir_cache is not None else None
             if here is None:
                 here = (
@@ -287,7 +297,9 @@ def step(
                     if plain
                     else (None, grp.own.stacked_dual(gg))
                 )
-            u0, dual0 = here
+                if grp.bundles:
+                    here = (here[0], here[1], here[0])
+            u0, dual0 = here[0], here[1]
         if sch.any_flow and not algo.normalized:
             # flow: η is the step's length in the own norm, so the lr on ∇𝓛 is η/‖∇𝓛‖_*.
             d0 = dual0.to(torch.float64)
@@ -325,7 +337,18 @@ def step(
         log_dtau = scatter_runs(log_dtau, grp.idx, dt)
     if transform is not None:
         new_params = transform(new_params, state)
-    g2, ll2, out2 = objective.evaluate(new_params, batch)
+    if evaluate_runs is None:
+        g2, ll2, out2 = objective.evaluate(new_params, batch)
+    else:
+        # Only these runs are evaluated (a superset of the active ones: the others keep their
+        # values and are not accepted). The tail of a batch whose runs end at different
+        # iterations then costs what its unfinished runs cost.
+        sub = [p.index_select(0, evaluate_runs) for p in new_params]
+        g2s, ll2s, out2s = objective.evaluate(sub, batch)
+        g2 = [full.index_copy(0, evaluate_runs, part)
+              for full, part in zip(state.g, g2s, strict=True)]
+        ll2 = state.ll.index_copy(0, evaluate_runs, ll2s)
+        out2 = state.out.index_copy(0, evaluate_runs, out2s)
     # Overflowing parameters show up in the outputs, so outputs, loss and gradients suffice.
     finite = finite_runs(K, g2) & finite_runs(K, [out2]) & torch.isfinite(ll2)
     no_increase = ll2 <= ll
@@ -335,9 +358,14 @@ def step(
         # a step too small to change log 𝓛 beyond rounding is no increase
         slack = 64 * torch.finfo(objective.dtype).eps * ll.abs().clamp(min=1.0)
         no_increase_flow = ll2 <= ll + slack
-        log_err, log_err_loss, log_dual0, log_dual1, next_dirs = _flow_errors(
-            state, groups, flow_parts, new_params, g2, ll2
-        )
+        (log_err, log_err_loss, log_err_model, log_dual0, log_dual1, next_dirs, retry_dirs,
+         slide_next) = _flow_errors(state, groups, flow_parts, new_params, g2, ll2,
+                                    sch.any_bundle)
+        sliding = state.sliding if state.sliding is not None else torch.zeros_like(state.t)
+        on_bundle = sliding > 0
+        # A bundle step's first-order model is min(⟨g, Δ⟩, ⟨h, Δ⟩) from both sides of the kink;
+        # its loss error is the drop's deviation from that model (no floor: it is tangent).
+        log_err_loss = torch.where(on_bundle, log_err_model, log_err_loss)
         log_err = torch.nan_to_num(log_err, nan=math.inf)
         log_err_loss = torch.nan_to_num(log_err_loss, nan=math.inf)
         ok_dir = log_err <= sch.log_tol
@@ -352,7 +380,8 @@ def step(
         # ratchet α down to 1e-14: docs/late_phase.md.)
         # (a retry that raised the loss overshot: its error is not a floor)
         probe = (
-            torch.isfinite(rej_log_alpha)
+            ~on_bundle
+            & torch.isfinite(rej_log_alpha)
             & (log_alpha <= rej_log_alpha - math.log(2.0))
             & torch.isfinite(log_err_loss)
             & finite
@@ -361,7 +390,7 @@ def step(
         log_floor = torch.where(probe, torch.maximum(log_floor, log_err_loss), log_floor)
         rej_log_alpha = torch.where(probe, torch.full_like(rej_log_alpha, math.inf), rej_log_alpha)
         excess = (torch.exp(log_err_loss) - torch.exp(log_floor)).clamp(min=0.0)
-        log_err_loss = torch.log(excess)
+        log_err_loss = torch.where(on_bundle, log_err_loss, torch.log(excess))
         ok_loss = log_err_loss <= sch.log_tol
         within = finite & no_increase_flow & ok_dir & ok_loss
         accept = torch.where(sch.flow, active & within, accept)
@@ -387,6 +416,18 @@ def step(
         # error halves with it; a floor does not).
         loss_rejected = sch.flow & active & finite & no_increase_flow & ok_dir & ~ok_loss
         fac = torch.where(loss_rejected, fac.clamp(max=-math.log(2.0)), fac)
+        # A plain step rolled back where the bundle of g and g' points elsewhere: the retry
+        # goes along the bundle direction with the same α (the step length was not the
+        # problem, the kink between θ and θ' was), and is no floor sample.
+        slide = sch.bundle & active & ~accept & finite & ~on_bundle & slide_next
+        fac = torch.where(slide, torch.zeros_like(fac), fac)
+        loss_rejected = loss_rejected & ~slide
+        # An accepted bundle step is taken again, up to BUNDLE_STEPS times in all: while the
+        # run slides along the kink the tangent barely turns, and each try is checked against
+        # its own first-order model as the first was. Then U(g') is tried again.
+        reuse = accept & on_bundle & (sliding < BUNDLE_STEPS)
+        sliding = torch.where(slide, torch.ones_like(sliding),
+                              torch.where(reuse, sliding + 1, torch.zeros_like(sliding)))
         rej_log_alpha = torch.where(loss_rejected, log_alpha, rej_log_alpha)
         log_floor = torch.where(accept, log_floor + math.log(0.99), log_floor)
         log_alpha = torch.where(sch.flow & active, log_alpha + fac, log_alpha)
@@ -399,11 +440,23 @@ def step(
         for gi, grp in enumerate(groups)
     ]
     dir_cache = None
-    if sch.any_flow:  # each run's direction for its next step: at θ' if accepted, else at θ
-        dir_cache = [
-            select_runs(gather_runs(accept, grp.idx), next_dirs[gi], flow_parts[gi][4])
-            for gi, grp in enumerate(groups)
-        ]
+    if sch.any_flow:
+        # Each run's direction for its next step: U(g') at θ' if accepted. After a rollback the
+        # retry starts at θ again, along U(g), or, where the norm has one, along the bundle
+        # direction of g and g' (tangent to a kink between θ and θ': greedy coordinate descent
+        # stalled at ReLU kinks without it; ``Norm.stacked_bundle_direction``).
+        dir_cache = []
+        for gi, grp in enumerate(groups):
+            here, nxt = flow_parts[gi][4], next_dirs[gi]
+            if grp.bundles:
+                taken, d0, plain_u = here
+                u1, d1 = nxt
+                bundle = retry_dirs[gi] if retry_dirs[gi] is not None else plain_u
+                # rolled back: retry along the bundle, or (a bundle step rolled back) along U(g)
+                here = select_runs(gather_runs(slide, grp.idx), (bundle, d0, plain_u),
+                                   (plain_u, d0, plain_u))
+                nxt = select_runs(gather_runs(reuse, grp.idx), (taken, d1, u1), (u1, d1, u1))
+            dir_cache.append(select_runs(gather_runs(accept, grp.idx), nxt, here))
         x = (ll - ll2) + (log_dual0 - log_dual1)  # log-integrand change over the step
         quad = log_dtau + log_expm1_ratio(torch.nan_to_num(x))
         log_dtau = torch.where(sch.flow & torch.isfinite(x), quad, log_dtau)
@@ -425,6 +478,7 @@ def step(
         done=state.done,
         iteration=state.iteration + 1,
         dir_cache=dir_cache,
+        sliding=sliding if sch.any_flow else state.sliding,
     )
     gave_up = active & (log_alpha < sch.log_min_alpha)
     return new, StepOutcome(
@@ -444,11 +498,14 @@ def _flow_errors(
     new_params: list[Tensor],
     g2: list[Tensor],
     ll2: Tensor,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, list[Any]]:
+    any_bundle: bool = False,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, list[Any], Any, Tensor]:
     """log of each flow run's two local error estimates for the step just taken, in
     direction and in the loss (−inf elsewhere), log ‖g‖_* at θ and at θ' in the own norm
-    (for the step's flow time), and per group the (direction or None, ‖g‖_*) at θ', which
-    the next step starts from if this one is kept.
+    (for the step's flow time), per group the (direction or None, ‖g‖_*) at θ', which
+    the next step starts from if this one is kept; the loss error against the step's own
+    first-order model; per group the bundle direction of g and g' and U(g) (or None), for a
+    retry if the step is rolled back; and the runs whose bundle differs from the step taken.
 
     Embedded Euler–Heun pair: the step Δ = θ' − θ is explicit Euler; Heun's trapezoid would
     take (Δ + Δ')/2, where Δ' is the step the rule takes from θ' with the same length. Their
@@ -463,8 +520,12 @@ def _flow_errors(
     log_err_loss = torch.full_like(log_err, -math.inf)
     log_d0, log_d1 = torch.zeros_like(log_err), torch.zeros_like(log_err)
     next_dirs: list[Any] = []
+    retry_dirs: list[Any] = []
+    slide_next = torch.zeros(K, dtype=torch.bool, device=dev)
+    log_err_model = torch.full((K,), -math.inf, dtype=torch.float64, device=dev)
     for gi, grp in enumerate(groups):
-        pg, gg, st_new, lr_eff, (_, dual0) = parts[gi]
+        pg, gg, st_new, lr_eff, here = parts[gi]
+        dual0 = here[1]
         algo = grp.algo
         N = grp.own
         pn, gn = gather_runs(new_params, grp.idx), gather_runs(g2, grp.idx)
@@ -480,10 +541,17 @@ def _flow_errors(
                 for b, u in zip(pn, u1, strict=True)
             ]
             next_dirs.append((u1, dual1))
+            bundle = N.stacked_bundle_direction(gg, gn) if grp.bundles and any_bundle else None
+            retry_dirs.append(bundle)
+            if bundle is not None:
+                # A retry along it is new only if it is less steep for g than U(g), which was
+                # just tried (or was a retry already: then ``step`` does not retry again).
+                slide_next = scatter_runs(slide_next, grp.idx, dot_runs(gg, bundle, grp.k) < d0)
             max_drop = MAX_FLOW_DROP
         else:
             dual1 = N.stacked_dual(gn)
             next_dirs.append((None, dual1))
+            retry_dirs.append(None)
             # A rule with state (moments, momentum) averages past gradients of 𝓛: a step that
             # drops log 𝓛 by more than 1 makes the last gradient outweigh the new one e-fold
             # in that average, so the rule no longer follows its own flow; such steps are
@@ -522,10 +590,14 @@ def _flow_errors(
         scale = 0.5 * (s0.abs() + s1.abs())
         scale = torch.where(scale > 0, scale, torch.ones_like(scale))
         err_loss = (drop - 0.5 * (s0 + s1)).abs() / scale
+        # against the step's own first-order model only (for bundle steps, see ``step``)
+        err_model = (drop - s0).abs() / torch.where(s0.abs() > 0, s0.abs(), torch.ones_like(s0))
+        log_err_model = scatter_runs(log_err_model, grp.idx, torch.log(err_model))
         err = torch.where(drop > max_drop, torch.full_like(err, math.inf), err)
         log_err = scatter_runs(log_err, grp.idx, torch.log(err))
         log_err_loss = scatter_runs(log_err_loss, grp.idx, torch.log(err_loss))
-    return log_err, log_err_loss, log_d0, log_d1, next_dirs
+    return (log_err, log_err_loss, log_err_model, log_d0, log_d1, next_dirs,
+            retry_dirs, slide_next)
 
 
 def run_steps(
