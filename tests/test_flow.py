@@ -396,6 +396,30 @@ def test_flow_state_round_trips_through_a_checkpoint():
     assert torch.equal(a.log_floor, b.log_floor) and torch.equal(a.rej_log_alpha, b.rej_log_alpha)
 
 
+def test_a_bundle_retry_in_progress_round_trips_through_a_checkpoint():
+    """With ``bundle: true`` the direction of the next step can be a bundle direction, which
+    is no function of θ: the checkpoint keeps it. Saved while coordinate descent slides along
+    a ReLU kink (digits 0 vs 1), stepping on equals stepping on without the save."""
+    cfg = {**DIGITS, "model": {"name": "mlp", "widths": [16], "init_scale": 0.5},
+           "algorithms": [{"algorithm": "cd", "schedule": "flow", "bundle": True}]}
+    a = _runner(cfg)
+    for _ in range(600):
+        a.step()
+        if a.sliding is not None and bool(a.sliding.any()):
+            break
+    assert a.sliding is not None and bool(a.sliding.any()), "no kink met: the test needs one"
+    saved = a.state_dict()
+    b = _runner(cfg)
+    b.load_state_dict(saved)
+    b.g, b.ll, b.out = b.e.evaluate(b.params)
+    b.qmin = b.e.q_min(b.out, b.e.y)
+    for _ in range(40):
+        a.step()
+        b.step()
+    np.testing.assert_array_equal(_flat(a.params), _flat(b.params))
+    assert torch.equal(a.log_alpha, b.log_alpha) and torch.equal(a.sliding, b.sliding)
+
+
 def test_a_checkpoint_from_before_the_loss_error_resumes_with_no_floor():
     """Checkpoints written before the loss error have no floor state: they load with none
     (no floor, no pending rollback) and step on to the same kind of state."""
