@@ -229,21 +229,3 @@ def test_coordinate_descent_slides_along_a_kink_on_the_flow():
     _, stalled = _crease_run(300, bundle=False)
     assert float(start.ll[0] - stalled.ll[0]) < 0.01 * drop
 
-
-def test_evaluating_only_the_live_runs_changes_nothing_but_the_cost():
-    """``evaluate_runs`` (the engine passes the runs not yet done): the live runs step as with
-    a full evaluation (equal to 1e-12 relative: a smaller batched matmul may round
-    differently), and the done run keeps its state bit for bit."""
-    obj, groups, theta0 = _problem(3, [("ngd", {}), ("sign", {}), ("cd", {})])
-    batched = BatchedSchedule.of([schedule("flow")] * 3)
-    state = initial_state(obj, groups, [theta0 * torch.tensor([[1.0], [2.0], [3.0]])])
-    for _ in range(5):
-        state, _ = step(state, obj, groups, batched)
-    state = state.replace(done=torch.tensor([False, True, False]))
-    full, _ = step(state, obj, groups, batched)
-    part, what = step(state, obj, groups, batched, evaluate_runs=torch.tensor([0, 2]))
-    torch.testing.assert_close(part.params[0][[0, 2]], full.params[0][[0, 2]], rtol=1e-12, atol=0)
-    torch.testing.assert_close(part.ll[[0, 2]], full.ll[[0, 2]], rtol=1e-12, atol=0)
-    assert torch.equal(part.params[0][1], state.params[0][1])
-    assert torch.equal(part.ll[1], state.ll[1])
-    assert what.accepted[1].item() is False

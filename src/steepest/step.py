@@ -244,16 +244,14 @@ def step(
     batch: Tensor | None = None,
     *,
     transform: Callable[[list[Tensor], StepState], list[Tensor]] | None = None,
-    evaluate_runs: Tensor | None = None,
 ) -> tuple[StepState, StepOutcome]:
     """One step of every run that is not done: propose, evaluate, accept or roll back.
 
     ``groups`` partition the K runs; ``schedule`` holds their step sizes; ``batch`` is the
     minibatch the proposal is evaluated on (None: full batch). ``transform(proposal, state)``
     may move the proposed parameters before they are evaluated (the linear reproduction's
-    progressive rescaling). ``evaluate_runs`` (indices, a superset of the runs not done;
-    None: all) limits the evaluation to those runs. Returns the new state (a rolled-back run
-    keeps its parameters, gradient and rule state, with α lowered) and what happened."""
+    progressive rescaling). Returns the new state (a rolled-back run keeps its parameters,
+    gradient and rule state, with α lowered) and what happened."""
     K, dev = objective.K, objective.device
     sch = schedule
     active = ~state.done
@@ -337,18 +335,7 @@ def step(
         log_dtau = scatter_runs(log_dtau, grp.idx, dt)
     if transform is not None:
         new_params = transform(new_params, state)
-    if evaluate_runs is None:
-        g2, ll2, out2 = objective.evaluate(new_params, batch)
-    else:
-        # Only these runs are evaluated (a superset of the active ones: the others keep their
-        # values and are not accepted). The tail of a batch whose runs end at different
-        # iterations then costs what its unfinished runs cost.
-        sub = [p.index_select(0, evaluate_runs) for p in new_params]
-        g2s, ll2s, out2s = objective.evaluate(sub, batch)
-        g2 = [full.index_copy(0, evaluate_runs, part)
-              for full, part in zip(state.g, g2s, strict=True)]
-        ll2 = state.ll.index_copy(0, evaluate_runs, ll2s)
-        out2 = state.out.index_copy(0, evaluate_runs, out2s)
+    g2, ll2, out2 = objective.evaluate(new_params, batch)
     # Overflowing parameters show up in the outputs, so outputs, loss and gradients suffice.
     finite = finite_runs(K, g2) & finite_runs(K, [out2]) & torch.isfinite(ll2)
     no_increase = ll2 <= ll
@@ -363,8 +350,8 @@ def step(
                                     sch.any_bundle)
         sliding = state.sliding if state.sliding is not None else torch.zeros_like(state.t)
         on_bundle = sliding > 0
-        # A bundle step's first-order model is min(⟨g, Δ⟩, ⟨h, Δ⟩) from both sides of the kink;
-        # its loss error is the drop's deviation from that model (no floor: it is tangent).
+        # A bundle step is tangent to the kink (⟨g, Δ⟩ = ⟨h, Δ⟩ for the gradients on both
+        # sides): its loss error is the drop's deviation from ⟨−g, Δ⟩ alone, with no floor.
         log_err_loss = torch.where(on_bundle, log_err_model, log_err_loss)
         log_err = torch.nan_to_num(log_err, nan=math.inf)
         log_err_loss = torch.nan_to_num(log_err_loss, nan=math.inf)
