@@ -81,7 +81,7 @@ def main() -> None:
     inner = sum(v for k, v in seg.items())
     for k, v in sorted(seg.items(), key=lambda kv: -kv[1]):
         print(f"   {1e3 * v / n:8.3f} ms/step {100 * v / total:5.1f}%  {k}")
-    print(f"   {1e3 * (total - inner) / n:8.3f} ms/step {100 * (total - inner) / total:5.1f}%  rest of _step "
+    print(f"   {1e3 * (total - inner) / n:8.3f} ms/step {100 * (total - inner) / total:5.1f}%  rest of step "
           "(schedule math, where-selects, event bookkeeping, Python)")
     for cls, meth, fn in patched:
         setattr(cls, meth, fn)
