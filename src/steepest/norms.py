@@ -254,7 +254,8 @@ class LpNorm(Norm):
         moves those two, U = w σ_p e_p + (1 − w) σ_m e_m with σ = sign(h + λ*d) and w such
         that ⟨d, U⟩ = 0, so ⟨g, U⟩ = ⟨h, U⟩ = F(λ*). A greedy step along one coordinate
         jumps across such a kink and back (measured: on a ReLU kink of MNIST 2 vs 7 it lowered
-        log 𝓛 by 2% of its first-order prediction; u by 100%, up to steps 10⁵× longer).
+        log 𝓛 by 2.5% of its first-order prediction at a step of 1e-8; U by its prediction from 1e-8
+        to 1e-3, and within 0.7% at 1e-2).
 
         λ* is found on the M = 256 coordinates with the largest max(|g_j|, |h_j|): three grids
         of 65 points, each in the last one's bracket, name the two active lines, whose exact
