@@ -75,7 +75,8 @@ def _ref_batched(W1: torch.Tensor, W2: torch.Tensor, X: torch.Tensor, y: torch.T
     return (W1 - s * g1).detach(), (W2 - s * g2).detach(), ll.detach()
 
 
-def _anchors_run(W1: torch.Tensor, W2: torch.Tensor, X: torch.Tensor, y: torch.Tensor, steps: int) -> list[list[float]]:
+def _anchors_run(W1: torch.Tensor, W2: torch.Tensor, X: torch.Tensor, y: torch.Tensor,
+                 steps: int) -> list[list[float]]:
     """The anchors' loop for one run (the public Flavors-of-Margin code, anchors survey §1): a
     plain PyTorch loop, normalized GD, and after every step the normalized margins
     q_min/‖θ‖_p^L for p ∈ {2, 1, ∞} (L = 2), kept in a Python list. In float64 with the loss in
@@ -87,7 +88,8 @@ def _anchors_run(W1: torch.Tensor, W2: torch.Tensor, X: torch.Tensor, y: torch.T
             q = y * (torch.relu(X @ W1.T) @ W2.T).squeeze(1)
             flat = torch.cat([W1.reshape(-1), W2.reshape(-1)])
             qmin = q.min()
-            rows.append([float(qmin / torch.linalg.vector_norm(flat, p) ** 2) for p in (2.0, 1.0, math.inf)])
+            rows.append([float(qmin / torch.linalg.vector_norm(flat, p) ** 2)
+                         for p in (2.0, 1.0, math.inf)])
     return rows
 
 
@@ -142,7 +144,8 @@ def main() -> None:
     Xa, ya = init.e.X, init.e.y
     anchors = Timing("anchors")
     t0 = time.perf_counter()
-    anchor_rows = [_anchors_run(init.params[0][k], init.params[1][k], Xa, ya, e2e_steps) for k in range(K)]
+    anchor_rows = [_anchors_run(init.params[0][k], init.params[1][k], Xa, ya, e2e_steps)
+                   for k in range(K)]
     anchors.samples.append(time.perf_counter() - t0)
     assert all(len(r) == e2e_steps for r in anchor_rows)
     vs_anchors = anchors.best / e2e["batched"].best
@@ -189,7 +192,8 @@ def main() -> None:
     print(f"\n   engine per step: K=1 {1e3 * tm['loop'].best / (K * n_step):.3f} ms, "
           f"K=16 {1e3 * tm['batched'].best / n_step:.3f} ms "
           f"(reference: K=1 {1e3 * tr['ref loop'].best / (K * n_step):.3f} ms, K=16 {1e3 * tr['ref batched'].best / n_step:.3f} ms)")
-    print(f"   engine step vs hand-written step (same K): K=1 {ref_loop_rate / loop_rate:.2f}x slower "
+    print(f"   engine step vs hand-written step (same K): "
+          f"K=1 {ref_loop_rate / loop_rate:.2f}x slower "
           f"(target <= 1.5x), K=16 {ref_bat_rate / bat_rate:.2f}x slower (target <= 1.2x)")
     print(f"   same math: max |final log-loss, loop - together| over 16 runs = {same_math:.3g} "
           f"(reference: {ref_diff:.3g} after 20 steps)")
@@ -201,7 +205,8 @@ def main() -> None:
     print(f"batching speed-up (K=16 together vs loop, end to end train, default logging): {e2e_ratio:.1f}x "
           f"(target >= 5x, aim 10x)")
     print(f"reference floor speed-up (hand-written torch, shared-X matmul): {tr['ref loop'].best / tr['ref batched'].best:.1f}x")
-    print(f"steepest train K=16 end to end vs the anchors' loop (16 runs, 3 margins/step): {vs_anchors:.2f}x "
+    print(f"steepest train K=16 end to end vs the anchors' loop (16 runs, 3 margins/step): "
+          f"{vs_anchors:.2f}x "
           f"(target >= 3x, aim 4x)")
 
 

@@ -210,8 +210,9 @@ def test_rule_accepts_norm_objects():
     assert not s.normalized and s.hyperparams == {"norm": "max-spectral", "normalized": False}
 
 
-@pytest.mark.parametrize("name", ["gd", "ngd", "sign", "cd", "spectral", "lp", "adam", "adam-eps", "signum",
-                                  "muon-adam"])
+@pytest.mark.parametrize(
+    "name", ["gd", "ngd", "sign", "cd", "spectral", "lp", "adam", "adam-eps", "signum", "muon-adam"]
+)
 def test_stacked_update_matches_the_single_run_update(name):
     """``stacked_update`` (the engine's path: native batching for steepest rules, vmap for the
     rest) gives each run's own ``update`` with its own lr, over three steps with state.
