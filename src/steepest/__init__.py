@@ -14,10 +14,10 @@ import os as _os
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from . import adaptive, algorithms, losses, metrics, models, norms, optim
-from .algorithms import Algorithm, algorithm, algorithm_names
+from .algorithms import Algorithm, algorithm, algorithm_names, register_algorithm
 from .engine import train
-from .models import homogeneity_degree
-from .norms import Norm, norm, norm_names
+from .models import homogeneity_degree, register_model
+from .norms import Norm, norm, norm_names, register_norm
 from .optim import SteepestDescent, optimizer
 
 __version__ = "0.1.0"
@@ -58,5 +58,8 @@ __all__ = [
     "norms",
     "optim",
     "optimizer",
+    "register_algorithm",
+    "register_model",
+    "register_norm",
     "train",
 ]

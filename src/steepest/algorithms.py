@@ -156,8 +156,18 @@ _FACTORIES: dict[str, Callable[..., Algorithm]] = {}
 _DOCS: dict[str, str] = {}
 
 
-def register_algorithm(name: str, factory: Callable[..., Algorithm], doc: str = "") -> None:
-    """Register ``factory(**kw) -> Algorithm`` under ``name`` (used by :func:`algorithm`)."""
+def register_algorithm(name: str, factory: Callable[..., Algorithm], doc: str = "", *,
+                       replace: bool = False) -> None:
+    """Register ``factory(**kw) -> Algorithm`` under ``name`` (used by :func:`algorithm`, by
+    ``steepest.optimizer`` and by configs). A name that is taken is refused unless
+    ``replace=True``."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"an algorithm name must be a non-empty string, got {name!r}")
+    if not callable(factory):
+        raise TypeError(f"register_algorithm({name!r}): factory must be callable")
+    if name in _FACTORIES and not replace:
+        raise ValueError(f"algorithm {name!r} is already registered; "
+                         "pass replace=True to replace it")
     _FACTORIES[name] = factory
     _DOCS[name] = doc
 

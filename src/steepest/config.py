@@ -73,10 +73,10 @@ class ModelConfig(BaseModel):
     @field_validator("name")
     @classmethod
     def _known(cls, v: str) -> str:
-        from .models import MODELS
+        from .models import model_names
 
-        if v not in MODELS:
-            raise ValueError(f"unknown model {v!r}; allowed: {', '.join(MODELS)}")
+        if v not in model_names():
+            raise ValueError(f"unknown model {v!r}; allowed: {', '.join(model_names())}")
         return v
 
     def kwargs(self) -> dict[str, Any]:

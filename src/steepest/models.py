@@ -40,6 +40,8 @@ __all__ = [
     "check_homogeneous",
     "build_model",
     "MODELS",
+    "model_names",
+    "register_model",
     "ACTIVATIONS",
     "POOLS",
 ]
@@ -520,13 +522,35 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "mlp": MLP,
     "cnn": CNN,
 }
-MODELS: tuple[str, ...] = tuple(_REGISTRY)
+MODELS: tuple[str, ...] = tuple(_REGISTRY)  # the built-in names
+
+
+def register_model(name: str, builder: Callable[..., nn.Module], *, replace: bool = False) -> None:
+    """Register ``builder(d=..., out=..., seed=..., dtype=..., init_scale=..., **config keys)
+    -> nn.Module`` under ``name``, so that :func:`build_model` and configs accept it. The engine
+    measures the model's homogeneity degree. A name that is taken is refused unless
+    ``replace=True``."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"a model name must be a non-empty string, got {name!r}")
+    if not callable(builder):
+        raise TypeError(f"register_model({name!r}): builder must be callable")
+    if name in _REGISTRY and not replace:
+        raise ValueError(f"model {name!r} is already registered; pass replace=True to replace it")
+    _REGISTRY[name] = builder
+
+
+def model_names() -> list[str]:
+    """The names :func:`build_model` and configs accept: the built-in ones, then the
+    registered ones, in the order they were registered."""
+    return list(_REGISTRY)
 
 
 def build_model(name: str, **kw: Any) -> nn.Module:
-    """Build a model by name: "linear", "diagonal", "mlp" or "cnn"; ``kw`` go to the builder."""
+    """Build a model by name ("linear", "diagonal", "mlp", "cnn", or a registered one); ``kw``
+    go to the builder."""
     try:
         builder = _REGISTRY[name]
     except (KeyError, TypeError):
-        raise ValueError(f"unknown model {name!r}; valid names: {MODELS}") from None
+        names = ", ".join(model_names())
+        raise ValueError(f"unknown model {name!r}; valid names: {names}") from None
     return builder(**kw)

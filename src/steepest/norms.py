@@ -46,6 +46,7 @@ __all__ = [
     "norm",
     "get_norm",
     "norm_names",
+    "register_norm",
     "inner",
     "one_lapack_thread",
     "NORM_ALIASES",
@@ -632,6 +633,21 @@ _REGISTRY: dict[str, Callable[[], Norm]] = {
 }
 NORM_ALIASES = {"l_inf": "linf", "inf": "linf", "sign": "linf", "msp": "max-spectral", "euclidean": "l2"}
 _LP = re.compile(r"^l(\d+(\.\d+)?)$")
+
+
+def register_norm(name: str, factory: Callable[[], Norm], *, replace: bool = False) -> None:
+    """Register ``factory() -> Norm`` under ``name`` (lower case), so that :func:`norm`, the
+    ``steepest`` algorithm's ``norm`` option and configs accept it. A name that is taken (or an
+    alias, or an ``l<p>`` name) is refused unless ``replace=True``."""
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"a norm name must be a non-empty string, got {name!r}")
+    if not callable(factory):
+        raise TypeError(f"register_norm({name!r}): factory must be callable")
+    key = name.strip().lower()
+    taken = key in _REGISTRY or key in NORM_ALIASES or _LP.match(key) is not None
+    if taken and not replace:
+        raise ValueError(f"norm {name!r} is already a norm name; pass replace=True to replace it")
+    _REGISTRY[key] = factory
 
 
 def norm_names() -> list[str]:
