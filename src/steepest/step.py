@@ -20,7 +20,9 @@ Late-phase numerics (spec §2.5, §3.8, §6 item 3):
   state is expressed in the frame of the log 𝓛 it last saw).
 * A step that produces a non-finite value is rolled back and retried with a smaller step
   (α halves). The ``loss_based`` schedule also rolls back a loss increase (Lyu & Li,
-  arXiv 1906.05890 §5); ``flow`` controls the step's local error (``steepest.schedules``).
+  arXiv 1906.05890 §5); ``flow`` controls the step's local error (``steepest.schedules``)
+  and, with ``bundle``, retries a step rolled back across a kink along the bundle direction
+  of the gradients on both sides (``Norm.stacked_bundle_direction``).
 * Flow time is accumulated in log space: log τ += log η for unnormalized steps and
   log(η/‖∇𝓛‖_*) = log η − log 𝓛 − log ‖∇log𝓛‖_* for normalized ones (spec §3.8); under
   ``flow`` with the log-integrand taken linear over the step (:func:`log_expm1_ratio`).
