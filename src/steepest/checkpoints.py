@@ -16,21 +16,14 @@ from typing import Any
 
 import torch
 
+from .atomic import atomic_write
+
 __all__ = ["atomic_torch_save", "load_checkpoint", "remove_stale_temps"]
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
     """``torch.save(obj)`` to ``path`` atomically; a failed write leaves no temp file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def load_checkpoint(

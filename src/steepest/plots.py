@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -12,6 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from .atomic import atomic_write  # noqa: E402
 from .store import RunStore  # noqa: E402
 
 __all__ = ["plot_runs", "X_AXES", "save_figure"]
@@ -22,13 +22,11 @@ _LOG_FLOW_MAX = 700.0  # exp(700) is near float64's limit: past it, plot log τ 
 
 def save_figure(fig: plt.Figure, path: str | Path) -> Path:
     """Write a PNG atomically (temp file + rename) and close the figure."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    try:
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120,
+                                                          bbox_inches="tight"))
+    finally:
+        plt.close(fig)
 
 
 def _x_values(cols: dict[str, np.ndarray], x: str) -> tuple[np.ndarray, str, bool]:

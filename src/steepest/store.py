@@ -42,7 +42,6 @@ import os
 import socket
 import sqlite3
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -51,6 +50,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
+
+from .atomic import atomic_write, atomic_write_text
 
 __all__ = [
     "DEFAULT_DB",
@@ -259,22 +260,6 @@ def _as_step(value: Any, where: str) -> int:
 def _is_locked(exc: sqlite3.OperationalError) -> bool:
     msg = str(exc).lower()
     return "locked" in msg or "busy" in msg
-
-
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write via ``write(tmp)`` into a temp file beside ``path``, fsync, then ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 class RunStore:
@@ -684,7 +669,7 @@ class RunStore:
                     cells.append("" if math.isnan(v) else repr(v))
                 writer.writerow(cells)
             text = buf.getvalue()
-            _atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+            atomic_write_text(path, text)
         else:
             try:
                 import pandas as pd
@@ -694,7 +679,7 @@ class RunStore:
                     "parquet export needs pandas and pyarrow: pip install steepest[parquet]"
                 ) from exc
             frame = pd.DataFrame(cols)
-            _atomic_write(path, lambda tmp: frame.to_parquet(tmp, engine="pyarrow", index=False))
+            atomic_write(path, lambda tmp: frame.to_parquet(tmp, engine="pyarrow", index=False))
         return path
 
     # ---------------------------------------------------------------- lifetime

@@ -65,9 +65,7 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import sys
-import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,6 +75,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .atomic import atomic_write_text
 from .checkpoints import load_checkpoint
 from .kkt import NotSeparatedError, kkt_residual, norm_kind
 from .losses import log_loss as _log_loss
@@ -1112,20 +1111,6 @@ def resolve_runs(store: RunStore, selectors: Iterable[str | int]) -> list[int]:
     return [i for i in ids if not (i in seen or seen.add(i))]
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def main(
     run_ids: Sequence[str | int],
     db: str | Path | None = None,
@@ -1146,5 +1131,5 @@ def main(
         report = verify_runs(store, ids, kkt=kkt)
     echo(report.to_text())
     if out_markdown is not None:
-        _atomic_write_text(Path(out_markdown), report.to_markdown())
+        atomic_write_text(Path(out_markdown), report.to_markdown())
     return report.exit_code

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..atomic import atomic_write_text
 from .verdicts import VerifySection, verify_line
 
 __all__ = ["Report", "markdown_table", "atomic_write_text", "verdict"]
@@ -22,13 +22,6 @@ def verdict(size: str, reproduced: bool, reason: str) -> tuple[bool | None, str]
     if size == "smoke":
         return None, SMOKE_REASON
     return reproduced, reason
-
-
-def atomic_write_text(path: Path, text: str) -> Path:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
 
 
 def _fmt(v: Any) -> str:
