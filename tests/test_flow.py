@@ -369,6 +369,16 @@ def test_flow_rolls_back_steps_whose_error_is_beyond_tol():
     assert r.t[0].item() > 50
 
 
+def _resumed(cfg: dict, saved: dict) -> BatchRunner:
+    """A fresh runner of ``cfg`` continued from the checkpoint state ``saved`` (full batch:
+    the gradient is recomputed, as ``train(resume=True)`` does)."""
+    b = _runner(cfg)
+    b.load_state_dict(saved)
+    b.g, b.ll, b.out = b.e.evaluate(b.params)
+    b.qmin = b.e.q_min(b.out, b.e.y)
+    return b
+
+
 def test_flow_state_round_trips_through_a_checkpoint():
     """The step-size controller's state (α) is in the checkpoint: stepping on from a saved
     state equals stepping on without the save, bit for bit."""
@@ -382,11 +392,7 @@ def test_flow_state_round_trips_through_a_checkpoint():
     a = _runner(cfg)
     for _ in range(30):
         a.step()
-    saved = a.state_dict()
-    b = _runner(cfg)
-    b.load_state_dict(saved)
-    b.g, b.ll, b.out = b.e.evaluate(b.params)
-    b.qmin = b.e.q_min(b.out, b.e.y)
+    b = _resumed(cfg, a.state_dict())
     for _ in range(30):
         a.step()
         b.step()
@@ -408,11 +414,7 @@ def test_a_bundle_retry_in_progress_round_trips_through_a_checkpoint():
         if a.sliding is not None and bool(a.sliding.any()):
             break
     assert a.sliding is not None and bool(a.sliding.any()), "no kink met: the test needs one"
-    saved = a.state_dict()
-    b = _runner(cfg)
-    b.load_state_dict(saved)
-    b.g, b.ll, b.out = b.e.evaluate(b.params)
-    b.qmin = b.e.q_min(b.out, b.e.y)
+    b = _resumed(cfg, a.state_dict())
     for _ in range(40):
         a.step()
         b.step()

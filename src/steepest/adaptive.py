@@ -181,17 +181,24 @@ def _ema(m: Tensor, g: Tensor, beta: float) -> Tensor:
     return beta * m + (1.0 - beta) * g
 
 
-def _rescaled(xs: Sequence[Tensor], log_factor: Tensor, power: float) -> list[Tensor]:
+def _same(x: Any, like: Tensor) -> Any:
+    """One run: a per-run scalar needs no shaping (the ``per_run`` of a single-run rule)."""
+    return x
+
+
+def _rescaled(xs: Sequence[Tensor], log_factor: Tensor, power: float,
+              per_run=_same) -> list[Tensor]:
     """xs · e^{power·log_factor}: moments re-expressed for gradients scaled by e^{log_factor}."""
-    return [x * torch.exp(power * log_factor).to(x.dtype) for x in xs]
+    return [x * per_run(torch.exp(power * log_factor).to(x.dtype), x) for x in xs]
 
 
-def _rescale_moments(state: State, log_factor: Tensor) -> State:
-    """Adam-style state for gradients scaled by e^{log_factor}: m·e^{lf}, v·e^{2lf}, s + lf."""
+def _rescale_moments(state: State, log_factor: Tensor, per_run=_same) -> State:
+    """Adam-style state for gradients scaled by e^{log_factor}: m·e^{lf}, v·e^{2lf}, s + lf.
+    ``per_run`` shapes a per-run factor (K,) over stacked tensors (see ``AdamRule._apply``)."""
     return {
         **state,
-        "exp_avg": _rescaled(state["exp_avg"], log_factor, 1.0),
-        "exp_avg_sq": _rescaled(state["exp_avg_sq"], log_factor, 2.0),
+        "exp_avg": _rescaled(state["exp_avg"], log_factor, 1.0, per_run),
+        "exp_avg_sq": _rescaled(state["exp_avg_sq"], log_factor, 2.0, per_run),
         "log_grad_scale": state["log_grad_scale"] + log_factor,
     }
 
@@ -365,21 +372,27 @@ class AdamRule(Algorithm):
         return _rescale_moments(state, log_factor)
 
     def update(self, params, grads, state, lr):
+        return self._apply(params, grads, state, lr, _same, self.predicted_norm.dual(grads))
+
+    def _apply(self, params, grads, state, lr, per_run, grad_dual):
+        """``update``'s arithmetic, in torch.optim.Adam's order; ``per_run(x, p)`` shapes a
+        per-run scalar (step, lr, ε) to broadcast over the tensor p (one run: x itself)."""
         b1, b2 = self.betas
         t = state["step"] + 1
         eps = _eps_now(self.eps, state, dtype=params[0].dtype)
         new_p, new_m, new_v = [], [], []
         for p, g, m, v in zip(params, grads, state["exp_avg"], state["exp_avg_sq"], strict=True):
             m, v = _adam_moments(m, v, g, b1, b2)
-            ratio, inv_bc1 = _adam_ratio(m, v, t, b1, b2, eps, self.bias_correction)
-            new_p.append(p - (lr * inv_bc1) * ratio)
+            eps_p = per_run(eps, p) if isinstance(eps, Tensor) else eps
+            ratio, inv_bc1 = _adam_ratio(m, v, per_run(t, p), b1, b2, eps_p, self.bias_correction)
+            new_p.append(p - (per_run(lr, p) * inv_bc1) * ratio)
             new_m.append(m)
             new_v.append(v)
         return new_p, {
             "step": t,
             "exp_avg": new_m,
             "exp_avg_sq": new_v,
-            "grad_dual": self.predicted_norm.dual(grads),
+            "grad_dual": grad_dual,
             "log_grad_scale": state["log_grad_scale"],
         }
 
@@ -400,37 +413,13 @@ class AdamRule(Algorithm):
         }
 
     def stacked_rescale_state(self, state: State, log_factor: Tensor) -> State:
-        def scaled(xs: Sequence[Tensor], power: float) -> list[Tensor]:
-            return [x * _per_run(torch.exp(power * log_factor).to(x.dtype), x) for x in xs]
-
-        return {
-            **state,
-            "exp_avg": scaled(state["exp_avg"], 1.0),
-            "exp_avg_sq": scaled(state["exp_avg_sq"], 2.0),
-            "log_grad_scale": state["log_grad_scale"] + log_factor,
-        }
+        return _rescale_moments(state, log_factor, _per_run)
 
     def stacked_update(self, params, grads, state, lr):
-        b1, b2 = self.betas
-        t = state["step"] + 1
-        eps = _eps_now(self.eps, state, dtype=params[0].dtype)
         p0 = params[0]
-        lr = torch.as_tensor(lr, dtype=p0.dtype, device=p0.device).expand(t.shape)
-        new_p, new_m, new_v = [], [], []
-        for p, g, m, v in zip(params, grads, state["exp_avg"], state["exp_avg_sq"], strict=True):
-            m, v = _adam_moments(m, v, g, b1, b2)
-            eps_p = _per_run(eps, p) if isinstance(eps, Tensor) else eps
-            ratio, inv_bc1 = _adam_ratio(m, v, _per_run(t, p), b1, b2, eps_p, self.bias_correction)
-            new_p.append(p - (_per_run(lr, p) * inv_bc1) * ratio)
-            new_m.append(m)
-            new_v.append(v)
-        return new_p, {
-            "step": t,
-            "exp_avg": new_m,
-            "exp_avg_sq": new_v,
-            "grad_dual": self.predicted_norm.stacked_dual(grads),
-            "log_grad_scale": state["log_grad_scale"],
-        }
+        lr = torch.as_tensor(lr, dtype=p0.dtype, device=p0.device).expand(p0.shape[:1])
+        dual = self.predicted_norm.stacked_dual(grads)
+        return self._apply(params, grads, state, lr, _per_run, dual)
 
 # ----------------------------------------------------------------------------- momentum methods
 

@@ -29,6 +29,7 @@ from torch import Tensor
 from torch.func import vmap
 
 from .norms import LpNorm, Norm, Spectral, get_norm
+from .registry import check_registration
 
 __all__ = [
     "Algorithm",
@@ -161,13 +162,7 @@ def register_algorithm(name: str, factory: Callable[..., Algorithm], doc: str = 
     """Register ``factory(**kw) -> Algorithm`` under ``name`` (used by :func:`algorithm`, by
     ``steepest.optimizer`` and by configs). A name that is taken is refused unless
     ``replace=True``."""
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"an algorithm name must be a non-empty string, got {name!r}")
-    if not callable(factory):
-        raise TypeError(f"register_algorithm({name!r}): factory must be callable")
-    if name in _FACTORIES and not replace:
-        raise ValueError(f"algorithm {name!r} is already registered; "
-                         "pass replace=True to replace it")
+    check_registration("algorithm", name, factory, name in _FACTORIES, replace)
     _FACTORIES[name] = factory
     _DOCS[name] = doc
 

@@ -29,6 +29,8 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from .registry import check_registration
+
 __all__ = [
     "NotHomogeneousError",
     "Linear",
@@ -530,12 +532,7 @@ def register_model(name: str, builder: Callable[..., nn.Module], *, replace: boo
     -> nn.Module`` under ``name``, so that :func:`build_model` and configs accept it. The engine
     measures the model's homogeneity degree. A name that is taken is refused unless
     ``replace=True``."""
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"a model name must be a non-empty string, got {name!r}")
-    if not callable(builder):
-        raise TypeError(f"register_model({name!r}): builder must be callable")
-    if name in _REGISTRY and not replace:
-        raise ValueError(f"model {name!r} is already registered; pass replace=True to replace it")
+    check_registration("model", name, builder, name in _REGISTRY, replace)
     _REGISTRY[name] = builder
 
 

@@ -35,6 +35,8 @@ import torch
 from torch import Tensor
 from torch.func import vmap
 
+from .registry import check_registration
+
 __all__ = [
     "Norm",
     "flat_params",
@@ -639,14 +641,9 @@ def register_norm(name: str, factory: Callable[[], Norm], *, replace: bool = Fal
     """Register ``factory() -> Norm`` under ``name`` (lower case), so that :func:`norm`, the
     ``steepest`` algorithm's ``norm`` option and configs accept it. A name that is taken (or an
     alias, or an ``l<p>`` name) is refused unless ``replace=True``."""
-    if not isinstance(name, str) or not name.strip():
-        raise ValueError(f"a norm name must be a non-empty string, got {name!r}")
-    if not callable(factory):
-        raise TypeError(f"register_norm({name!r}): factory must be callable")
-    key = name.strip().lower()
+    key = name.strip().lower() if isinstance(name, str) else ""
     taken = key in _REGISTRY or key in NORM_ALIASES or _LP.match(key) is not None
-    if taken and not replace:
-        raise ValueError(f"norm {name!r} is already a norm name; pass replace=True to replace it")
+    check_registration("norm", name, factory, taken, replace)
     _REGISTRY[key] = factory
 
 

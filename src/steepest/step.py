@@ -297,7 +297,7 @@ def step(
                     if plain
                     else (None, grp.own.stacked_dual(gg))
                 )
-                if grp.bundles:
+                if grp.bundles and sch.any_bundle:
                     here = (here[0], here[1], here[0])
             u0, dual0 = here[0], here[1]
         if sch.any_flow and not algo.normalized:
@@ -350,11 +350,12 @@ def step(
         (log_err, log_err_loss, log_err_model, log_dual0, log_dual1, next_dirs, retry_dirs,
          slide_next) = _flow_errors(state, groups, flow_parts, new_params, g2, ll2,
                                     sch.any_bundle)
-        sliding = state.sliding if state.sliding is not None else torch.zeros_like(state.t)
-        on_bundle = sliding > 0
-        # A bundle step is tangent to the kink (⟨g, Δ⟩ = ⟨h, Δ⟩ for the gradients on both
-        # sides): its loss error is the drop's deviation from ⟨−g, Δ⟩ alone, with no floor.
-        log_err_loss = torch.where(on_bundle, log_err_model, log_err_loss)
+        if sch.any_bundle:  # (decided on the host: batches without bundle retries skip this)
+            sliding = state.sliding if state.sliding is not None else torch.zeros_like(state.t)
+            on_bundle = sliding > 0
+            # A bundle step is tangent to the kink (⟨g, Δ⟩ = ⟨h, Δ⟩ for the gradients on both
+            # sides): its loss error is the drop's deviation from ⟨−g, Δ⟩ alone, with no floor.
+            log_err_loss = torch.where(on_bundle, log_err_model, log_err_loss)
         log_err = torch.nan_to_num(log_err, nan=math.inf)
         log_err_loss = torch.nan_to_num(log_err_loss, nan=math.inf)
         ok_dir = log_err <= sch.log_tol
@@ -369,17 +370,19 @@ def step(
         # ratchet α down to 1e-14: docs/late_phase.md.)
         # (a retry that raised the loss overshot: its error is not a floor)
         probe = (
-            ~on_bundle
-            & torch.isfinite(rej_log_alpha)
+            torch.isfinite(rej_log_alpha)
             & (log_alpha <= rej_log_alpha - math.log(2.0))
             & torch.isfinite(log_err_loss)
             & finite
             & no_increase_flow
         )
+        if sch.any_bundle:
+            probe = probe & ~on_bundle
         log_floor = torch.where(probe, torch.maximum(log_floor, log_err_loss), log_floor)
         rej_log_alpha = torch.where(probe, torch.full_like(rej_log_alpha, math.inf), rej_log_alpha)
         excess = (torch.exp(log_err_loss) - torch.exp(log_floor)).clamp(min=0.0)
-        log_err_loss = torch.where(on_bundle, log_err_loss, torch.log(excess))
+        log_err_loss = (torch.where(on_bundle, log_err_loss, torch.log(excess)) if sch.any_bundle
+                        else torch.log(excess))
         ok_loss = log_err_loss <= sch.log_tol
         within = finite & no_increase_flow & ok_dir & ok_loss
         accept = torch.where(sch.flow, active & within, accept)
@@ -408,15 +411,16 @@ def step(
         # A plain step rolled back where the bundle of g and g' points elsewhere: the retry
         # goes along the bundle direction with the same α (the step length was not the
         # problem, the kink between θ and θ' was), and is no floor sample.
-        slide = sch.bundle & active & ~accept & finite & ~on_bundle & slide_next
-        fac = torch.where(slide, torch.zeros_like(fac), fac)
-        loss_rejected = loss_rejected & ~slide
-        # An accepted bundle step is taken again, up to BUNDLE_STEPS times in all: while the
-        # run slides along the kink the tangent barely turns, and each try is checked against
-        # its own first-order model as the first was. Then U(g') is tried again.
-        reuse = accept & on_bundle & (sliding < BUNDLE_STEPS)
-        sliding = torch.where(slide, torch.ones_like(sliding),
-                              torch.where(reuse, sliding + 1, torch.zeros_like(sliding)))
+        if sch.any_bundle:
+            slide = sch.bundle & active & ~accept & finite & ~on_bundle & slide_next
+            fac = torch.where(slide, torch.zeros_like(fac), fac)
+            loss_rejected = loss_rejected & ~slide
+            # An accepted bundle step is taken again, up to BUNDLE_STEPS times in all: while
+            # the run slides along the kink the tangent barely turns, and each try is checked
+            # against its own first-order model as the first was. Then U(g') is tried again.
+            reuse = accept & on_bundle & (sliding < BUNDLE_STEPS)
+            sliding = torch.where(slide, torch.ones_like(sliding),
+                                  torch.where(reuse, sliding + 1, torch.zeros_like(sliding)))
         rej_log_alpha = torch.where(loss_rejected, log_alpha, rej_log_alpha)
         log_floor = torch.where(accept, log_floor + math.log(0.99), log_floor)
         log_alpha = torch.where(sch.flow & active, log_alpha + fac, log_alpha)
@@ -437,7 +441,7 @@ def step(
         dir_cache = []
         for gi, grp in enumerate(groups):
             here, nxt = flow_parts[gi][4], next_dirs[gi]
-            if grp.bundles:
+            if grp.bundles and sch.any_bundle:
                 taken, d0, plain_u = here
                 u1, d1 = nxt
                 bundle = retry_dirs[gi] if retry_dirs[gi] is not None else plain_u
@@ -467,7 +471,7 @@ def step(
         done=state.done,
         iteration=state.iteration + 1,
         dir_cache=dir_cache,
-        sliding=sliding if sch.any_flow else state.sliding,
+        sliding=sliding if sch.any_bundle else state.sliding,
     )
     gave_up = active & (log_alpha < sch.log_min_alpha)
     return new, StepOutcome(
@@ -511,7 +515,8 @@ def _flow_errors(
     next_dirs: list[Any] = []
     retry_dirs: list[Any] = []
     slide_next = torch.zeros(K, dtype=torch.bool, device=dev)
-    log_err_model = torch.full((K,), -math.inf, dtype=torch.float64, device=dev)
+    log_err_model = (torch.full((K,), -math.inf, dtype=torch.float64, device=dev)
+                     if any_bundle else None)
     for gi, grp in enumerate(groups):
         pg, gg, st_new, lr_eff, here = parts[gi]
         dual0 = here[1]
@@ -579,9 +584,9 @@ def _flow_errors(
         scale = 0.5 * (s0.abs() + s1.abs())
         scale = torch.where(scale > 0, scale, torch.ones_like(scale))
         err_loss = (drop - 0.5 * (s0 + s1)).abs() / scale
-        # against the step's own first-order model only (for bundle steps, see ``step``)
-        err_model = (drop - s0).abs() / torch.where(s0.abs() > 0, s0.abs(), torch.ones_like(s0))
-        log_err_model = scatter_runs(log_err_model, grp.idx, torch.log(err_model))
+        if any_bundle:  # against the step's own first-order model only (bundle steps: ``step``)
+            err_model = (drop - s0).abs() / torch.where(s0.abs() > 0, s0.abs(), torch.ones_like(s0))
+            log_err_model = scatter_runs(log_err_model, grp.idx, torch.log(err_model))
         err = torch.where(drop > max_drop, torch.full_like(err, math.inf), err)
         log_err = scatter_runs(log_err, grp.idx, torch.log(err))
         log_err_loss = scatter_runs(log_err_loss, grp.idx, torch.log(err_loss))
