@@ -17,6 +17,8 @@ from steepest.reproduce.gronich_vardi import (
     checkpoint_params,
     column_winners,
     directional_cosines,
+    first_step_at,
+    paper_stop_log_loss,
     single_thread,
 )
 from steepest.reproduce.lyu_li import increase_fraction, margin_at
@@ -67,7 +69,7 @@ def test_gv_smoke_report(gv):
     assert report.defaults
     for caption, table in report.tables:
         header = table.splitlines()[0]
-        for col in ("γ_2", "γ_∞", "γ_msp", "γ_hyb", "own", "cos(θ_T/2, θ_T)"):
+        for col in ("γ_2", "γ_∞", "γ_msp", "γ_hyb", "own", "cos(θ_T/2, θ_T)", "cos(θ_T*/2, θ_T*)"):
             assert col in header, (caption, col)
     nums = json.loads((out / "results.json").read_text())["numbers"]
     for batch in nums.values():
@@ -112,6 +114,33 @@ def test_directional_cosine_identity_and_range(gv):
         assert v["cos"][1.0] == pytest.approx(1.0, abs=1e-12)  # cos(θ_T, θ_T) = 1
         assert v["steps"][0.5] <= v["T"]
         assert -1.0 - 1e-12 <= v["cos"][0.5] <= 1.0 + 1e-12
+
+
+def test_cosines_at_an_earlier_end_use_only_checkpoints_up_to_it(gv):
+    # ends= reads the cosines as if the run had stopped there (the paper's stopping loss): θ_T is
+    # the checkpoint nearest that step, and no later checkpoint may be used for T/2.
+    _, out = gv
+    db = out / "runs.db"
+    with RunStore(db) as store:
+        rid = store.list_runs()[0].id
+        steps = sorted({c["step"] for c in store.checkpoints(rid)})
+    assert len(steps) >= 3
+    mid = steps[len(steps) // 2]
+    early = directional_cosines(db, [rid], fractions=(1.0, 0.5), ends={rid: mid})[rid]
+    late = directional_cosines(db, [rid], fractions=(1.0, 0.5))[rid]
+    assert early["T"] == mid and late["T"] == steps[-1]
+    assert early["cos"][1.0] == pytest.approx(1.0, abs=1e-12)
+    assert early["steps"][0.5] <= mid
+
+
+def test_paper_stop_is_the_mean_loss_in_summed_log_loss():
+    # GV stop at mean loss 1e-8; the package's 𝓛 is the sum over n points.
+    assert paper_stop_log_loss(200) == pytest.approx(math.log(200 * 1e-8), rel=1e-12)
+    assert paper_stop_log_loss(200) == pytest.approx(-13.1, abs=0.03)  # the old config held it rounded
+    cols = {"step": np.array([0, 5, 10, 20]), "log_loss": np.array([-1.0, -12.0, -14.0, -20.0])}
+    assert first_step_at(cols, -13.0) == 8  # halfway from −12 (step 5) to −14 (step 10): 7.5
+    assert first_step_at(cols, -14.0) == 10 and first_step_at(cols, -0.5) == 0
+    assert first_step_at(cols, -30.0) is None
 
 
 def test_hybrid_margin_matches_engine_own_margin(gv):
