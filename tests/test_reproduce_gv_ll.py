@@ -69,7 +69,8 @@ def test_gv_smoke_report(gv):
     assert report.defaults
     for caption, table in report.tables:
         header = table.splitlines()[0]
-        for col in ("γ_2", "γ_∞", "γ_msp", "γ_hyb", "own", "cos(θ_T/2, θ_T)", "cos(θ_T*/2, θ_T*)"):
+        for col in ("γ_2", "γ_∞", "γ_msp", "γ_hyb", "own", "cos(θ_T/2, θ_T)",
+                    "cos(θ_T*/2, θ_T*)"):
             assert col in header, (caption, col)
     nums = json.loads((out / "results.json").read_text())["numbers"]
     for batch in nums.values():
@@ -136,7 +137,7 @@ def test_cosines_at_an_earlier_end_use_only_checkpoints_up_to_it(gv):
 def test_paper_stop_is_the_mean_loss_in_summed_log_loss():
     # GV stop at mean loss 1e-8; the package's 𝓛 is the sum over n points.
     assert paper_stop_log_loss(200) == pytest.approx(math.log(200 * 1e-8), rel=1e-12)
-    assert paper_stop_log_loss(200) == pytest.approx(-13.1, abs=0.03)  # the old config held it rounded
+    assert paper_stop_log_loss(200) == pytest.approx(-13.1, abs=0.03)  # the old config: rounded
     cols = {"step": np.array([0, 5, 10, 20]), "log_loss": np.array([-1.0, -12.0, -14.0, -20.0])}
     assert first_step_at(cols, -13.0) == 8  # halfway from −12 (step 5) to −14 (step 10): 7.5
     assert first_step_at(cols, -14.0) == 10 and first_step_at(cols, -0.5) == 0

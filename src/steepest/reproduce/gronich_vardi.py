@@ -188,10 +188,11 @@ def _analyse(batch: BatchRuns, db: Path, target: float) -> dict[str, Any]:
     a = _lr_ratio(batch)
     hyb = hybrid_margins(db, batch, a)
     cos = directional_cosines(db, batch.result.run_ids)
-    at_stop = {rid: first_step_at(batch.metrics[i], target) for i, rid in enumerate(batch.result.run_ids)}
+    ids = batch.result.run_ids
+    at_stop = {rid: first_step_at(batch.metrics[i], target) for i, rid in enumerate(ids)}
     reached = all(s is not None for s in at_stop.values())
     cos_stop = directional_cosines(
-        db, batch.result.run_ids, fractions=(0.5,), ends={r: s for r, s in at_stop.items() if s is not None}
+        db, ids, fractions=(0.5,), ends={r: s for r, s in at_stop.items() if s is not None}
     )
     per_label: dict[str, dict[str, float]] = {}
     groups = batch.by_label()
@@ -311,7 +312,9 @@ def run(size: str, out: Path, device: str | None = None) -> Report:
             )
             numbers[batch.name] = res
             notes.append(_secondary_note(batch.name, res["per_label"]))
-            early = [lab for lab, r in res["per_label"].items() if not r["cos_half_stop"] > COSINE_THRESHOLD]
+            early = [
+                lab for lab, r in res["per_label"].items() if not r["cos_half_stop"] > COSINE_THRESHOLD
+            ]
             notes.append(
                 f"{batch.name}: at the paper's stopping loss (log 𝓛 ≤ {target:.3g}, step T*) "
                 + (f"cos(θ_T*/2, θ_T*) ≤ {COSINE_THRESHOLD} for {', '.join(early)}" if early
@@ -320,7 +323,8 @@ def run(size: str, out: Path, device: str | None = None) -> Report:
             )
             if not res["reached_target"]:
                 notes.append(
-                    f"{batch.name}: not every run reached the paper's stopping loss (log 𝓛 ≤ {target:.3g}); "
+                    f"{batch.name}: not every run reached the paper's stopping loss "
+                    f"(log 𝓛 ≤ {target:.3g}); "
                     "those runs' margins are read before the late phase."
                 )
                 reasons.append(f"{batch.name}: some runs did not reach the stopping loss")
@@ -365,8 +369,8 @@ def run(size: str, out: Path, device: str | None = None) -> Report:
     )
     if ok_all:
         reason = (
-            f"in both networks every run reached the paper's stopping loss (mean loss {mean_loss:g}) and went "
-            "on to the step budget T; at T the largest γ_2 belongs to (momentum) NGD, "
+            "in both networks every run reached the paper's stopping loss "
+            f"(mean loss {mean_loss:g}) and went on to the step budget T; at T the largest γ_2 belongs to (momentum) NGD, "
             "γ_∞ to Signum/Adam, γ_msp to Muon, the hybrid margin to Muon–Adam, and every "
             f"cos(θ_T/2, θ_T) > {COSINE_THRESHOLD}."
         )
