@@ -421,6 +421,36 @@ class AdamRule(Algorithm):
         dual = self.predicted_norm.stacked_dual(grads)
         return self._apply(params, grads, state, lr, _per_run, dual)
 
+    engine_only_state = ("grad_dual", "log_grad_scale")
+
+    def apply_(self, params, grads, state, lr):
+        """``update`` in place, in ``torch.optim.Adam``'s multi-tensor order (lerp for m,
+        mul + addcmul for v, √v/√bc2 + ε), with ε = 0 where √v̂ = 0 giving a 0 step (m/∞) as
+        in ``update``; the last step is θ ← θ − (η/bc1)·(m/den) (not addcdiv: with β1 = β2 = 0,
+        ε = 0 the ratio is ±1 exactly, so Adam equals sign descent bit for bit). The gradients
+        are the raw ones (no log-space frame), so ε is used as given."""
+        b1, b2 = self.betas
+        ps, ms, vs = list(params), state["exp_avg"], state["exp_avg_sq"]
+        t = state["step"] + 1
+        n = float(t)
+        bc1 = 1.0 - b1**n if self.bias_correction else 1.0
+        bc2_sqrt = math.sqrt(1.0 - b2**n) if self.bias_correction else 1.0
+        torch._foreach_lerp_(ms, grads, 1.0 - b1)
+        torch._foreach_mul_(vs, b2)
+        torch._foreach_addcmul_(vs, grads, grads, value=1.0 - b2)
+        den = torch._foreach_sqrt(vs)
+        if bc2_sqrt != 1.0:
+            torch._foreach_div_(den, bc2_sqrt)
+        if self.eps > 0:
+            torch._foreach_add_(den, self.eps)
+        else:
+            for d in den:
+                d.masked_fill_(d == 0, math.inf)
+        for m, d in zip(ms, den, strict=True):
+            torch.div(m, d, out=d)  # m/den into den's memory: one fresh buffer per step, as torch
+        torch._foreach_add_(ps, den, alpha=-float(lr) / bc1)
+        return {"step": t, "exp_avg": ms, "exp_avg_sq": vs}
+
 # ----------------------------------------------------------------------------- momentum methods
 
 
@@ -474,6 +504,20 @@ class MomentumSteepestRule(Algorithm):
             "grad_dual": self.predicted_norm.dual(grads),
         }
 
+    engine_only_state = ("grad_dual",)
+
+    def _update_direction(self, ms: list[Tensor]) -> list[Tensor]:
+        """U(m) for ``apply_``: the norm's multi-tensor form."""
+        return self.norm.update_direction(ms, True)
+
+    def apply_(self, params, grads, state, lr):
+        """``update`` in place: m ← lerp(m, g, 1 − β) (= βm + (1 − β)g, as pytorch-optimizer's
+        SignSGD), θ ← θ − η·U(m)."""
+        ms = state["momentum_buffer"]
+        torch._foreach_lerp_(ms, list(grads), 1.0 - self.momentum)
+        torch._foreach_add_(list(params), self._update_direction(ms), alpha=-float(lr))
+        return {"step": state["step"] + 1, "momentum_buffer": ms}
+
 
 class MuonRule(MomentumSteepestRule):
     """Muon: momentum, then every tensor moves by the polar factor of its momentum (spec §2.4, A.3).
@@ -489,6 +533,15 @@ class MuonRule(MomentumSteepestRule):
     move by ℓ2-normalized momentum (exactly, also with Newton–Schulz). Predicted norm:
     max over layers of the spectral norm (Gronich & Vardi Cor. 3.4). Plain Muon (Keller Jordan)
     adds Nesterov momentum and shape-dependent scale factors; this is the form the theory uses.
+
+    Cost of the exact default: one float64 SVD per tensor per step, O(mn·min(m, n)) for an
+    m × n matrix. Measured on a 2-core CPU (benchmarks/bench_optimizers.py): 42 ms per step for
+    a 256 × 784 layer and a 1 × 256 row, against 23–27 ms with Newton–Schulz (5 steps). Exact
+    stays the default because Newton–Schulz with these coefficients is not the steepest
+    direction of the spectral norm: it leaves the singular values of the step anywhere in
+    [0.68, 1.13] (worse for ill-conditioned momenta; tests/test_adaptive.py), so ⟨U, m⟩ is not
+    ‖m‖_nuc and the max-spectral-margin prediction is not the one proved, for a speed-up of
+    under 2×.
     """
 
     def __init__(
@@ -513,6 +566,8 @@ class MuonRule(MomentumSteepestRule):
 
     def _direction(self, ms: list[Tensor]) -> list[Tensor]:
         return orthogonalize(ms, self.orthogonalize, self.ns_steps, self.ns_coefficients)
+
+    _update_direction = _direction
 
 
 # ----------------------------------------------------------------------------- Shampoo

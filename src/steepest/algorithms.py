@@ -66,6 +66,27 @@ class Algorithm:
     def hyperparams(self) -> dict[str, Any]:
         return {}
 
+    #: State entries that only the engine reads (the flow-time clock ``grad_dual``, Adam's ε
+    #: frame); a rule whose :meth:`apply_` does not keep them names them here.
+    engine_only_state: tuple[str, ...] = ()
+
+    def apply_(
+        self, params: Sequence[Tensor], grads: Sequence[Tensor], state: State, lr: float | Tensor
+    ) -> State:
+        """The step in place, for ``torch.optim`` wrappers: moves ``params`` (the user's tensors)
+        where :meth:`update` would and returns the new state, without the entries in
+        ``engine_only_state``. The caller gives ``state`` away: its tensors may be updated in
+        place.
+
+        Default: :meth:`update`, then a copy into ``params``. Rules override it with multi-tensor
+        in-place operations (``torch._foreach_*``, not ``vmap``-able, so :meth:`update` stays
+        the pure form the engine batches); tests/test_optim.py checks every registered rule's
+        ``apply_`` against its ``update``, step for step.
+        """
+        new_params, new_state = self.update(params, grads, state, lr)
+        torch._foreach_copy_(list(params), list(new_params))
+        return new_state
+
     def rescale_state(self, state: State, log_factor: Tensor) -> State:
         """Re-express ``state`` for gradients that are e^{log_factor} times the previous ones.
 
@@ -133,6 +154,25 @@ class SteepestDescentRule(Algorithm):
         delta, dual = self.step_direction(grads)
         new_params = [p - lr * d for p, d in zip(params, delta, strict=True)]
         return new_params, {"step": state["step"] + 1, "grad_dual": dual}
+
+    engine_only_state = ("grad_dual",)
+
+    def apply_(self, params, grads, state, lr):
+        """θ ← θ − η·Δ in place, Δ = :meth:`Norm.update_direction` (for ℓ2 unnormalized Δ = g:
+        one ``_foreach_add_``, as ``torch.optim.SGD``). ‖g‖_* is not kept: the engine's clock."""
+        if isinstance(self.norm, LpNorm) and self.norm.p == 1.0:
+            # Greedy coordinate descent moves one entry: write it, not a dense one-hot Δ.
+            k, j, top = self.norm.top_coordinate(grads)
+            p = params[k]
+            at = []
+            for size in reversed(p.shape):  # the flat index as a multi-index: p may be strided
+                j, i = divmod(j, size)
+                at.append(i)
+            p[tuple(reversed(at))] -= float(lr) * (torch.sign(top) if self.normalized else top)
+        else:
+            delta = self.norm.update_direction(grads, self.normalized)
+            torch._foreach_add_(list(params), delta, alpha=-float(lr))
+        return {"step": state["step"] + 1}
 
     def stacked_update(self, params, grads, state, lr):
         u, dual = self.norm.stacked_direction_and_dual(grads)

@@ -7,10 +7,11 @@ Each param group is one "vector" for the norm: ℓ1 moves one coordinate of the 
 spectral takes the max over the group's layers, and so on. A parameter whose ``.grad`` is
 ``None`` is treated as having a zero gradient (it still belongs to the norm's vector).
 
-The pure rule's state (a dict of tensors and per-parameter lists) is stored the torch way,
-per parameter in ``self.state[p]`` (scalars such as ``step`` are replicated in every
-parameter's entry, as ``torch.optim.Adam`` does), so ``state_dict()``/``load_state_dict()``
-round-trip with torch's own machinery.
+The rule's state (a dict of tensors and per-parameter lists, without the entries only the
+engine reads, ``Algorithm.engine_only_state``) is stored the torch way, per parameter in
+``self.state[p]`` (scalars such as ``step`` are replicated in every parameter's entry, as
+``torch.optim.Adam`` does), so ``state_dict()``/``load_state_dict()`` round-trip with torch's
+own machinery.
 """
 
 from __future__ import annotations
@@ -27,11 +28,22 @@ from .norms import Norm
 __all__ = ["AlgorithmOptimizer", "SteepestDescent", "optimizer"]
 
 
+def _frozen(value: Any) -> Any:
+    """A hashable, comparable stand-in for a hyperparameter value (lists from a loaded
+    state_dict compare equal to the tuples they were)."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_frozen(v) for v in value)
+    return value
+
+
 class AlgorithmOptimizer(torch.optim.Optimizer):
     """Runs a pure :class:`~steepest.algorithms.Algorithm` as a ``torch.optim.Optimizer``.
 
-    ``build(**group_hyperparams) -> Algorithm`` rebuilds the rule from a param group's plain
-    hyperparameters, so param groups may differ (per-group norms, betas, …).
+    ``build(**group_hyperparams) -> Algorithm`` builds the rule from a param group's plain
+    hyperparameters, so param groups may differ (per-group norms, betas, …). The rule is built
+    once per group and rebuilt only when the group's hyperparameters change. Each step calls
+    the rule's in-place form :meth:`~steepest.algorithms.Algorithm.apply_` (multi-tensor
+    operations on the parameters and the state, as ``torch.optim``'s foreach implementations).
     """
 
     def __init__(
@@ -44,28 +56,24 @@ class AlgorithmOptimizer(torch.optim.Optimizer):
         if not (isinstance(lr, (int, float)) and lr >= 0):
             raise ValueError(f"lr must be a non-negative number, got {lr!r}")
         self._build = build
+        # id(group) -> (hyperparameter key, rule, {state key: is it per parameter}).
+        self._rules: dict[int, tuple[tuple, Algorithm, dict[str, bool]]] = {}
         super().__init__(params, dict(lr=lr, **hyperparams))
 
     def _algorithm(self, group: dict[str, Any]) -> Algorithm:
-        hp = {k: v for k, v in group.items() if k not in ("params", "lr")}
-        return self._build(**hp)
+        return self._rule(group)[0]
 
-    @staticmethod
-    def _gather(state: dict, params: list[Tensor], template: dict[str, Any]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for key, val in template.items():
-            if isinstance(val, list):
-                out[key] = [state[p][key] for p in params]
-            else:
-                out[key] = state[params[0]][key]
-        return out
-
-    @staticmethod
-    def _scatter(state: dict, params: list[Tensor], new: dict[str, Any]) -> None:
-        for i, p in enumerate(params):
-            entry = state[p]
-            for key, val in new.items():
-                entry[key] = val[i] if isinstance(val, list) else val
+    def _rule(self, group: dict[str, Any]) -> tuple[Algorithm, dict[str, bool]]:
+        key = tuple((k, _frozen(v)) for k, v in group.items() if k not in ("params", "lr"))
+        cached = self._rules.get(id(group))
+        if cached is not None and cached[0] == key:
+            return cached[1], cached[2]
+        algo = self._build(**{k: v for k, v in group.items() if k not in ("params", "lr")})
+        template = algo.init(list(group["params"]))
+        kept = [k for k in template if k not in algo.engine_only_state]
+        layout = {k: isinstance(template[k], list) for k in kept}
+        self._rules[id(group)] = (key, algo, layout)
+        return algo, layout
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
@@ -73,21 +81,23 @@ class AlgorithmOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        state = self.state
         for group in self.param_groups:
-            params: list[Tensor] = list(group["params"])
+            params: list[Tensor] = group["params"]
             if not params:
                 continue
-            algo = self._algorithm(group)
+            algo, layout = self._rule(group)
             grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-            template = algo.init(params)
-            if any(len(self.state[p]) == 0 for p in params):
-                pure_state = template
+            entries = [state[p] for p in params]
+            if not all(entries):
+                pure = {k: v for k, v in algo.init(params).items() if k in layout}
             else:
-                pure_state = self._gather(self.state, params, template)
-            new_params, new_state = algo.update(params, grads, pure_state, group["lr"])
-            for p, q in zip(params, new_params, strict=True):
-                p.copy_(q)
-            self._scatter(self.state, params, new_state)
+                pure = {k: [e[k] for e in entries] if per_param else entries[0][k]
+                        for k, per_param in layout.items()}
+            new_state = algo.apply_(params, grads, pure, group["lr"])
+            for i, entry in enumerate(entries):
+                for k, v in new_state.items():
+                    entry[k] = v[i] if isinstance(v, list) else v
         return loss
 
 
