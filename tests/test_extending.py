@@ -77,3 +77,109 @@ def test_a_user_model_and_optimizer_train_through_the_engine(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.startswith("ok")
+
+
+# ------------------------------------------------------------------ objects through train()
+
+
+def _objects():
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(60, 6, generator=g, dtype=torch.float64)
+    y = torch.where(X[:, 0] - 0.5 * X[:, 1] > 0, 1.0, -1.0)
+
+    def net(seed, bias=False):
+        gen = torch.Generator().manual_seed(seed)
+        m = torch.nn.Sequential(torch.nn.Linear(6, 10, bias=bias), torch.nn.ReLU(),
+                                torch.nn.Linear(10, 1, bias=bias)).double()
+        with torch.no_grad():
+            for p in m.parameters():
+                p.copy_(0.5 * torch.randn(p.shape, generator=gen, dtype=torch.float64))
+        return m
+
+    return X, y, net
+
+
+CFG = {"name": "objects", "seeds": [0, 1], "stop": {"steps": 300},
+       "algorithms": [{"algorithm": "ngd", "schedule": "power", "lr": 1.0, "a": 0.5}]}
+
+
+def test_a_user_module_and_tensors_train_and_verify(tmp_path):
+    """model= and data= go through the engine: the degree is measured (2), the seeds build
+    different initializations, and the margins are those of the user's own module."""
+    from steepest.store import RunStore
+    from steepest.verify import verify_runs
+
+    X, y, net = _objects()
+    db = tmp_path / "runs.db"
+    res = steepest.train(CFG, model=net, data=(X, y), db=db, progress=False)
+    assert res.statuses == ["completed", "completed"]
+    with RunStore(db, create=False) as store:
+        rec = store.get_run(res.run_ids[0])
+        m = store.metrics(res.run_ids[0])
+        assert rec.info["degree"] == 2 and rec.config["model"]["name"] == "user"
+        assert rec.info["dataset"]["source"] == "passed as objects"
+        verdicts = verify_runs(store, res.run_ids, kkt=False)
+    # The last logged margin is the user's module's: q_min/‖θ‖₂² at the final parameters.
+    assert m["train_acc"][-1] == 1.0
+    expected = float(m["q_min"][-1]) / float(m["norm_l2"][-1]) ** 2
+    assert float(m["margin_l2"][-1]) == pytest.approx(expected, rel=1e-12)
+    assert res.final[0]["margin_own"] != res.final[1]["margin_own"]  # two seeds, two inits
+    checks = {c.check: c.verdict for c in verdicts.runs[0].checks}
+    assert checks["preconditions"] == "pass" and checks["margin_monotone"] == "pass", checks
+
+
+def test_an_inhomogeneous_module_is_refused_naming_the_module_or_trained_without_margins(tmp_path):
+    from steepest.models import NotHomogeneousError
+    from steepest.store import RunStore
+    from steepest.verify import verify_runs
+
+    X, y, net = _objects()
+    refused = r"module '2' \(Linear\) has a bias.*allow_inhomogeneous"
+    with pytest.raises(NotHomogeneousError, match=refused):
+        steepest.train(CFG, model=lambda s: net(s, bias=True), data=(X, y), db=tmp_path / "a.db")
+    db = tmp_path / "b.db"
+    res = steepest.train(CFG, model=lambda s: net(s, bias=True), data=(X, y), db=db, progress=False,
+                         allow_inhomogeneous=True)
+    assert res.statuses == ["completed", "completed"]
+    assert "margin_own" not in res.final[0] and res.final[0]["log_loss"] < 0
+    with RunStore(db, create=False) as store:
+        verdicts = verify_runs(store, res.run_ids, kkt=False)
+    pre = verdicts.runs[0].get("preconditions")
+    assert pre.verdict == "not applicable" and "has a bias" in pre.reason, pre
+    assert all(c.verdict == "not applicable" for c in verdicts.runs[0].checks)
+
+
+def test_objects_and_a_config_that_names_others_are_refused(tmp_path):
+    from steepest.config import ConfigError
+
+    X, y, net = _objects()
+    with pytest.raises(ConfigError, match="model= was passed and the config names model 'mlp'"):
+        steepest.train({**CFG, "model": {"name": "mlp"}}, model=net, data=(X, y),
+                       db=tmp_path / "r.db")
+    with pytest.raises(ConfigError, match="data section can only name it; remove n_train"):
+        steepest.train({**CFG, "data": {"n_train": 10}}, model=net, data=(X, y),
+                       db=tmp_path / "r.db")
+    with pytest.raises(ValueError, match="the config's model is 'user': pass the model"):
+        steepest.train({**CFG, "model": {"name": "user"}}, data=(X, y), db=tmp_path / "r.db")
+    with pytest.raises(TypeError, match="must return a torch.nn.Module"):
+        steepest.train(CFG, model=lambda s: "net", data=(X, y), db=tmp_path / "r.db")
+    assert not (tmp_path / "r.db").exists()  # nothing was written by a refused call
+
+
+def test_a_registered_dataset_loads_by_name_and_refuses_what_its_loader_does_not_take():
+    from steepest.data import load_dataset
+
+    def loader(n_train=None, seed=0):
+        X, y, _ = _objects()
+        return X[: n_train or 60], y[: n_train or 60]
+
+    name = "test-extending-toy"  # a name no other test uses: it stays registered in this process
+    steepest.register_dataset(name, loader, replace=True)
+    ds = load_dataset(name, n_train=20)
+    assert ds.X_train.shape == (20, 6) and ds.num_classes == 2 and ds.X_test.shape == (0, 6)
+    with pytest.raises(ValueError, match="does not take 'n_test'"):
+        load_dataset(name, n_test=5)
+    with pytest.raises(ValueError, match="already registered"):
+        steepest.register_dataset(name, loader)
+    with pytest.raises(ValueError, match="already registered"):
+        steepest.register_dataset("mnist", loader)

@@ -167,7 +167,7 @@ def test_rule_is_built_once_and_rebuilt_when_a_hyperparameter_changes():
     opt.param_groups[0]["betas"] = (0.5, 0.9)
     _train(model, opt, X, y, 1)
     assert len(builds) == 2 and builds[-1]["betas"] == (0.5, 0.9)
-    assert opt._algorithm(opt.param_groups[0]).betas == (0.5, 0.9)
+    assert opt.rule(opt.param_groups[0]).betas == (0.5, 0.9)
 
 
 def test_state_of_the_earlier_layout_still_loads():

@@ -15,6 +15,7 @@ _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from . import adaptive, algorithms, losses, metrics, models, norms, optim
 from .algorithms import Algorithm, algorithm, algorithm_names, register_algorithm
+from .data import register_dataset
 from .engine import train
 from .models import homogeneity_degree, register_model
 from .norms import Norm, norm, norm_names, register_norm
@@ -25,7 +26,7 @@ __version__ = "0.1.0"
 #: Submodules that ``import steepest`` does not load; ``steepest.NAME`` imports one on first use
 #: (PEP 562), so that cvxpy (oracles, kkt) and matplotlib (plots, reproduce) load only when used.
 _LAZY = ("checkpoints", "cli", "config", "data", "devices", "engine", "kkt", "oracles", "plots",
-         "reproduce", "schedules", "stacked", "step", "store", "verify")
+         "plugins", "reproduce", "schedules", "stacked", "step", "store", "verify")
 
 
 def __getattr__(name: str):
@@ -59,6 +60,7 @@ __all__ = [
     "optim",
     "optimizer",
     "register_algorithm",
+    "register_dataset",
     "register_model",
     "register_norm",
     "train",

@@ -30,9 +30,24 @@ _DEBUG = {"on": os.environ.get("STEEPEST_DEBUG", "") not in ("", "0")}
 @app.callback()
 def _options(
     debug: Annotated[bool, typer.Option("--debug", help="show the full traceback of an error (also: STEEPEST_DEBUG=1)")] = False,
+    plugin: Annotated[list[str] | None, typer.Option(
+        "--plugin", help="import this module first, so that configs can name its norms, "
+        "optimizers, models and data sets (repeatable); installed plug-ins (entry points 'steepest.plugins') "
+        "load by themselves")] = None,
 ) -> None:
     """Implicit bias of steepest descent: train, verify, reproduce."""
     _DEBUG["on"] = debug or os.environ.get("STEEPEST_DEBUG", "") not in ("", "0")
+    if plugin:
+        from .plugins import PluginError, load_plugin
+
+        try:
+            for module in plugin:
+                load_plugin(module)
+        except PluginError as exc:
+            if _DEBUG["on"]:
+                raise
+            typer.echo(f"error: {_one_line(exc)}", err=True)
+            raise typer.Exit(2) from None
 
 
 def _one_line(exc: BaseException) -> str:

@@ -55,11 +55,18 @@ class DataConfig(_Strict):
     @field_validator("name")
     @classmethod
     def _known(cls, v: str) -> str:
-        from .data import dataset_names
+        from .data import USER_DATA, dataset_names
+        from .plugins import load_entry_points
 
+        key = v.lower().replace("-", "_")
+        if key == USER_DATA:
+            return v
+        if key not in dataset_names() and load_entry_points() and key in dataset_names():
+            return v  # named by a plug-in that had not been loaded yet
         names = dataset_names()
-        if v.lower().replace("-", "_") not in names:
-            raise ValueError(f"unknown dataset {v!r}; allowed: {', '.join(names)}")
+        if key not in names:
+            raise ValueError(f"unknown dataset {v!r}; allowed: {', '.join(names)} "
+                             f"(or {USER_DATA!r} with steepest.train(config, data=...))")
         return v
 
 
@@ -73,11 +80,15 @@ class ModelConfig(BaseModel):
     @field_validator("name")
     @classmethod
     def _known(cls, v: str) -> str:
-        from .models import model_names
+        from .models import USER_MODEL, model_names
+        from .plugins import load_entry_points
 
-        if v not in model_names():
-            raise ValueError(f"unknown model {v!r}; allowed: {', '.join(model_names())}")
-        return v
+        if v == USER_MODEL or v in model_names():
+            return v
+        if load_entry_points() and v in model_names():
+            return v  # named by a plug-in that had not been loaded yet
+        raise ValueError(f"unknown model {v!r}; allowed: {', '.join(model_names())} "
+                         f"(or {USER_MODEL!r} with steepest.train(config, model=...))")
 
     def kwargs(self) -> dict[str, Any]:
         extra = dict(self.model_extra or {})
@@ -107,8 +118,9 @@ class AlgorithmConfig(_Strict):
     @classmethod
     def _known(cls, v: str) -> str:
         from .algorithms import algorithm_names
+        from .plugins import load_entry_points
 
-        if v not in algorithm_names():
+        if v not in algorithm_names() and not (load_entry_points() and v in algorithm_names()):
             raise ValueError(f"unknown algorithm {v!r}; allowed: {', '.join(algorithm_names())}")
         return v
 
@@ -180,9 +192,15 @@ class LoggingConfig(_Strict):
     @classmethod
     def _known_norms(cls, v: list[str]) -> list[str]:
         from .norms import get_norm
+        from .plugins import load_entry_points
 
         for name in v:
-            get_norm(name)  # raises ValueError listing the valid names
+            try:
+                get_norm(name)  # raises ValueError listing the valid names
+            except ValueError:
+                if not load_entry_points():
+                    raise
+                get_norm(name)  # named by a plug-in that had not been loaded yet
         return v
 
 
@@ -276,10 +294,10 @@ def _format_error(exc: ValidationError) -> str:
     return "invalid experiment config: " + "; ".join(lines)
 
 
-def load_config(source: str | Path | dict[str, Any] | ExperimentConfig) -> ExperimentConfig:
-    """Validate a config from a YAML path, a dict, or pass an ExperimentConfig through."""
+def read_config_mapping(source: str | Path | dict[str, Any] | ExperimentConfig) -> dict[str, Any]:
+    """The config as a plain mapping, not validated (an ExperimentConfig: its canonical form)."""
     if isinstance(source, ExperimentConfig):
-        return source
+        return source.canonical()
     if isinstance(source, (str, Path)):
         path = Path(source)
         if not path.exists():
@@ -294,6 +312,14 @@ def load_config(source: str | Path | dict[str, Any] | ExperimentConfig) -> Exper
         data = source
     else:
         raise ConfigError(f"a config must be a path, a dict or an ExperimentConfig, got {type(source).__name__}")
+    return data
+
+
+def load_config(source: str | Path | dict[str, Any] | ExperimentConfig) -> ExperimentConfig:
+    """Validate a config from a YAML path, a dict, or pass an ExperimentConfig through."""
+    if isinstance(source, ExperimentConfig):
+        return source
+    data = read_config_mapping(source)
     try:
         return ExperimentConfig.model_validate(data)
     except ValidationError as exc:

@@ -51,11 +51,14 @@ import torch
 __all__ = [
     "FASHION_MNIST_DIR",
     "BINARIZATIONS",
+    "USER_DATA",
     "Dataset",
     "DatasetUnavailableError",
+    "as_dataset",
     "dataset_names",
     "load_dataset",
     "read_idx",
+    "register_dataset",
 ]
 
 #: Where the Debian package ``dataset-fashion-mnist`` installs its IDX files. Read at call time,
@@ -590,9 +593,121 @@ def _build_synthetic(name: str, n_train: int | None, n_test: int | None,
 # --------------------------------------------------------------------------------------------
 
 
+#: The dataset name of data passed as objects (``steepest.train(config, data=...)``): a config
+#: may name it, and the run records it, but nothing can be loaded by this name.
+USER_DATA = "user"
+
+#: Users' datasets: name -> (loader, doc); see :func:`register_dataset`.
+_USER: dict[str, tuple[Callable[..., Any], str]] = {}
+
+
+def _key(name: str) -> str:
+    return name.strip().lower().replace("-", "_")
+
+
+def register_dataset(name: str, loader: Callable[..., Any], doc: str = "", *,
+                     replace: bool = False) -> None:
+    """Name a user's data set for configs: ``data: {name: NAME, ...}``.
+
+    ``loader(**kw)`` returns a :class:`Dataset` or tensors ``(X, y)`` / ``(X, y, X_test,
+    y_test)`` (see :func:`as_dataset`). It is called with those of ``n_train``, ``n_test``,
+    ``seed``, ``classes``, ``binarize``, ``dtype`` and the config's ``options`` that its
+    signature takes (all of them if it takes ``**kwargs``); a config value it does not take is
+    an error naming it. A taken name (built-in or registered) is refused unless ``replace``.
+    """
+    from .registry import check_registration
+
+    key = _key(name) if isinstance(name, str) else name
+    built_in = key in (*_REAL, *_SYNTHETIC, USER_DATA)
+    check_registration("dataset", name, loader, built_in or key in _USER, replace)
+    if built_in:
+        raise ValueError(f"dataset {name!r} is built in and cannot be replaced")
+    _USER[key] = (loader, doc)
+
+
+def as_dataset(data: Any, name: str = USER_DATA, dtype: torch.dtype = torch.float64) -> Dataset:
+    """A :class:`Dataset` from ``data``: a Dataset (returned as is), or tensors / arrays
+    ``(X, y)`` or ``(X, y, X_test, y_test)``.
+
+    X is flattened to (n, d) (an image batch (n, C, H, W) keeps C, H, W as ``image_shape``). y
+    holds ±1 (binary) or class ids 0..k−1 (k ≥ 3, or k = 2 given as 0/1, which becomes ±1).
+    Without a test split the test set is empty.
+    """
+    if isinstance(data, Dataset):
+        return data
+    if not isinstance(data, (tuple, list)) or len(data) not in (2, 4):
+        raise TypeError("data must be a steepest.data.Dataset or a tuple (X, y) or "
+                        f"(X, y, X_test, y_test); got {type(data).__name__}"
+                        + (f" of length {len(data)}" if isinstance(data, (tuple, list)) else ""))
+    X, y, Xt, yt = (torch.as_tensor(np.asarray(v)) if not isinstance(v, torch.Tensor) else v
+                    for v in (*data, *(() if len(data) == 4 else (data[0][:0], data[1][:0]))))
+    for what, A, b in (("", X, y), ("_test", Xt, yt)):
+        if A.ndim < 2 or b.ndim != 1 or A.shape[0] != b.shape[0]:
+            raise ValueError(f"data: X{what} must be (n, d) or (n, C, H, W) and y{what} (n,), got "
+                             f"{tuple(A.shape)} and {tuple(b.shape)}")
+    image_shape = tuple(int(v) for v in X.shape[1:]) if X.ndim == 4 else None
+    d = math.prod(X.shape[1:])
+    labels = torch.unique(torch.cat([y.reshape(-1), yt.reshape(-1)]).to(torch.float64))
+    if not bool(torch.isfinite(labels).all()):
+        raise ValueError("data: y holds non-finite labels")
+    as_set = {float(v) for v in labels}
+    if as_set <= {-1.0, 1.0} or as_set <= {0.0, 1.0}:
+        def lab(v: torch.Tensor) -> torch.Tensor:
+            v = v.to(torch.float64)
+            return torch.where(v > 0, 1.0, -1.0).to(dtype)
+        k = 2
+    elif all(v == int(v) and v >= 0 for v in as_set):
+        k = int(max(as_set)) + 1
+
+        def lab(v: torch.Tensor) -> torch.Tensor:
+            return v.to(torch.int64)
+    else:
+        raise ValueError("data: y must hold ±1 (binary) or class ids 0, 1, 2, …; found "
+                         f"{sorted(as_set)[:6]}")
+    ds = Dataset(
+        name=name, X_train=X.reshape(X.shape[0], d).to(dtype), y_train=lab(y),
+        X_test=Xt.reshape(Xt.shape[0], -1 if Xt.shape[0] else d).to(dtype),
+        y_test=lab(yt), num_classes=k, image_shape=image_shape,
+        info={"source": "passed as objects", "n_train": int(X.shape[0]), "n_test": int(Xt.shape[0]),
+              "classes": sorted(int(v) if k > 2 else v for v in as_set)},
+    )
+    if not (bool(torch.isfinite(ds.X_train).all()) and bool(torch.isfinite(ds.X_test).all())):
+        raise ValueError("data: X holds NaN or infinite entries")
+    return ds
+
+
 def dataset_names() -> list[str]:
-    """All registered dataset names (real first, then synthetic)."""
-    return [*_REAL, *_SYNTHETIC]
+    """All registered dataset names (real first, then synthetic, then users')."""
+    return [*_REAL, *_SYNTHETIC, *_USER]
+
+
+def _load_user(key: str, n_train: int | None, n_test: int | None, classes: Any, binarize: Any,
+               seed: int, dtype: torch.dtype, options: dict[str, Any]) -> Dataset:
+    import inspect
+
+    loader, _ = _USER[key]
+    offered = {"n_train": n_train, "n_test": n_test, "seed": seed, "classes": classes,
+               "binarize": binarize, "dtype": dtype, **options}
+    params = inspect.signature(loader).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        kw = offered
+    else:
+        kw = {k: v for k, v in offered.items() if k in params}
+        # A value the config set but the loader cannot take is an error, not silently dropped.
+        ignored = [k for k, v in offered.items() if k not in params and v is not None
+                   and k not in ("seed", "dtype")]
+        if ignored:
+            raise ValueError(f"dataset {key!r} does not take {', '.join(map(repr, ignored))}; "
+                             f"its loader takes: {', '.join(params) or 'nothing'}")
+    try:
+        out = loader(**kw)
+    except TypeError as exc:
+        raise ValueError(f"dataset {key!r}: {exc}") from None
+    ds = as_dataset(out, name=key, dtype=dtype)
+    return Dataset(name=key, X_train=ds.X_train, y_train=ds.y_train, X_test=ds.X_test,
+                   y_test=ds.y_test,
+                   num_classes=ds.num_classes, image_shape=ds.image_shape,
+                   info={**ds.info, "source": f"registered dataset {key!r}", "seed": seed})
 
 
 def load_dataset(name: str, *, n_train: int | None = None, n_test: int | None = None,
@@ -622,8 +737,11 @@ def load_dataset(name: str, *, n_train: int | None = None, n_test: int | None = 
     """
     if not isinstance(name, str):
         raise TypeError(f"name must be a str, got {type(name).__name__}")
-    key = name.strip().lower().replace("-", "_")
-    if key not in _REAL and key not in _SYNTHETIC:
+    key = _key(name)
+    if key == USER_DATA:
+        raise ValueError(f"dataset {USER_DATA!r} stands for data passed as objects: "
+                         "steepest.train(config, data=(X, y)) or data=Dataset(...)")
+    if key not in _REAL and key not in _SYNTHETIC and key not in _USER:
         raise ValueError(f"unknown dataset {name!r}; valid names: {dataset_names()}")
     if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
@@ -632,6 +750,8 @@ def load_dataset(name: str, *, n_train: int | None = None, n_test: int | None = 
         n_train = _check_count("n_train", n_train, minimum=1)
     if n_test is not None:
         n_test = _check_count("n_test", n_test, minimum=0)
+    if key in _USER:
+        return _load_user(key, n_train, n_test, classes, binarize, seed, dtype, dict(kwargs))
     if key in _REAL:
         return _build_real(key, _REAL[key], n_train, n_test, classes, binarize, seed, dtype,
                            dict(kwargs))

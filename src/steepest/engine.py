@@ -42,13 +42,13 @@ from torch.func import functional_call, grad_and_value, vmap
 
 from .algorithms import Algorithm, algorithm
 from .checkpoints import atomic_torch_save, load_checkpoint, remove_stale_temps
-from .config import ExperimentConfig, RunSpec, load_config
-from .data import Dataset, load_dataset
+from .config import ConfigError, ExperimentConfig, RunSpec, load_config, read_config_mapping
+from .data import USER_DATA, Dataset, as_dataset, load_dataset
 from .devices import resolve_device
 from .losses import log_loss as _log_loss
 from .losses import margins as _margins
 from .losses import per_sample_log_losses, smoothed_margin_numerator
-from .models import build_model, homogeneity_degree
+from .models import USER_MODEL, NotHomogeneousError, build_model, homogeneity_degree
 from .norms import LpNorm, Norm, Spectral, flat_params, get_norm
 from .schedules import BatchedSchedule
 from .stacked import gather_runs, scatter_runs, tree_map
@@ -117,8 +117,18 @@ def _deferred_signals(stop: _StopFlag):
 class Engine:
     """Steps K runs of one experiment together. Use :func:`train` unless you need the parts."""
 
-    def __init__(self, cfg: ExperimentConfig, specs: Sequence[RunSpec], dataset: Dataset, device: str | torch.device = "cpu"):
+    def __init__(self, cfg: ExperimentConfig, specs: Sequence[RunSpec], dataset: Dataset,
+                 device: str | torch.device = "cpu", *,
+                 model_factory: Callable[[int], torch.nn.Module] | None = None,
+                 allow_inhomogeneous: bool = False):
+        """``model_factory(seed) -> nn.Module`` builds the model when the config's model is
+        ``"user"`` (see :func:`train`); ``allow_inhomogeneous`` trains a model that fails the
+        homogeneity test, without margins (``self.L`` is None, the reason in
+        ``self.not_homogeneous``)."""
         self.cfg = cfg
+        self.model_factory = model_factory
+        self.allow_inhomogeneous = allow_inhomogeneous
+        self.not_homogeneous: str | None = None
         self.specs = list(specs)
         self.K = len(self.specs)
         self.device = torch.device(device)
@@ -149,6 +159,8 @@ class Engine:
     # ------------------------------------------------------------------ set-up
     def model_for_seed(self, seed: int) -> torch.nn.Module:
         """The config's model with the initialization of ``seed``, on the engine's device and dtype."""
+        if self.cfg.model.name == USER_MODEL:
+            return self._user_model(seed)
         kw = self.cfg.model.kwargs()
         d = self.data.input_dim
         out = 1 if self.data.binary else self.data.num_classes
@@ -173,10 +185,35 @@ class Engine:
             raise ValueError(f"model: {exc}") from None
         return model.to(self.device, self.dtype)
 
-    def _check_degree(self) -> int | float:
+    def _user_model(self, seed: int) -> torch.nn.Module:
+        if self.model_factory is None:
+            raise ValueError(f"the config's model is {USER_MODEL!r}: pass the model to "
+                             "steepest.train(config, model=lambda seed: MyNet(...))")
+        model = self.model_factory(seed)
+        if not isinstance(model, torch.nn.Module):
+            raise TypeError("model(seed) must return a torch.nn.Module, got "
+                            f"{type(model).__name__}")
+        if not any(True for _ in model.parameters()):
+            raise ValueError("model(seed) returned a module without parameters")
+        bad = [n for n, p in model.named_parameters() if not p.is_floating_point()]
+        if bad:
+            raise ValueError(f"model(seed): parameters {bad} are not floating point")
+        return model.to(self.device, self.dtype)
+
+    def _check_degree(self) -> int | float | None:
         declared = getattr(self.template, "homogeneity_degree", None)
-        measured = homogeneity_degree(self.template.double(), self.X[:64].double())
-        self.template.to(self.dtype)
+        try:
+            measured = homogeneity_degree(self.template.double(), self.X[:64].double())
+        except NotHomogeneousError as exc:
+            if not self.allow_inhomogeneous:
+                raise NotHomogeneousError(
+                    f"{exc}; the theorems (margins, verify) need a homogeneous model. To train it "
+                    "anyway, without margins: steepest.train(..., allow_inhomogeneous=True)"
+                ) from None
+            self.not_homogeneous = str(exc)
+            return None
+        finally:
+            self.template.to(self.dtype)
         if declared is not None and abs(measured - declared) > 1e-6 * max(1, declared):
             raise ValueError(f"model declares degree L={declared} but measures L={measured}")
         return declared if declared is not None else measured
@@ -285,12 +322,13 @@ class Engine:
         g64 = [g.to(torch.float64) for g in grads]
         neg_inner = -sum((p * g).reshape(self.K, -1).sum(1) for p, g in zip(p64, g64, strict=True))
         numer = smoothed_margin_numerator(res["log_loss"], self.loss)
-        L = float(self.L)
+        L = None if self.L is None else float(self.L)
 
         def add(suffix: str, rho: Tensor, dual: Tensor) -> None:
             res[f"norm_{suffix}"] = rho
-            res[f"margin_{suffix}"] = res["q_min"] / rho**L
-            res[f"smoothed_{suffix}"] = numer / rho**L
+            if L is not None:  # margins q_min/‖θ‖^L exist only for an L-homogeneous model
+                res[f"margin_{suffix}"] = res["q_min"] / rho**L
+                res[f"smoothed_{suffix}"] = numer / rho**L
             res[f"beta_{suffix}"] = neg_inner / (rho * dual)
 
         # ℓp norms of θ and g share one flattening per event; each norm is computed once per
@@ -744,7 +782,9 @@ def warm_start_params(cfg: ExperimentConfig, dataset: Dataset, engine: Engine, p
         "stop": cfg.stop.model_copy(update={"steps": ws.max_steps, "log_loss": ws.until_log_loss, "wall_time": None}),
         "warm_start": None,
     })
-    wengine = Engine(wcfg, wcfg.run_specs(), dataset, engine.device)
+    wengine = Engine(wcfg, wcfg.run_specs(), dataset, engine.device,
+                     model_factory=engine.model_factory,
+                     allow_inhomogeneous=engine.allow_inhomogeneous)
     with RunStore(":memory:") as mem:
         ids = [mem.create_run(name=f"warm/{s}", algorithm=ws.algorithm, seed=s, config={}) for s in seeds]
         runner = BatchRunner(wengine, mem, ids, None, progress=False)
@@ -804,7 +844,35 @@ def _check_disk_space(folder: Path, nbytes: int) -> None:
                       f"{nbytes / 2 / 1e6:.1f} MB (two are kept), {free / 1e6:.1f} MB free")
 
 
-def train(config: str | Path | dict[str, Any] | ExperimentConfig, *, db: str | Path | None = None,
+def config_with_objects(config: str | Path | dict[str, Any] | ExperimentConfig, model: Any = None,
+                        data: Any = None) -> ExperimentConfig:
+    """The config of a run whose model or data are passed as objects: its ``model`` / ``data``
+    section is named ``"user"`` (filled in when the config leaves the name out). A config that
+    names another model or data set as well is refused: one of the two would be ignored."""
+    if model is None and data is None:
+        return load_config(config)
+    raw = dict(read_config_mapping(config))
+    for key, given, reserved in (("model", model, USER_MODEL), ("data", data, USER_DATA)):
+        if given is None:
+            continue
+        section = dict(raw.get(key) or {})
+        name = section.get("name", reserved)
+        if name != reserved:
+            raise ConfigError(f"{key}= was passed and the config names {key} {name!r}: leave the "
+                              f"name out (or name it {reserved!r}) to use the object")
+        if key == "data":
+            extra = sorted(k for k, v in section.items()
+                           if k not in ("name", "seed") and v not in (None, {}, []))
+            if extra:
+                raise ConfigError(f"data= was passed: the config's data section can only name it; "
+                                  f"remove {', '.join(extra)} (subsample the tensors instead)")
+        section["name"] = reserved
+        raw[key] = section
+    return load_config(raw)
+
+
+def train(config: str | Path | dict[str, Any] | ExperimentConfig, *,
+          model: Callable[[int], torch.nn.Module] | None = None, data: Any = None, allow_inhomogeneous: bool = False, db: str | Path | None = None,
           resume: bool = False, progress: bool | None = None, device: str | None = None) -> TrainResult:
     """Run an experiment config: K = algorithms × lrs × seeds runs stepped together.
 
@@ -824,14 +892,24 @@ def train(config: str | Path | dict[str, Any] | ExperimentConfig, *, db: str | P
     refused (:class:`steepest.store.BatchBusyError`).
 
     ``device`` (``auto | cpu | cuda | cuda:N``) overrides the config's ``device`` key.
+
+    A user's own objects: ``model`` is a factory ``seed -> nn.Module`` (called once per seed, on
+    CPU, in float64 or the config's dtype after); ``data`` is a :class:`~steepest.data.Dataset`
+    or tensors ``(X, y)`` / ``(X, y, X_test, y_test)`` (:func:`steepest.data.as_dataset`). The
+    config's ``model`` / ``data`` sections then leave the name out (it is recorded as
+    ``"user"``); the rest of the config applies. The model's homogeneity is measured: a model
+    that fails the test is refused (the error names the offending module where it can), unless
+    ``allow_inhomogeneous=True``: then it trains without margin columns and ``steepest verify``
+    says its theorem checks are not applicable. ``resume`` with objects needs the same objects.
     """
-    cfg = load_config(config)
+    cfg = config_with_objects(config, model, data)
     if device is not None:
         cfg = cfg.model_copy(update={"device": load_config({**cfg.canonical(), "device": device}).device})
     dev = resolve_device(cfg.device)
     specs = cfg.run_specs()
-    dataset = load_experiment_data(cfg)
-    engine = Engine(cfg, specs, dataset, dev)
+    dataset = as_dataset(data) if data is not None else load_experiment_data(cfg)
+    engine = Engine(cfg, specs, dataset, dev, model_factory=model,
+                    allow_inhomogeneous=allow_inhomogeneous)
     db_path = Path(db) if db is not None else default_db_path()
     show = progress if progress is not None else (cfg.logging.progress if cfg.logging.progress is not None else sys.stderr.isatty())
     if resume:
@@ -886,7 +964,8 @@ def _train_batch(engine: Engine, cfg: ExperimentConfig, specs: list[RunSpec], da
             lr = sp.schedule["lr"]
             info = {"batch": batch, "index": sp.index, "label": sp.label, "config_hash": h,
                     "schedule": sp.schedule, "options": sp.options, "own_norm": engine.own_norms[sp.index].name,
-                    "degree": engine.L, "loss": cfg.loss, "dataset": dataset.info, "checkpoint_dir": str(ckpt_dir),
+                    "degree": engine.L, "not_homogeneous": engine.not_homogeneous,
+                    "loss": cfg.loss, "dataset": dataset.info, "checkpoint_dir": str(ckpt_dir),
                     "normalized": next(g.algo.normalized for g in engine.groups if sp.index in g.indices)}
             if winfo is not None:
                 info["warm_start"] = winfo

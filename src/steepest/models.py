@@ -527,12 +527,19 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {
 MODELS: tuple[str, ...] = tuple(_REGISTRY)  # the built-in names
 
 
+#: The model name of a model passed as an object (``steepest.train(config, model=factory)``):
+#: a config may name it, and the run records it, but nothing can be built by this name.
+USER_MODEL = "user"
+
+
 def register_model(name: str, builder: Callable[..., nn.Module], *, replace: bool = False) -> None:
     """Register ``builder(d=..., out=..., seed=..., dtype=..., init_scale=..., **config keys)
     -> nn.Module`` under ``name``, so that :func:`build_model` and configs accept it. The engine
     measures the model's homogeneity degree. A name that is taken is refused unless
     ``replace=True``."""
-    check_registration("model", name, builder, name in _REGISTRY, replace)
+    check_registration("model", name, builder, name in _REGISTRY or name == USER_MODEL, replace)
+    if name == USER_MODEL:
+        raise ValueError(f"model name {USER_MODEL!r} is reserved for models passed as objects")
     _REGISTRY[name] = builder
 
 
@@ -545,6 +552,9 @@ def model_names() -> list[str]:
 def build_model(name: str, **kw: Any) -> nn.Module:
     """Build a model by name ("linear", "diagonal", "mlp", "cnn", or a registered one); ``kw``
     go to the builder."""
+    if name == USER_MODEL:
+        raise ValueError(f"model {USER_MODEL!r} stands for a model passed as an object: "
+                         "steepest.train(config, model=lambda seed: MyNet(...))")
     try:
         builder = _REGISTRY[name]
     except (KeyError, TypeError):

@@ -60,7 +60,9 @@ class AlgorithmOptimizer(torch.optim.Optimizer):
         self._rules: dict[int, tuple[tuple, Algorithm, dict[str, bool]]] = {}
         super().__init__(params, dict(lr=lr, **hyperparams))
 
-    def _algorithm(self, group: dict[str, Any]) -> Algorithm:
+    def rule(self, group: dict[str, Any]) -> Algorithm:
+        """The rule that steps ``group`` (one of ``param_groups``), as its hyper-parameters
+        are now."""
         return self._rule(group)[0]
 
     def _rule(self, group: dict[str, Any]) -> tuple[Algorithm, dict[str, bool]]:

@@ -892,7 +892,7 @@ def verify_runs(
         not_hom = None
         unavailable = None
         if degree is None:
-            not_hom = "no homogeneity degree stored with the run"
+            not_hom = info.get("not_homogeneous") or "no homogeneity degree stored with the run"
         if kkt and degree is not None:
             try:
                 kind, _ = norm_kind(get_norm(own))

@@ -1,0 +1,76 @@
+"""Plug-ins: a user's norms, optimizers, models and data sets, named for configs and the CLI.
+
+A plug-in is a module that registers its objects when it is loaded, through the public
+registries (:func:`steepest.register_norm`, :func:`steepest.register_algorithm`,
+:func:`steepest.register_model`, :func:`steepest.register_dataset`). Two ways to load one:
+
+* an installed package declares an entry point in the group ``steepest.plugins``::
+
+      [project.entry-points."steepest.plugins"]
+      mine = "my_package.steepest_plugin:register"
+
+  The entry point names a callable (called with no arguments) or a module (imported).
+  Entry points are loaded once per process, the first time a config names something no
+  registry knows, or by :func:`load_entry_points`;
+* ``steepest --plugin my_module COMMAND ...`` (repeatable) or :func:`load_plugin` imports a module
+  by name; a module that defines ``register()`` has it called once.
+"""
+
+from __future__ import annotations
+
+import importlib
+from importlib import metadata
+from types import ModuleType
+
+__all__ = ["ENTRY_POINT_GROUP", "PluginError", "load_entry_points", "load_plugin"]
+
+#: The entry-point group that installed plug-ins declare.
+ENTRY_POINT_GROUP = "steepest.plugins"
+
+_loaded_entry_points: list[str] | None = None
+_loaded_modules: set[str] = set()
+
+
+class PluginError(ValueError):
+    """A plug-in could not be found or failed while loading; the message names it."""
+
+
+def load_plugin(module: str) -> ModuleType:
+    """Import the plug-in module ``module`` (a dotted name) and call its ``register()`` if it
+    has one, once per process. Raises :class:`PluginError` naming the module on failure."""
+    if not isinstance(module, str) or not module.strip():
+        raise PluginError(f"a plug-in is named by a module name, got {module!r}")
+    try:
+        mod = importlib.import_module(module)
+    except ImportError as exc:
+        raise PluginError(f"plug-in {module!r} cannot be imported: {exc}") from exc
+    if module not in _loaded_modules:
+        _loaded_modules.add(module)
+        register = getattr(mod, "register", None)
+        if callable(register):
+            try:
+                register()
+            except Exception as exc:
+                raise PluginError(f"plug-in {module!r}: register() failed: {exc}") from exc
+    return mod
+
+
+def load_entry_points() -> list[str]:
+    """Load every plug-in declared in the ``steepest.plugins`` entry-point group, once per
+    process; returns the names of the entry points loaded by *this* call (empty when they were
+    loaded before, or when none is installed)."""
+    global _loaded_entry_points
+    if _loaded_entry_points is not None:
+        return []
+    _loaded_entry_points = []
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            obj = ep.load()
+            if callable(obj) and not isinstance(obj, ModuleType):
+                obj()
+        except Exception as exc:
+            raise PluginError(
+                f"plug-in entry point {ep.name!r} ({ep.value}) failed to load: {exc}"
+            ) from exc
+        _loaded_entry_points.append(ep.name)
+    return list(_loaded_entry_points)
