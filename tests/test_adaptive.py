@@ -138,7 +138,7 @@ def test_update_is_pure(name):
 
 
 def test_adam_with_zero_betas_and_eps_is_sign_descent_for_100_steps():
-    """β1 = β2 = 0, ε = 0: m̂/√v̂ = g/√(g²) = sign(g) (spec §2.4), including sign(0) = 0.
+    """β1 = β2 = 0, ε = 0: m̂/√v̂ = g/√(g²) = sign(g) (docs/theory.md §2.4), including sign(0) = 0.
 
     A dead ReLU unit makes some gradient coordinates exactly 0, which exercises the defined
     0/0 := 0 step (torch.optim.Adam would produce NaN there).
@@ -250,7 +250,7 @@ def test_adam_eps_zero_with_zero_second_moment_stays_and_is_nan_free_in_autograd
 
 
 def test_adam_with_large_eps_is_momentum_gd_scaled_by_one_over_eps():
-    """The mechanism of the late ℓ2 drift (spec A.6): when ε ≫ √v̂ the step is η m̂/ε."""
+    """The mechanism of the late ℓ2 drift (docs/theory.md A.6): when ε ≫ √v̂ the step is η m̂/ε."""
     p, g = _randn(5, seed=7), 1e-6 * _randn(5, seed=8)
     a = algorithm("adam", eps=1.0)
     new, _ = a.update([p], [g], a.init([p]), 0.1)
@@ -632,7 +632,7 @@ def test_float32_parameters_keep_their_dtype(name):
 
 
 def test_adam_eps0_reaches_linf_max_margin_on_linear_data():
-    """Linear model, separable data (spec §4.5): Adam (ε = 0, η_t = η0·t^−a) drives the
+    """Linear model, separable data (docs/theory.md §4.5): Adam (ε = 0, η_t = η0·t^−a) drives the
     ℓ∞-normalized margin to ≥ 0.99 γ*_∞ (Zhang, Zou & Cao 2024); GD's stays well below."""
     from steepest.oracles import max_margin
 
@@ -664,7 +664,7 @@ def test_adam_eps0_reaches_linf_max_margin_on_linear_data():
 def test_rescale_state_makes_log_loss_gradients_exact(name, kw):
     """Feeding ∇log𝓛 = ∇𝓛/𝓛 plus rescale_state(log𝓛_prev − log𝓛) reproduces the rule on ∇𝓛.
 
-    This is how the engine keeps stateful rules exact while 𝓛 underflows (spec §6 item 3).
+    This is how the engine keeps stateful rules exact while 𝓛 underflows (docs/theory.md §6 item 3).
     Tolerance 1e-10: the two paths round differently (e^{lf} factors vs raw small gradients).
     """
     torch.manual_seed(0)

@@ -109,7 +109,7 @@ def test_vmap_update_over_four_runs_matches_loop():
 
 
 def test_sign_equals_torch_adam_with_zero_betas_and_eps():
-    """Adam with β1 = β2 = 0, ε = 0 is m/√v = g/|g| = sign(g): the same steps (spec §2.4)."""
+    """Adam with β1 = β2 = 0, ε = 0 is m/√v = g/|g| = sign(g): the same steps (docs/theory.md §2.4)."""
     X, y = _data()
     m1, m2 = _net(), _net()
     # Leaky ReLU keeps every gradient coordinate non-zero (Adam's 0/0 would be NaN).
@@ -183,7 +183,7 @@ def test_missing_grad_counts_as_zero_in_the_group_norm():
 
 def test_training_with_each_rule_increases_own_margin_direction():
     """Smoke test with meaning: after separation, sign descent's ℓ∞-normalized margin exceeds
-    the one GD reaches in the same number of steps, and vice versa for ℓ2 (spec §3.1)."""
+    the one GD reaches in the same number of steps, and vice versa for ℓ2 (docs/theory.md §3.1)."""
     X = torch.tensor([[1.0, 0.2], [0.9, -0.3], [-1.0, 0.1], [-0.8, -0.4]], dtype=torch.float64)
     X = torch.cat([X, torch.ones(4, 1, dtype=torch.float64) * 0.3], 1)
     y = torch.tensor([1.0, 1.0, -1.0, -1.0], dtype=torch.float64)

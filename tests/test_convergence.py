@@ -1,4 +1,4 @@
-"""Convergence of steepest descent to the exact max-N-margin on a linear model (spec §3.7, §4.5, A.2).
+"""Convergence of steepest descent to the exact max-N-margin on a linear model (docs/theory.md §3.7, §4.5, A.2).
 
 A CPU-sized version of the `linear` reproduction: n = 20 points in d = 30 dimensions from a
 3-sparse teacher (d > n, so the ℓ1, ℓ2, ℓ∞ max-margin directions differ), θ₀ = 0, the package's

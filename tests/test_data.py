@@ -172,7 +172,7 @@ def test_mnist_pair_binarization(mnist_lookup: dict[bytes, int]) -> None:
     for X, y in ((ds.X_train, ds.y_train), (ds.X_test, ds.y_test)):
         src = _source_labels(X, 255, mnist_lookup)
         assert set(src.tolist()) == {2, 7}
-        assert np.array_equal(y.numpy() == -1, src == 2)  # -1 exactly on the 2s (spec §4.2)
+        assert np.array_equal(y.numpy() == -1, src == 2)  # -1 exactly on the 2s (docs/theory.md §4.2)
         assert np.array_equal(y.numpy() == 1, src == 7)
     assert ds.X_test.shape[0] == 200  # 20 % of the 1000 twos and sevens
     assert (ds.y_train == 1).sum() == 150  # stratified subsample of 300 from balanced classes

@@ -194,7 +194,7 @@ def test_loss_based_up_and_down_set_the_rollback_rate(tmp_path):
 
 
 def test_flow_time_makes_normalized_and_unnormalized_comparable(tmp_path):
-    """Normalized and unnormalized GD trace the same curve (spec §2.2): at equal flow time
+    """Normalized and unnormalized GD trace the same curve (docs/theory.md §2.2): at equal flow time
     their ℓ2 margins agree far better than at equal step counts."""
     cfg = _cfg(seeds=[0], algorithms=[{"algorithm": "ngd", "schedule": "constant", "lr": 0.002},
                                       {"algorithm": "gd", "schedule": "constant", "lr": 0.05}],

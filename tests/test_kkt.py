@@ -1,4 +1,4 @@
-"""KKT residual with optimized multipliers, Fenchel–Young stationarity gap (spec §3.5–§3.6)."""
+"""KKT residual with optimized multipliers, Fenchel–Young stationarity gap (docs/theory.md §3.5–§3.6)."""
 
 from __future__ import annotations
 
@@ -203,7 +203,7 @@ def test_fenchel_young_identities():
             # The dual norm's duality map J_*(θ) = ‖θ‖·U_*(θ) lies in ∂(½‖·‖²)(θ): D = 0.
             s = get_norm(DUAL[nm]).duality_map(theta)
             assert abs(float(fenchel_young(theta, s, N))) < 1e-12 * float(N(theta)) ** 2
-        # Scale-optimized gap equals ½(1 − β₊²) (spec §3.5).
+        # Scale-optimized gap equals ½(1 − β₊²) (docs/theory.md §3.5).
         beta = float(
             sum((a * b).sum() for a, b in zip(theta, v, strict=True)) / (N(theta) * N.dual(v))
         )

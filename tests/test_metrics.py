@@ -51,7 +51,7 @@ def test_normalized_margin_matches_definition(norm):
 
 @pytest.mark.parametrize("norm", NORMS)
 def test_margin_is_scale_invariant(norm):
-    """γ(cθ) = γ(θ): q scales as c^L and ‖θ‖^L too (homogeneity, spec §3.1)."""
+    """γ(cθ) = γ(θ): q scales as c^L and ‖θ‖^L too (homogeneity, docs/theory.md §3.1)."""
     model, X, y = _separable_state(1)
     base = normalized_margin(model, X, y, norm=norm)
     with torch.no_grad():
@@ -63,7 +63,7 @@ def test_margin_is_scale_invariant(norm):
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 10_000), scale=st.floats(0.5, 30.0), norm=st.sampled_from(NORMS))
 def test_sandwich(seed, scale, norm):
-    """γ − log(n)/‖θ‖^L ≤ γ̃ ≤ γ for the summed exponential loss (spec §3.2)."""
+    """γ − log(n)/‖θ‖^L ≤ γ̃ ≤ γ for the summed exponential loss (docs/theory.md §3.2)."""
     model, X, y = _separable_state(seed, scale)
     n = len(y)
     gamma = float(normalized_margin(model, X, y, norm=norm, L=2))

@@ -1,4 +1,4 @@
-"""Tests for steepest.models: homogeneity, Euler's identity, structural checks (spec §1.2, §5.3)."""
+"""Tests for steepest.models: homogeneity, Euler's identity, structural checks (docs/theory.md §1.2, §5.3)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from steepest.models import (
 
 SCALES = (0.5, 2.0, 10.0)
 
-# (id, builder, input dim, expected L from the spec's formula d_{l+1} = 1 + k d_l)
+# (id, builder, input dim, expected L from the formula d_{l+1} = 1 + k d_l, docs/theory.md §1.2)
 CASES = [
     ("linear", lambda: Linear(6, seed=1), 6, 1),
     ("linear_out3", lambda: Linear(6, out=3, seed=1), 6, 1),

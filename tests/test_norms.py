@@ -51,7 +51,7 @@ CASES = _cases()
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_duality_identities(name, case):
-    """⟨U,g⟩ = ‖g‖_*, ‖U‖ = 1, ⟨J,g⟩ = ‖g‖_*², ‖J‖ = ‖g‖_* (spec §2.1)."""
+    """⟨U,g⟩ = ‖g‖_*, ‖U‖ = 1, ⟨J,g⟩ = ‖g‖_*², ‖J‖ = ‖g‖_* (docs/theory.md §2.1)."""
     N = steepest.norm(name)
     g = CASES[case]
     d = N.dual(g)
@@ -129,7 +129,7 @@ vec = st.lists(st.floats(-1e3, 1e3, allow_nan=False, allow_infinity=False), min_
 @settings(max_examples=60, deadline=None)
 @given(u=vec, g=vec, name=st.sampled_from(NAMES))
 def test_holder_inequality(u, g, name):
-    """⟨u, g⟩ ≤ ‖u‖ ‖g‖_* on arbitrary pairs (spec §5 item 2)."""
+    """⟨u, g⟩ ≤ ‖u‖ ‖g‖_* on arbitrary pairs (docs/theory.md §5 item 2)."""
     N = steepest.norm(name)
     U = [torch.tensor(u, dtype=torch.float64).reshape(2, 3)]
     G = [torch.tensor(g, dtype=torch.float64).reshape(2, 3)]
@@ -142,7 +142,7 @@ def test_holder_inequality(u, g, name):
 @settings(max_examples=40, deadline=None)
 @given(g=vec, name=st.sampled_from(NAMES))
 def test_direction_beats_random_unit_vectors(g, name):
-    """U(g) attains the sup: no unit-norm vector does better (spec §2.1)."""
+    """U(g) attains the sup: no unit-norm vector does better (docs/theory.md §2.1)."""
     N = steepest.norm(name)
     G = [torch.tensor(g, dtype=torch.float64).reshape(2, 3)]
     best = float(inner(N.direction(G), G))
@@ -172,7 +172,7 @@ def test_sign_of_zero_is_zero_and_linf_is_sign():
 
 
 def test_lp_direction_formula():
-    """U(g)_j = sign(g_j)|g_j|^{q-1}/‖g‖_q^{q-1} (spec §2.3), here p = 3, q = 3/2."""
+    """U(g)_j = sign(g_j)|g_j|^{q-1}/‖g‖_q^{q-1} (docs/theory.md §2.3), here p = 3, q = 3/2."""
     g = _rand([(10,)], seed=4)
     q = 1.5
     expected = torch.sign(g[0]) * g[0].abs() ** (q - 1) / torch.linalg.vector_norm(g[0], ord=q) ** (q - 1)
@@ -218,7 +218,7 @@ def test_spectral_conv_reshape_and_float32():
 
 
 def test_block_max_and_weighted_max():
-    """max{a‖W‖_A, ‖u‖_B}: dual (1/a)‖G_W‖_A* + ‖g_u‖_B*, W moves by U_A/a (spec §2.3)."""
+    """max{a‖W‖_A, ‖u‖_B}: dual (1/a)‖G_W‖_A* + ‖g_u‖_B*, W moves by U_A/a (docs/theory.md §2.3)."""
     g = _rand([(4, 3), (3, 2), (5,)], seed=12)
     a = 0.25
     N = weighted_max(a, "spectral", "linf", groups=[[0, 1], [2]])

@@ -1,4 +1,4 @@
-"""Exact max-margin oracles (spec §3.7, §4.5, A.2): hand-solved cases, cross-formulation
+"""Exact max-margin oracles (docs/theory.md §3.7, §4.5, A.2): hand-solved cases, cross-formulation
 agreement, duality, norm inequalities, non-separable data, diagonal networks, multiclass."""
 
 from __future__ import annotations

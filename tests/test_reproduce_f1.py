@@ -52,7 +52,7 @@ def test_a_report_never_says_yes_above_a_failed_verify():
 
 @pytest.mark.slow
 def test_flavors_f1_quick_diagonal_dominates_in_the_late_phase(tmp_path):
-    """The claim itself (spec §5 item 9): the diagonal dominates, and on the flow schedule verify
+    """The claim itself (docs/theory.md §5 item 9): the diagonal dominates, and on the flow schedule verify
     finds no failure of the smoothed margin, the norm or the loss in any run. The claim is a
     test of the theory only once every run has log-loss ≤ −100; where one has not (coordinate
     descent stops near −9 on the one-hidden-layer net, at a ReLU kink: docs/late_phase.md), the

@@ -33,7 +33,8 @@ MODEL = {"name": "mlp", "widths": [8], "init_scale": 0.5}
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """One batch from a common separated state (findings.md): small-step sign descent,
+    """One batch from a common separated state (coordinate descent from a small init often
+    never separates on its own): small-step sign descent,
     normalized GD and coordinate descent, plus a large-step sign run (η ∝ ‖θ‖) whose smoothed
     margin oscillates ("fast is not faithful"); and a run stopped long before separation."""
     db = tmp_path_factory.mktemp("verify") / "runs.db"

@@ -1,5 +1,5 @@
 """Adaptive and momentum methods as pure update rules: Adam, MomentumGD, Signum, Muon, Shampoo,
-and the Muon–Signum / Muon–Adam hybrids (spec §2.4, §4.4, A.3–A.6).
+and the Muon–Signum / Muon–Adam hybrids (docs/theory.md §2.4, §4.4, A.3–A.6).
 
 Every rule is an :class:`~steepest.algorithms.Algorithm`: ``state = rule.init(params)`` and
 ``params, state = rule.update(params, grads, state, lr)``, pure torch (no in-place edits, no
@@ -23,7 +23,7 @@ muon-adam      Muon on hidden matrices (η), Adam on the rest (aη)         max{
 
 a = ``lr_ratio`` = η_A/η_M for the hybrids.
 
-Momentum methods use Gronich & Vardi's normalized momentum steepest descent (spec A.3):
+Momentum methods use Gronich & Vardi's normalized momentum steepest descent (docs/theory.md A.3):
 m_t = β m_{t−1} + (1 − β) g_t, θ_{t+1} = θ_t − η_t U(m_t) with U the unit steepest direction
 of the norm (:meth:`steepest.norms.Norm.direction`). Because U is scale-invariant, the
 dampening (1 − β) does not change the trajectory: torch's SGD-style m ← βm + g gives the same
@@ -262,7 +262,7 @@ def orthogonalize(
     ns_steps: int = 5,
     ns_coefficients: Sequence[float] = NS_COEFFICIENTS,
 ) -> list[Tensor]:
-    """The per-layer polar factor of each tensor: the unit direction of ‖·‖_msp (spec §2.3).
+    """The per-layer polar factor of each tensor: the unit direction of ‖·‖_msp (docs/theory.md §2.3).
 
     * ``"svd"``: exact, :meth:`steepest.norms.Spectral.direction` (float64 compact SVD, rank-r
       part; vectors and scalars → x/‖x‖₂; a zero tensor stays zero).
@@ -315,7 +315,7 @@ def _adam_ratio(
 
 
 class AdamRule(Algorithm):
-    """Adam in its textbook form (Kingma & Ba 2015; spec §2.4, A.3, A.4, A.6).
+    """Adam in its textbook form (Kingma & Ba 2015; docs/theory.md §2.4, A.3, A.4, A.6).
 
     m_t = β1 m_{t−1} + (1 − β1) g_t,  v_t = β2 v_{t−1} + (1 − β2) g_t²,
     m̂_t = m_t/(1 − β1^t), v̂_t = v_t/(1 − β2^t) (``bias_correction``; off: m̂ = m, v̂ = v),
@@ -326,12 +326,12 @@ class AdamRule(Algorithm):
       far was 0 there, or β2 = 0 and the current one is) the step is **defined as 0**: those
       coordinates stay. It is computed with a double ``where`` (also around √v), so no NaN
       appears, not even in autograd through the update.
-    * β1 = β2 = 0, ε = 0 gives m̂/√v̂ = g/|g| = sign(g): sign descent (spec §2.4).
+    * β1 = β2 = 0, ε = 0 gives m̂/√v̂ = g/|g| = sign(g): sign descent (docs/theory.md §2.4).
     * Predicted norm ℓ∞: with ε = 0 (or ε negligible against √v̂) Adam's small-step flow is sign
       flow and it maximizes the ℓ∞ margin (Gronich & Vardi Thm 3.6; Zhang, Zou & Cao 2024 for
       linear models). With ε > 0, as the loss → 0 the gradients vanish, √v̂ + ε → ε and the
       update becomes η m̂/ε: gradient descent with momentum, so the **late phase drifts toward
-      the ℓ2 margin** (Wang et al. 2021/2022, spec A.6). Use ε = 0 (or ε ≪ |g| for the whole
+      the ℓ2 margin** (Wang et al. 2021/2022, docs/theory.md A.6). Use ε = 0 (or ε ≪ |g| for the whole
       run, e.g. Gronich & Vardi's 1e-20) to study the ℓ∞ bias.
 
     State: ``step``, ``exp_avg`` (m), ``exp_avg_sq`` (v), ``grad_dual`` (‖g‖₁).
@@ -455,7 +455,7 @@ class AdamRule(Algorithm):
 
 
 class MomentumSteepestRule(Algorithm):
-    """Normalized momentum steepest descent w.r.t. ``norm`` (Gronich & Vardi, spec A.3).
+    """Normalized momentum steepest descent w.r.t. ``norm`` (Gronich & Vardi, docs/theory.md A.3).
 
     m_t = β m_{t−1} + (1 − β) g_t (m_0 = 0),  θ_t = θ_{t−1} − η_t U(m_t),
     U = ``norm.direction`` (ℓ2: m/‖m‖₂ over the whole parameter vector — MomentumGD;
@@ -520,7 +520,7 @@ class MomentumSteepestRule(Algorithm):
 
 
 class MuonRule(MomentumSteepestRule):
-    """Muon: momentum, then every tensor moves by the polar factor of its momentum (spec §2.4, A.3).
+    """Muon: momentum, then every tensor moves by the polar factor of its momentum (docs/theory.md §2.4, A.3).
 
     m_t = β m_{t−1} + (1 − β) g_t; W ← W − η polar(m_t) per tensor, where polar(M) = U_r V_rᵀ
     from the compact SVD M = U Σ Vᵀ (exact, float64; ``orthogonalize="svd"``, default) or the
@@ -596,7 +596,7 @@ def _inv_root(S: Tensor, eps: float, root: float) -> Tensor:
 
 
 class ShampooRule(Algorithm):
-    """Shampoo with optional accumulation (Gupta, Koren & Singer 2018; spec §2.4).
+    """Shampoo with optional accumulation (Gupta, Koren & Singer 2018; docs/theory.md §2.4).
 
     Per tensor, with G its matrix view (m×n; a vector or scalar is a 1×n matrix):
     L_t = β L_{t−1} + G Gᵀ,  R_t = β R_{t−1} + GᵀG  (β = ``accumulation``; 0: L_t = G Gᵀ,
@@ -670,7 +670,7 @@ class ShampooRule(Algorithm):
 
 
 class HybridNorm(Norm):
-    """max{a·‖W‖_msp, ‖u‖_∞}, with W/u split by shape at call time (spec §2.3, A.3).
+    """max{a·‖W‖_msp, ‖u‖_∞}, with W/u split by shape at call time (docs/theory.md §2.3, A.3).
 
     Muon tensors W are ``muon_params`` if given, else :func:`default_muon_indices`; the rest is
     u. Every method builds :func:`steepest.norms.weighted_max` for the given list (see
@@ -760,7 +760,7 @@ class _HybridBase(Algorithm):
 
 
 class MuonSignumRule(_HybridBase):
-    """Muon on the hidden matrices (lr η_M = η), Signum on the rest (lr η_A = a·η) (spec A.3).
+    """Muon on the hidden matrices (lr η_M = η), Signum on the rest (lr η_A = a·η) (docs/theory.md A.3).
 
     Both parts share m_t = β m_{t−1} + (1 − β) g_t. W ← W − η polar(m_W), u ← u − aη sign(m_u),
     a = ``lr_ratio`` = η_A/η_M. Exact correspondence (with ``orthogonalize="svd"``): for
@@ -825,7 +825,7 @@ class MuonSignumRule(_HybridBase):
 
 
 class MuonAdamRule(_HybridBase):
-    """Muon on the hidden matrices (lr η_M = η), Adam on the rest (lr η_A = a·η) (spec A.3, §4.4).
+    """Muon on the hidden matrices (lr η_M = η), Adam on the rest (lr η_A = a·η) (docs/theory.md A.3, §4.4).
 
     W: m ← β m + (1 − β) g, W ← W − η polar(m) (β = ``momentum``). u: Adam with ``betas``,
     ``eps``, ``bias_correction`` exactly as :class:`AdamRule`, with lr a·η. Predicted norm:

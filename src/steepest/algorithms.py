@@ -9,13 +9,13 @@ An :class:`Algorithm` is a norm plus a step rule. Its two pure functions follow 
 lists of tensors (one per parameter). Nothing is edited in place, there is no ``.item()`` and
 no Python branching on tensor values, so ``torch.func.vmap`` can step K runs together.
 
-Steepest descent (spec §2.2):
+Steepest descent (docs/theory.md §2.2):
 
 * normalized:   θ ← θ − η · U(g),  U(g) ∈ argmax_{‖u‖≤1} ⟨g, u⟩,  so ‖Δθ‖ = η;
 * unnormalized: θ ← θ − η · J(g),  J(g) = ‖g‖_* U(g),              so ‖Δθ‖ = η‖g‖_*.
 
 Every algorithm declares ``predicted_norm``: the norm whose margin q_min/‖θ‖^L it is
-predicted to maximize once the data are separated (spec §3.1, §3.4).
+predicted to maximize once the data are separated (docs/theory.md §3.1, §3.4).
 """
 
 from __future__ import annotations
@@ -121,11 +121,11 @@ class Algorithm:
 
 
 class SteepestDescentRule(Algorithm):
-    """Steepest descent w.r.t. ``norm``, normalized or not (spec §2.2–§2.3).
+    """Steepest descent w.r.t. ``norm``, normalized or not (docs/theory.md §2.2–§2.3).
 
     State: ``step`` (number of updates taken) and ``grad_dual`` (‖g‖_* of the last gradient,
     which the engine needs for flow time: Σ η for unnormalized steps, Σ η/‖g‖_* for
-    normalized ones; spec §3.8).
+    normalized ones; docs/theory.md §3.8).
     """
 
     def __init__(self, norm: Norm | str, normalized: bool = True, name: str | None = None):

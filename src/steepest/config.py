@@ -1,6 +1,6 @@
 """Experiment configs: YAML in (``yaml.safe_load``), validated, canonical JSON out.
 
-An experiment is data × model × algorithms × seeds (DESIGN.md). Example::
+An experiment is data × model × algorithms × seeds. Example::
 
     name: mnist-2v7
     data: {name: mnist, classes: [2, 7], n_train: 200, n_test: 400}

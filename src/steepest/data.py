@@ -2,8 +2,8 @@
 
 Every dataset comes back as a :class:`Dataset` with flat float features, a seeded train/test split
 and, for binary tasks, labels y ∈ {−1, +1} (the convention of the exponential loss
-𝓛 = Σ_i exp(−y_i f(x_i)), spec §1.3). Real pixels are scaled to [0, 1] with **no centering or
-normalization** (spec §4.2: ``ToTensor`` scaling, flattened, "no normalization/centering").
+𝓛 = Σ_i exp(−y_i f(x_i)), docs/theory.md §1.3). Real pixels are scaled to [0, 1] with **no centering or
+normalization** (docs/theory.md §4.2: ``ToTensor`` scaling, flattened, "no normalization/centering").
 
 Names (``dataset_names()``):
 
@@ -23,7 +23,7 @@ Names (``dataset_names()``):
   separable by a known teacher with margin ≥ ``margin`` (see the generator docstrings); the teacher
   is stored in ``info["teacher"]`` as JSON-serialisable lists.
 
-Binarization of real data (spec §4.2: digits (2, 7), −1 for 2, +1 for 7):
+Binarization of real data (docs/theory.md §4.2: digits (2, 7), −1 for 2, +1 for 7):
 ``classes=(a, b)`` keeps classes a and b with y = −1 on a and +1 on b; ``binarize="odd_even"``
 keeps every class with y = +1 on odd and −1 on even class ids; ``classes`` with three or more ids
 gives a multiclass subset relabelled 0..k−1 in the given order; neither → multiclass int64 ids.
@@ -299,7 +299,7 @@ def _select(y_src: np.ndarray, classes: Sequence[int] | None, binarize: str | No
             raise ValueError(f"classes {missing} not present in dataset {name!r}; "
                              f"valid class ids: {list(present)}")
         mask = np.isin(y_src, cls)
-        if len(cls) == 2:  # −1 for the first class, +1 for the second (spec §4.2)
+        if len(cls) == 2:  # −1 for the first class, +1 for the second (docs/theory.md §4.2)
             labels = np.where(y_src == cls[1], 1, -1)
             return mask, labels, 2, {"binarization": "pair", "classes": cls}
         lut = np.full(int(max(present)) + 1, -1, dtype=np.int64)
@@ -721,7 +721,7 @@ def load_dataset(name: str, *, n_train: int | None = None, n_test: int | None = 
             None keeps everything available (synthetic defaults: 200 / 1000). Asking for more
             than is available raises ValueError stating the available count.
         classes: real data only. (a, b) → binary, y = −1 on class a and +1 on class b
-            (spec §4.2: (2, 7)); three or more ids → multiclass subset relabelled 0..k−1.
+            (docs/theory.md §4.2: (2, 7)); three or more ids → multiclass subset relabelled 0..k−1.
         binarize: real data only; "odd_even" → y = +1 on odd class ids, −1 on even.
         seed: seeds ``numpy.random.default_rng`` for the split, subsampling and generators.
         dtype: floating dtype of X (and of binary y).

@@ -1,6 +1,6 @@
 """Stationarity diagnostics: the Fenchel–Young gap and the KKT residual with optimized multipliers.
 
-The margin-maximization problem of a norm ‖·‖ (paper spec §3.4) is
+The margin-maximization problem of a norm ‖·‖ (paper docs/theory.md §3.4) is
 
     (P)  minimize ½‖θ‖²  subject to  q_i(θ) = y_i f(θ; x_i) ≥ 1,  i = 1..n,
 
@@ -10,12 +10,12 @@ KKT point when it is feasible and some λ ≥ 0 gives Σ_i λ_i h_i ∈ ∂Q(θ)
 
 Two diagnostics, both computable from (θ, data) alone:
 
-* :func:`fenchel_young_gap` (spec §3.5): D_Q(θ, v) = Q(θ) + Q*(v) − ⟨θ, v⟩ ≥ 0 with
+* :func:`fenchel_young_gap` (docs/theory.md §3.5): D_Q(θ, v) = Q(θ) + Q*(v) − ⟨θ, v⟩ ≥ 0 with
   Q*(v) = ½‖v‖_*², zero iff v ∈ ∂Q(θ). With the loss weights as multipliers, v ∝ −∇𝓛, and θ
   scaled to unit norm, min_{c>0} D_Q(θ/‖θ‖, c·(−∇𝓛)) = ½(1 − β₊²), β the dual alignment of
   :mod:`steepest.metrics` (β₊ = max(β, 0)). The gradient is −∇log𝓛, i.e. weights
   exp(−(q_i − q_min)) after normalization, so nothing underflows.
-* :func:`kkt_residual` (spec §3.6): rescale θ̂ = θ / q_min^{1/L} (so min_i q_i(θ̂) = 1), keep
+* :func:`kkt_residual` (docs/theory.md §3.6): rescale θ̂ = θ / q_min^{1/L} (so min_i q_i(θ̂) = 1), keep
   the near-support points I_τ = {i : q_i(θ̂) ≤ 1 + τ} and solve
 
       r = min_{λ ≥ 0, s ∈ ∂Q(θ̂)} ‖s − Σ_{i∈I_τ} λ_i ∇q_i(θ̂)‖_* / ‖θ̂‖   ∈ [0, 1]
@@ -26,13 +26,13 @@ Two diagnostics, both computable from (θ, data) alone:
   convex combination over the active layers of U₁ M V₁ᵀ on their top singular spaces
   (M ⪰ 0, tr M = 1), an SDP (cvxpy + Clarabel).
 
-Non-smoothness (spec §6 item 2): ∇q_i comes from autograd, which returns *one* element of the
+Non-smoothness (docs/theory.md §6 item 2): ∇q_i comes from autograd, which returns *one* element of the
 Clarke subdifferential (PyTorch: ReLU'(0) = 0, leaky ReLU'(0) = slope, max pooling sends the
 gradient to one maximal entry). The residual is therefore an upper bound on the residual
 minimized over ∂°q_i; it is exact when no support point sits on a kink. ``n_kinks`` counts
 the pre-activations that are exactly 0 at nn.ReLU / nn.LeakyReLU modules on the support points.
 
-Tie tolerances [DEF, spec §3.6]: ℓ∞ coordinates with |θ_j| ≥ (1 − tie_tol)‖θ‖_∞ count as
+Tie tolerances [DEF, docs/theory.md §3.6]: ℓ∞ coordinates with |θ_j| ≥ (1 − tie_tol)‖θ‖_∞ count as
 maximal; ℓ1 coordinates with |θ_j| ≤ zero_tol·‖θ‖_∞ count as zero; spectral layers with
 σ_max ≥ (1 − tie_tol)·max_k σ_max(W_k) are active, and singular values ≥ (1 − tie_tol)σ₁ span
 the top singular space. These relax ∂Q slightly (they can only lower the residual).
@@ -93,7 +93,7 @@ class NotSeparatedError(ValueError):
 
 @dataclass(frozen=True)
 class KKTResult:
-    """Outcome of :func:`kkt_residual` (spec §3.6).
+    """Outcome of :func:`kkt_residual` (docs/theory.md §3.6).
 
     residual: relative stationarity residual min ‖s − Σλ_i∇q_i‖_* / ‖θ̂‖ ∈ [0, 1]; 0 at a KKT point.
     slackness: Σ_{i∈I_τ} λ_i (q_i(θ̂) − 1) ≥ 0 at the optimal λ (complementary slackness term).
@@ -147,11 +147,11 @@ class KKTResult:
 
 
 # --------------------------------------------------------------------------------------------
-# Fenchel–Young (generalized Bregman) gap, spec §3.5
+# Fenchel–Young (generalized Bregman) gap, docs/theory.md §3.5
 
 
 def fenchel_young(theta: Sequence[Tensor], v: Sequence[Tensor], norm: Norm | str) -> Tensor:
-    """D_Q(θ, v) = ½‖θ‖² + ½‖v‖_*² − ⟨θ, v⟩ ≥ 0, zero iff v ∈ ∂(½‖·‖²)(θ) (spec §3.5).
+    """D_Q(θ, v) = ½‖θ‖² + ½‖v‖_*² − ⟨θ, v⟩ ≥ 0, zero iff v ∈ ∂(½‖·‖²)(θ) (docs/theory.md §3.5).
 
     The Fenchel–Young inequality for Q = ½‖·‖², Q* = ½‖·‖_*²; for differentiable Q and
     v = ∇Q(θ') it is the Bregman divergence D_Q(θ, θ').
@@ -163,7 +163,7 @@ def fenchel_young(theta: Sequence[Tensor], v: Sequence[Tensor], norm: Norm | str
 def fenchel_young_gap_from(
     params: Sequence[Tensor], neg_grad: Sequence[Tensor], norm: Norm | str
 ) -> Tensor:
-    """min_{c ≥ 0} D_Q(θ/‖θ‖, c·v) with v = −∇𝓛 (any positive multiple), spec §3.5.
+    """min_{c ≥ 0} D_Q(θ/‖θ‖, c·v) with v = −∇𝓛 (any positive multiple), docs/theory.md §3.5.
 
     Both arguments are normalized first (θ̃ = θ/‖θ‖, v̂ = v/‖v‖_*), then
     c* = max(⟨θ̃, v̂⟩, 0) and the gap is D_Q(θ̃, c*v̂) = ½ + ½c*² − c*⟨θ̃, v̂⟩ = ½(1 − β₊²).
@@ -183,7 +183,7 @@ def fenchel_young_gap_from(
 def fenchel_young_gap(
     model: nn.Module, X: Tensor, y: Tensor, norm: Norm | str = "l2", loss: str = "exponential"
 ) -> Tensor:
-    """Scale-optimized Fenchel–Young stationarity gap ½(1 − β₊²) of a model (spec §3.5).
+    """Scale-optimized Fenchel–Young stationarity gap ½(1 − β₊²) of a model (docs/theory.md §3.5).
 
     The multipliers are the loss weights λ_i ∝ exp(−(q_i − q_min)) (from −∇log𝓛: no underflow).
     """
@@ -195,7 +195,7 @@ def fenchel_young_gap(
 
 
 # --------------------------------------------------------------------------------------------
-# KKT residual with optimized multipliers, spec §3.6
+# KKT residual with optimized multipliers, docs/theory.md §3.6
 
 
 def norm_kind(N: Norm) -> tuple[str, float | None]:
@@ -568,7 +568,7 @@ def kkt_residual(
     tie_tol: float = 1e-3,
     zero_tol: float = 1e-3,
 ) -> KKTResult:
-    """KKT residual of (P) with optimized multipliers at the model's θ (spec §3.6).
+    """KKT residual of (P) with optimized multipliers at the model's θ (docs/theory.md §3.6).
 
     θ̂ = θ / q_min^{1/L}; I_τ = {i : q_i(θ̂) ≤ 1 + τ};
     residual = min_{λ ≥ 0, s ∈ ∂Q(θ̂)} ‖s − Σ_{i∈I_τ} λ_i ∇q_i(θ̂)‖_* / ‖θ̂‖ (0 at a KKT point,
@@ -580,7 +580,7 @@ def kkt_residual(
             a float64 copy is evaluated.
         norm: "l1", "l2", "linf", "l<p>", "spectral"/"max-spectral" (or such a Norm object).
         L: homogeneity degree; measured with :func:`steepest.models.homogeneity_degree` if None.
-        tau: support tolerance (default 0.05, spec §3.6 [DEF]); tie_tol, zero_tol: see module doc.
+        tau: support tolerance (default 0.05, docs/theory.md §3.6 [DEF]); tie_tol, zero_tol: see module doc.
 
     Raises:
         NotSeparatedError: q_min ≤ 0 (θ does not separate the data).

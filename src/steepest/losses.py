@@ -1,18 +1,18 @@
 """Margins and log-space losses: log 𝓛 = log Σ_i ℓ(q_i), never 𝓛 itself.
 
-Margins (paper spec §1.3, §A.1):
+Margins (paper docs/theory.md §1.3, §A.1):
 
 * binary, y_i ∈ {−1, +1}: q_i = y_i f(x_i);
 * multiclass, y_i a class id: q_i = f_{y_i}(x_i) − max_{j≠y_i} f_j(x_i) (Lyu & Li).
 
-Losses, summed over samples (spec §1.3; sum, not mean, so that 𝓛 < ℓ(0) ⇔ separation):
+Losses, summed over samples (docs/theory.md §1.3; sum, not mean, so that 𝓛 < ℓ(0) ⇔ separation):
 
 * exponential: ℓ(q) = e^{−q}, log 𝓛 = logsumexp_i(−q_i);
 * logistic: ℓ(q) = log(1 + e^{−q}) = softplus(−q), log 𝓛 = logsumexp_i(log softplus(−q_i));
 * cross-entropy: ℓ_i = log Σ_j e^{f_j − f_{y_i}} = softplus(z_i) with
   z_i = logsumexp_{j≠y_i}(f_j − f_{y_i}), log 𝓛 = logsumexp_i(log softplus(z_i)).
 
-Raw losses underflow near e^{−745} in float64 (spec §4.2, ECOSYSTEM notes), while margins grow
+Raw losses underflow near e^{−745} in float64 (docs/theory.md §4.2, ECOSYSTEM notes), while margins grow
 without bound during training; the log-space forms stay exact for margins of 1e6 and beyond,
 and their autograd gradients (∇𝓛/𝓛, which is O(1)) stay finite.
 
@@ -72,7 +72,7 @@ def _check_labels(y: Tensor, n: int) -> None:
 
 
 def margins(outputs: Tensor, y: Tensor, *, validate: bool = True) -> Tensor:
-    """Per-sample margins q_i, shape (n,) (spec §1.3; multiclass as Lyu & Li, §A.1).
+    """Per-sample margins q_i, shape (n,) (docs/theory.md §1.3; multiclass as Lyu & Li, §A.1).
 
     Binary (``outputs`` of shape (n,) or (n, 1), ``y`` in {−1, +1}): q_i = y_i f(x_i).
     Multiclass (``outputs`` (n, k), k ≥ 2, ``y`` integer class ids in [0, k)):
@@ -154,7 +154,7 @@ def _check_loss(loss: str, outputs: Tensor) -> None:
 def per_sample_log_losses(
     outputs: Tensor, y: Tensor, loss: str = "exponential", *, validate: bool = True
 ) -> Tensor:
-    """log ℓ_i for each sample, shape (n,) (spec §1.3, §A.1 for cross-entropy).
+    """log ℓ_i for each sample, shape (n,) (docs/theory.md §1.3, §A.1 for cross-entropy).
 
     exponential: −q_i; logistic: log softplus(−q_i);
     cross_entropy: log softplus(logsumexp_{j≠y_i}(f_j − f_{y_i})).
@@ -177,7 +177,7 @@ def per_sample_log_losses(
 def log_loss(
     outputs: Tensor, y: Tensor, loss: str = "exponential", *, validate: bool = True
 ) -> Tensor:
-    """log 𝓛 = log Σ_i ℓ_i = logsumexp_i(log ℓ_i), a 0-dim tensor (spec §1.3, §3.8).
+    """log 𝓛 = log Σ_i ℓ_i = logsumexp_i(log ℓ_i), a 0-dim tensor (docs/theory.md §1.3, §3.8).
 
     ``loss`` is one of :data:`LOSSES`: "exponential" and "logistic" take binary outputs
     ((n,) or (n, 1), y ∈ {±1}); "cross_entropy" takes (n, k) logits and integer class ids.
@@ -186,7 +186,7 @@ def log_loss(
 
 
 def smoothed_margin_numerator(log_loss_value: Tensor | float, loss: str = "exponential") -> Tensor:
-    """φ^{−1}(log 1/𝓛), the numerator of the smoothed margin γ̃ = φ^{−1}(log 1/𝓛)/‖θ‖^L (spec §3.2).
+    """φ^{−1}(log 1/𝓛), the numerator of the smoothed margin γ̃ = φ^{−1}(log 1/𝓛)/‖θ‖^L (docs/theory.md §3.2).
 
     exponential: −log 𝓛.
     logistic and cross_entropy: −log(e^𝓛 − 1), computed from ℓ = log 𝓛:

@@ -1,7 +1,7 @@
 """Margins in any norm, smoothed margins, dual alignment, support counts, directional cosine.
 
 One name, one meaning: the normalized margin in norm N is γ_N(θ) = q_min / ‖θ‖_N^L
-(spec §3.1); ``margin_linf`` is always q_min/‖θ‖_∞^L, the margin sign descent maximizes.
+(docs/theory.md §3.1); ``margin_linf`` is always q_min/‖θ‖_∞^L, the margin sign descent maximizes.
 
 All functions come in two flavours:
 
@@ -51,14 +51,14 @@ def _pow_norm(params: Sequence[Tensor], norm: Norm, L: float) -> Tensor:
 
 
 def normalized_margin_from(q: Tensor, params: Sequence[Tensor], norm: Norm | str, L: float) -> Tensor:
-    """γ_N = min_i q_i / ‖θ‖_N^L (spec §3.1)."""
+    """γ_N = min_i q_i / ‖θ‖_N^L (docs/theory.md §3.1)."""
     return q.min() / _pow_norm(params, get_norm(norm), L)
 
 
 def smoothed_margin_from(
     log_loss_value: Tensor, params: Sequence[Tensor], norm: Norm | str, L: float, loss: str = "exponential"
 ) -> Tensor:
-    """γ̃_N = φ^{-1}(log 1/𝓛) / ‖θ‖_N^L, from log 𝓛 so it stays finite at any loss (spec §3.2).
+    """γ̃_N = φ^{-1}(log 1/𝓛) / ‖θ‖_N^L, from log 𝓛 so it stays finite at any loss (docs/theory.md §3.2).
 
     exponential: −log 𝓛 / ‖θ‖^L; logistic and cross-entropy: −log(e^𝓛 − 1) / ‖θ‖^L.
     Sandwich (exponential, n points): γ − log(n)/‖θ‖^L ≤ γ̃ ≤ γ.
@@ -84,7 +84,7 @@ def smoothed_margin(
     loss: str = "exponential",
     L: float | None = None,
 ) -> Tensor:
-    """γ̃_N(θ) = φ^{-1}(log 1/𝓛(θ)) / ‖θ‖_N^L (spec §3.2); finite at any loss."""
+    """γ̃_N(θ) = φ^{-1}(log 1/𝓛(θ)) / ‖θ‖_N^L (docs/theory.md §3.2); finite at any loss."""
     L = model_degree(model, X, L)
     return smoothed_margin_from(log_loss(model(X), y, loss), _params(model), norm, L, loss)
 
@@ -93,7 +93,7 @@ def alignment_gradient(model: nn.Module, X: Tensor, y: Tensor, loss: str = "expo
     """−∇ log 𝓛 = −∇𝓛/𝓛: the loss-weighted sum Σ_i w_i ∇q_i with w_i ∝ e^{−q_i}, normalized.
 
     Differentiating log 𝓛 (not 𝓛) is what keeps it from underflowing: the weights are
-    softmax(−q), i.e. exp(−(q_i − q_min)) up to normalization (spec §3.5 numerics).
+    softmax(−q), i.e. exp(−(q_i − q_min)) up to normalization (docs/theory.md §3.5 numerics).
     """
     params = _params(model)
     ll = log_loss(model(X), y, loss)
@@ -102,7 +102,7 @@ def alignment_gradient(model: nn.Module, X: Tensor, y: Tensor, loss: str = "expo
 
 
 def dual_alignment_from(params: Sequence[Tensor], neg_grad: Sequence[Tensor], norm: Norm | str) -> Tensor:
-    """β_N = ⟨θ, −∇𝓛⟩ / (‖θ‖_N ‖∇𝓛‖_N,*) ∈ [−1, 1] (spec §3.3, §3.5).
+    """β_N = ⟨θ, −∇𝓛⟩ / (‖θ‖_N ‖∇𝓛‖_N,*) ∈ [−1, 1] (docs/theory.md §3.3, §3.5).
 
     Scale-invariant in the gradient, so −∇log𝓛 gives the same β as −∇𝓛. 1 − β_N is the
     dual-alignment (generalized Bregman) gap; it vanishes at direction-stationary points.
@@ -119,14 +119,14 @@ def dual_alignment(model: nn.Module, X: Tensor, y: Tensor, norm: Norm | str = "l
 
 
 def support_counts(q: Tensor, ks: Sequence[int] = tuple(range(1, 8))) -> dict[int, int]:
-    """#{i : q_i < q_min + log 10^k} for each k (Lyu & Li's ``n_supp_k``, spec §3.6)."""
+    """#{i : q_i < q_min + log 10^k} for each k (Lyu & Li's ``n_supp_k``, docs/theory.md §3.6)."""
     qmin = q.min()
     ln10 = torch.log(torch.tensor(10.0, dtype=q.dtype))
     return {int(k): int((q < qmin + k * ln10).sum()) for k in ks}
 
 
 def directional_cosine(a: Sequence[Tensor], b: Sequence[Tensor]) -> Tensor:
-    """cos(θ_a, θ_b) = ⟨θ_a, θ_b⟩ / (‖θ_a‖₂ ‖θ_b‖₂) (directional convergence, spec §3.8)."""
+    """cos(θ_a, θ_b) = ⟨θ_a, θ_b⟩ / (‖θ_a‖₂ ‖θ_b‖₂) (directional convergence, docs/theory.md §3.8)."""
     na = torch.sqrt(inner(a, a))
     nb = torch.sqrt(inner(b, b))
     return inner(a, b) / (na * nb)

@@ -1,6 +1,6 @@
 """Homogeneous model builders and a numerical check of the homogeneity degree L.
 
-An L-homogeneous model satisfies ``f(cθ; x) = c^L f(θ; x)`` for every c > 0 (paper spec §1.2).
+An L-homogeneous model satisfies ``f(cθ; x) = c^L f(θ; x)`` for every c > 0 (paper docs/theory.md §1.2).
 For a network without biases (or with a bias in the first weight layer only: a weight on a
 constant input, Lyu & Li's ``BiasMode.FIRST_LAYER``) whose activation is k-homogeneous, the
 degree after the first weight layer is 1 and ``d_{l+1} = 1 + k·d_l``:
@@ -13,7 +13,7 @@ Every builder takes flat inputs of shape (n, d) and returns (n,) when ``out == 1
 deterministically from ``seed`` (or an explicit ``generator``), and exposes the declared degree
 as ``model.homogeneity_degree`` (an int).
 
-Euler's identity ``⟨θ, h⟩ = L f(θ; x)`` holds for every Clarke subgradient h (spec §1.2).
+Euler's identity ``⟨θ, h⟩ = L f(θ; x)`` holds for every Clarke subgradient h (docs/theory.md §1.2).
 Autograd returns one such element: PyTorch uses ``ReLU'(0) = 0`` (and the gradient of max
 pooling goes to one maximal entry), which is a valid Clarke subgradient, so the identity holds
 for autograd gradients too.
@@ -136,7 +136,7 @@ def _activation(name: str, negative_slope: float) -> nn.Module:
 
 
 def _degree(n_weight_layers: int, k: int) -> int:
-    """d_1 = 1, d_{l+1} = 1 + k·d_l (spec §1.2); returns d_D for D weight layers."""
+    """d_1 = 1, d_{l+1} = 1 + k·d_l (docs/theory.md §1.2); returns d_D for D weight layers."""
     d = 1
     for _ in range(n_weight_layers - 1):
         d = 1 + k * d
@@ -245,10 +245,10 @@ class MLP(nn.Module):
     """Bias-free MLP: ``len(widths)`` hidden layers, then a linear layer to ``out``.
 
     f(x) = W_D σ(W_{D−1} ··· σ(W_1 x)), D = len(widths) + 1 weight layers (``widths=()`` gives a
-    linear model). Degree (spec §1.2): d_1 = 1, d_{l+1} = 1 + k·d_l with k the activation's degree,
+    linear model). Degree (docs/theory.md §1.2): d_1 = 1, d_{l+1} = 1 + k·d_l with k the activation's degree,
     so L = D for ReLU / leaky ReLU and L = 2^D − 1 for squared ReLU.
 
-    Init (spec §4.2): W_l ~ U(−s/√fan_in, s/√fan_in), s = ``init_scale``. With ``bias_first``
+    Init (docs/theory.md §4.2): W_l ~ U(−s/√fan_in, s/√fan_in), s = ``init_scale``. With ``bias_first``
     the first layer gets a bias (same init) — a weight on a constant input, which keeps f
     homogeneous (Lyu & Li's BiasMode.FIRST_LAYER). Layers live in ``self.net`` (an
     ``nn.Sequential``: linear, activation, linear, ...).
@@ -412,7 +412,7 @@ def check_homogeneous(model: nn.Module) -> None:
 
     * any normalization layer (BatchNorm*, InstanceNorm*, LayerNorm, GroupNorm,
       LocalResponseNorm, RMSNorm): they divide out the scale of the previous layers;
-    * a bias on a Linear/Conv layer other than the first weight layer (spec §1.2; a first-layer
+    * a bias on a Linear/Conv layer other than the first weight layer (docs/theory.md §1.2; a first-layer
       bias is a weight on a constant input and is allowed).
 
     Dropout is allowed (identity at evaluation). "First" means first in registration order

@@ -5,17 +5,17 @@ A :class:`Norm` is the centre of the package. The same object gives
 * the optimizer: the unit steepest direction ``U(g) ∈ argmax_{‖u‖≤1} ⟨g, u⟩`` and the
   unnormalized step (duality map) ``J(g) = ‖g‖_* · U(g)``;
 * the measurement: the margin ``q_min / ‖θ‖^L`` that steepest descent w.r.t. this norm
-  maximizes (paper spec §2.1–§2.3, §3.1).
+  maximizes (paper docs/theory.md §2.1–§2.3, §3.1).
 
 Every method takes a *list* of tensors (a model's parameters, seen as one vector or as
 blocks) and is written in pure torch: no in-place edits of inputs, no ``.item()``, no Python
 branching on tensor values. So ``torch.func.vmap`` batches them over a leading run axis.
 
-Identities every implementation satisfies (spec §2.1, tested for every norm):
+Identities every implementation satisfies (docs/theory.md §2.1, tested for every norm):
 ``⟨U(g), g⟩ = ‖g‖_*``, ``‖U(g)‖ = 1`` (0 when g = 0), ``⟨J(g), g⟩ = ‖g‖_*²``,
 ``‖J(g)‖ = ‖g‖_*``.
 
-Tie-breaks (the theory allows any element of the argmax set; spec §2.2, §6 item 2):
+Tie-breaks (the theory allows any element of the argmax set; docs/theory.md §2.2, §6 item 2):
 
 * ℓ∞ / sign: ``sign(0) = 0``, so coordinates with zero gradient stay.
 * ℓ1 / greedy coordinate descent: exactly one coordinate moves, the one of largest ``|g_j|``
@@ -120,7 +120,7 @@ class Norm:
     """A norm ‖·‖ on a list of tensors, with its dual and its steepest-descent maps.
 
     Subclasses implement :meth:`__call__`, :meth:`dual` and :meth:`direction`;
-    :meth:`duality_map` is ``dual(g) · direction(g)`` (spec §2.1).
+    :meth:`duality_map` is ``dual(g) · direction(g)`` (docs/theory.md §2.1).
     """
 
     name: str = "norm"
@@ -201,7 +201,7 @@ class Norm:
 
 
 class LpNorm(Norm):
-    """ℓp norm of the concatenated parameter vector, 1 ≤ p ≤ ∞ (spec §2.3).
+    """ℓp norm of the concatenated parameter vector, 1 ≤ p ≤ ∞ (docs/theory.md §2.3).
 
     * ‖θ‖_p = (Σ_j |θ_j|^p)^{1/p};  dual ‖g‖_q with 1/p + 1/q = 1.
     * p = 2: U(g) = g/‖g‖₂ (gradient descent).
@@ -422,7 +422,7 @@ class LpNorm(Norm):
 
 
 class Spectral(Norm):
-    """Max over layers of the spectral norm: ‖θ‖_msp = max_k σ_max(W_k) (spec §2.3, A.3).
+    """Max over layers of the spectral norm: ‖θ‖_msp = max_k σ_max(W_k) (docs/theory.md §2.3, A.3).
 
     Each tensor is one block:
 
@@ -580,7 +580,7 @@ class _Blocks(Norm):
 
 
 class BlockMax(_Blocks):
-    """Weighted block-max norm ‖θ‖ = max_b w_b ‖θ_b‖_(b) (spec §2.3, "layer-wise" methods).
+    """Weighted block-max norm ‖θ‖ = max_b w_b ‖θ_b‖_(b) (docs/theory.md §2.3, "layer-wise" methods).
 
     * dual: ‖g‖_* = Σ_b ‖g_b‖_(b),* / w_b;
     * direction: every block moves by its own unit direction, U(g)_b = U_b(g_b) / w_b
@@ -631,7 +631,7 @@ class BlockMax(_Blocks):
 
 
 class BlockSum(_Blocks):
-    """Weighted block-sum norm ‖θ‖ = Σ_b w_b ‖θ_b‖_(b) (spec §2.3, block-greedy descent).
+    """Weighted block-sum norm ‖θ‖ = Σ_b w_b ‖θ_b‖_(b) (docs/theory.md §2.3, block-greedy descent).
 
     * dual: ‖g‖_* = max_b ‖g_b‖_(b),* / w_b;
     * direction: only the block b* with the largest ‖g_b‖_*/w_b moves, by U_{b*}(g_{b*})/w_{b*};
@@ -685,7 +685,7 @@ def weighted_max(
     norm_b: Norm | str,
     groups: Sequence[Sequence[int]],
 ) -> BlockMax:
-    """The hybrid norm max{a·‖W‖_A, ‖u‖_B} of Muon–Adam / Muon–Signum (spec §2.3, A.3).
+    """The hybrid norm max{a·‖W‖_A, ‖u‖_B} of Muon–Adam / Muon–Signum (docs/theory.md §2.3, A.3).
 
     ``groups = [indices of the W tensors, indices of the u tensors]``. Muon on W with lr η_M and
     sign/Adam on u with lr η_A is steepest descent for this norm with a = η_A/η_M.

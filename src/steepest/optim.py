@@ -110,7 +110,7 @@ def _steepest_builder(norm: Norm | str, normalized: bool) -> Algorithm:
 class SteepestDescent(AlgorithmOptimizer):
     """Steepest descent w.r.t. ``norm`` (a name such as ``"linf"`` or a :class:`Norm`).
 
-    normalized=True: θ ← θ − lr·U(g); normalized=False: θ ← θ − lr·‖g‖_*·U(g) (spec §2.2).
+    normalized=True: θ ← θ − lr·U(g); normalized=False: θ ← θ − lr·‖g‖_*·U(g) (docs/theory.md §2.2).
     A norm given by name is stored by name, so ``state_dict`` stays ``weights_only``-loadable.
     """
 

@@ -1,15 +1,15 @@
-"""Exact max-margin oracles for linear models and diagonal linear networks (spec §3.7, §4.5, A.2).
+"""Exact max-margin oracles for linear models and diagonal linear networks (docs/theory.md §3.7, §4.5, A.2).
 
 For a linear predictor f(w; x) = ⟨w, x⟩ (no bias, 1-homogeneous) the max-‖·‖ margin is a convex
-program (Gunasekar et al. 2018, spec §3.7):
+program (Gunasekar et al. 2018, docs/theory.md §3.7):
 
     γ* = max_{‖w‖ ≤ 1} min_i q_i(w)   ⇔   min ‖w‖  s.t.  q_i(w) ≥ 1,   γ* = 1/‖w_min‖,
 
 with q_i(w) = y_i ⟨w, x_i⟩ for binary labels y_i ∈ {−1, +1} and, for a multiclass linear
 model W ∈ R^{k×d}, q_i(W) = (W x_i)_{y_i} − max_{j ≠ y_i} (W x_i)_j (Lyu & Li's multiclass
-margin, spec A.1).
+margin, docs/theory.md A.1).
 Steepest descent w.r.t. ‖·‖ on separable data drives the normalized margin to this γ*
-(spec A.2), so these numbers are the ground truth of the linear sanity experiments (spec §4.5).
+(docs/theory.md A.2), so these numbers are the ground truth of the linear sanity experiments (docs/theory.md §4.5).
 
 Formulations (all solved in float64; X is first divided by s = max|X_ij|, which leaves the
 direction unchanged and multiplies γ* by 1/s, to keep the solvers well scaled):
@@ -471,7 +471,7 @@ def _formulation(name: str, p: float | None, method: str) -> str:
 
 
 def max_margin(X: Any, y: Any, norm: Any = "l2", *, method: str | None = None) -> MaxMarginResult:
-    """Exact max-margin linear classifier through the origin (spec §3.7).
+    """Exact max-margin linear classifier through the origin (docs/theory.md §3.7).
 
     γ* = max_{‖w‖ ≤ 1} min_i q_i(w), solved as min ‖w‖ s.t. q_i(w) ≥ 1 (γ* = 1/‖w_min‖).
 
@@ -586,7 +586,7 @@ def diagonal_margins(theta: Any, X: Any, y: Any, depth: int) -> np.ndarray:
 def diagonal_max_margin(X: Any, y: Any, *, depth: int = 2, norm: Any = "l2") -> MaxMarginResult:
     """Max margin of the diagonal network f(θ; x) = ⟨u^{⊙L} − v^{⊙L}, x⟩, θ = (u, v), L = depth.
 
-    f is L-homogeneous in θ, so the margin is γ(θ) = q_min(θ)/‖θ‖_p^L (spec §3.1) and
+    f is L-homogeneous in θ, so the margin is γ(θ) = q_min(θ)/‖θ‖_p^L (docs/theory.md §3.1) and
     γ*_θ = max_{‖θ‖_p ≤ 1} min_i y_i⟨β(θ), x_i⟩ with β = u^L − v^L: a max margin of the *linear*
     predictor β over the image B = {β(θ): ‖θ‖_p ≤ 1}. Write r = p/L. Per coordinate, the cheapest
     θ for a given β_j costs g(β_j) = min{|u|^p + |v|^p : u^L − v^L = β_j}, and B = {Σ_j g(β_j) ≤ 1}:

@@ -1,6 +1,6 @@
 """Learning-rate schedules, in log space so that η ∝ 1/𝓛 stays finite at 𝓛 = e^-10000.
 
-Every schedule is one formula (spec §2.5, A.1):
+Every schedule is one formula (docs/theory.md §2.5, A.1):
 
     log η_t = log lr + log α_t − decay·log t + loss_power·(log 𝓛₀ − log 𝓛_t)
               + norm_power·log ‖θ_t‖

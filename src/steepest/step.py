@@ -10,7 +10,7 @@ of the package steps through it: the engine's :class:`steepest.engine.BatchRunne
 logging, checkpoints and the store), the linear reproduction and Adam's ε-drift trace
 (:func:`run_steps`, with a per-step hook for their records).
 
-Late-phase numerics (spec §2.5, §3.8, §6 item 3):
+Late-phase numerics (docs/theory.md §2.5, §3.8, §6 item 3):
 
 * The loss is only ever handled as log 𝓛. Rules receive ∇log𝓛 = ∇𝓛/𝓛, which is O(1) at
   𝓛 = e^-10000. Normalized directions are scale-free; an unnormalized step
@@ -24,7 +24,7 @@ Late-phase numerics (spec §2.5, §3.8, §6 item 3):
   and, with ``bundle``, retries a step rolled back across a kink along the bundle direction
   of the gradients on both sides (``Norm.stacked_bundle_direction``).
 * Flow time is accumulated in log space: log τ += log η for unnormalized steps and
-  log(η/‖∇𝓛‖_*) = log η − log 𝓛 − log ‖∇log𝓛‖_* for normalized ones (spec §3.8); under
+  log(η/‖∇𝓛‖_*) = log η − log 𝓛 − log ‖∇log𝓛‖_* for normalized ones (docs/theory.md §3.8); under
   ``flow`` with the log-integrand taken linear over the step (:func:`log_expm1_ratio`).
 
 No host-device synchronization happens inside :func:`step`: acceptance, rollback and the step
@@ -96,7 +96,7 @@ class Objective(Protocol):
 @dataclass(frozen=True, eq=False)
 class RuleGroup:
     """Runs that share one algorithm (same name and options); their lrs and schedules may
-    differ. ``own`` is the norm whose margin the rule maximizes (spec §3.1)."""
+    differ. ``own`` is the norm whose margin the rule maximizes (docs/theory.md §3.1)."""
 
     algo: Algorithm
     indices: list[int]

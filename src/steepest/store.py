@@ -1,7 +1,7 @@
 """The results store: runs, their metrics and checkpoints in one SQLite database.
 
 Everything a run needs to be regenerated (config, seed, algorithm, package version, git hash)
-is stored with its results (DESIGN.md, "rules of the house"), so any figure or theorem check
+is stored with its results, so any figure or theorem check
 can be redone from the database alone.
 
 Design choices (ECOSYSTEM.md, "results store"):

@@ -1,17 +1,17 @@
 """Theorem checks over stored runs (``steepest verify``) and over a user's own checkpoints.
 
 For every run, each check gets a verdict "pass", "fail" or "not applicable", a reason, and the
-numbers it rests on (paper spec §3.3–§3.6, §5 items 8–10 and 15).
+numbers it rests on (paper docs/theory.md §3.3–§3.6, §5 items 8–10 and 15).
 
 Preconditions (checked first; when one is unmet every prediction is "not applicable", never a
-guess — findings.md: a run that never separated is not a failure of the theory):
+guess: a run that never separated is not a failure of the theory; docs/theory.md §1.4):
 
 * ``loss``: exponential → all checks; logistic (an exponential-type loss) → Theorem A only
   (margin monotonicity, norm growth, loss decay), because the KKT/alignment statements are
-  proved for the exponential loss (spec §3.4, §6 item 10); cross-entropy → none.
+  proved for the exponential loss (docs/theory.md §3.4, §6 item 10); cross-entropy → none.
 * ``homogeneity``: the model is L-homogeneous (the stored degree, or measured with
-  :func:`steepest.models.homogeneity_degree`; spec §1.2, §6 item 11).
-* ``separation``: some recorded row has q_min > 0 and 𝓛 < ℓ(0) (spec §1.4; ℓ(0) = 1 for the
+  :func:`steepest.models.homogeneity_degree`; docs/theory.md §1.2, §6 item 11).
+* ``separation``: some recorded row has q_min > 0 and 𝓛 < ℓ(0) (docs/theory.md §1.4; ℓ(0) = 1 for the
   summed exponential loss, log 2 for the logistic). Rows from the first such row on form the
   *post-separation window*.
 
@@ -28,8 +28,8 @@ Predictions (the names are the ``check`` column):
   L log ρ with ℓ̂ = log(1/𝓛); one step moves ρ by at most h (triangle inequality), so a step
   that does not increase the loss lowers log γ̃ by at most L·log(1 + h/ρ) ≤ L·h/ρ. A larger
   fall means the loss went up: the iteration has left the descent regime the flow describes.
-  For constant-step normalized methods this is the spec's "≤ O(η)"; the 1e-6 relative floor
-  is the spec's bound for everything else (and rounding). Every violation is listed with its
+  For constant-step normalized methods this is docs/theory.md §5 item 8's "≤ O(η)"; the 1e-6 relative floor
+  is its bound for everything else (and rounding). Every violation is listed with its
   size.
 * ``norm_grows`` and ``loss_falls`` (Theorem A): ρ at the last row exceeds ρ at the first
   window row and the least-squares slope of log ρ against log step over the late window is
@@ -124,7 +124,7 @@ _LOSS_SCOPE: dict[str, tuple[str, ...]] = {
     "logistic": _THEOREM_A,
     "cross_entropy": (),
 }
-#: log ℓ(0): the separation threshold on log 𝓛 (spec §1.4).
+#: log ℓ(0): the separation threshold on log 𝓛 (docs/theory.md §1.4).
 _LOG_LOSS_AT_ZERO = {"exponential": 0.0, "logistic": math.log(math.log(2.0))}
 #: Own-norm names → the engine's metric-column suffix (margin_<suffix>).
 _COLUMN_OF_NORM = {

@@ -47,7 +47,7 @@ __all__ = [
 
 COSINE_THRESHOLD = 0.99  # GV Figure 1b
 PAPER_MEAN_LOSS = 1e-8  # GV stop each run at this mean training loss
-#: column -> the algorithm labels predicted to have its largest margin (spec §4.4)
+#: column -> the algorithm labels predicted to have its largest margin (docs/theory.md §4.4)
 PREDICTED: dict[str, tuple[str, ...]] = {
     "l2": ("NGD", "MomentumGD"),
     "linf": ("Signum", "Adam"),
@@ -95,7 +95,7 @@ def directional_cosines(
     ends: dict[int, int] | None = None,
 ) -> dict[int, dict[str, Any]]:
     """cos(θ_t, θ_T) per run for the checkpoints nearest t = f·T (f in ``fractions``) and at the
-    first separated step, with T the run's last checkpointed step (spec §5 item 15), or, for
+    first separated step, with T the run's last checkpointed step (docs/theory.md §5 item 15), or, for
     the runs in ``ends``, the checkpoint nearest ``ends[run_id]``.
 
     Returns {run_id: {"T", "steps": {f: step}, "cos": {f: cosine}, "sep_step", "cos_sep"}}.

@@ -1,4 +1,4 @@
-"""Linear sanity experiment: steepest descent w.r.t. N reaches the exact max-N-margin (spec §3.7,
+"""Linear sanity experiment: steepest descent w.r.t. N reaches the exact max-N-margin (docs/theory.md §3.7,
 §4.5, A.2; Gunasekar, Lee, Soudry & Srebro 2018).
 
 For a linear model f(θ; x) = ⟨θ, x⟩ on separable data with the exponential loss, normalized
