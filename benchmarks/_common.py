@@ -49,14 +49,26 @@ __all__ = [
 ]
 
 
-def parse_args(description: str, extra: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
+def parse_args(
+    description: str, extra: Callable[[argparse.ArgumentParser], None] | None = None
+) -> argparse.Namespace:
     """Common flags: ``--quick`` (a smaller version in under ~20 s), ``--threads``, ``--repeat``."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--quick", action="store_true", help="a smaller version (under ~20 s)")
-    p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2: the machine's cores)")
-    p.add_argument("--repeat", type=int, default=None, help="repeats per timing (best and median are printed)")
-    p.add_argument("--omp-active", action="store_true",
-                   help="keep OpenMP's default (spinning) wait policy instead of OMP_WAIT_POLICY=PASSIVE")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=2,
+        help="torch.set_num_threads (default 2: the machine's cores)",
+    )
+    p.add_argument(
+        "--repeat", type=int, default=None, help="repeats per timing (best and median are printed)"
+    )
+    p.add_argument(
+        "--omp-active",
+        action="store_true",
+        help="keep OpenMP's default (spinning) wait policy instead of OMP_WAIT_POLICY=PASSIVE",
+    )
     if extra is not None:
         extra(p)
     args = p.parse_args()
@@ -68,8 +80,10 @@ def parse_args(description: str, extra: Callable[[argparse.ArgumentParser], None
 def header(title: str) -> None:
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
     print(f"== {title}")
-    print(f"   torch {torch.__version__}, float64, threads={torch.get_num_threads()}, "
-          f"cores={os.cpu_count()}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'default')}, load average at start {load[0]:.2f} (other processes share the cores)")
+    print(
+        f"   torch {torch.__version__}, float64, threads={torch.get_num_threads()}, "
+        f"cores={os.cpu_count()}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'default')}, load average at start {load[0]:.2f} (other processes share the cores)"
+    )
 
 
 def digits_config(K: int, steps: int, per_decade: int = 20, name: str = "bench") -> dict[str, Any]:
@@ -85,7 +99,9 @@ def digits_config(K: int, steps: int, per_decade: int = 20, name: str = "bench")
     }
 
 
-def mnist_config(K: int, steps: int, n_train: int = 1000, width: int = 784, per_decade: int = 20) -> dict[str, Any]:
+def mnist_config(
+    K: int, steps: int, n_train: int = 1000, width: int = 784, per_decade: int = 20
+) -> dict[str, Any]:
     """The compute-bound regime: n = 1000 MNIST digits (all ten, odd vs even), width 784."""
     return {
         "name": "bench-mnist",
@@ -128,8 +144,14 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], repeat: int) -> dict[str
     return out
 
 
-def make_runner(cfg_dict: dict[str, Any], *, steps_cap: int | None = None, stub_logging: bool = True,
-                dataset: Any = None, device: str = "cpu") -> BatchRunner:
+def make_runner(
+    cfg_dict: dict[str, Any],
+    *,
+    steps_cap: int | None = None,
+    stub_logging: bool = True,
+    dataset: Any = None,
+    device: str = "cpu",
+) -> BatchRunner:
     """An engine runner on an in-memory store, ready for ``step()`` calls.
 
     Does what :func:`steepest.engine.train` and ``BatchRunner.run`` do before the loop (build the
@@ -145,7 +167,10 @@ def make_runner(cfg_dict: dict[str, Any], *, steps_cap: int | None = None, stub_
     ds = dataset if dataset is not None else load_experiment_data(cfg)
     eng = Engine(cfg, specs, ds, resolve_device(device))
     store = RunStore(":memory:")
-    ids = [store.create_run(name=f"b/{sp.seed}", algorithm=sp.algorithm, seed=sp.seed, config={}) for sp in specs]
+    ids = [
+        store.create_run(name=f"b/{sp.seed}", algorithm=sp.algorithm, seed=sp.seed, config={})
+        for sp in specs
+    ]
     r = BatchRunner(eng, store, ids, Path(os.devnull), progress=False)
     r.fresh_state(eng.init_params())
     r.start(resumed=True)  # the first evaluation; resumed: no step-0 row or checkpoint

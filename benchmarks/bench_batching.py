@@ -75,8 +75,9 @@ def _ref_batched(W1: torch.Tensor, W2: torch.Tensor, X: torch.Tensor, y: torch.T
     return (W1 - s * g1).detach(), (W2 - s * g2).detach(), ll.detach()
 
 
-def _anchors_run(W1: torch.Tensor, W2: torch.Tensor, X: torch.Tensor, y: torch.Tensor,
-                 steps: int) -> list[list[float]]:
+def _anchors_run(
+    W1: torch.Tensor, W2: torch.Tensor, X: torch.Tensor, y: torch.Tensor, steps: int
+) -> list[list[float]]:
     """The anchors' loop for one run (the public Flavors-of-Margin code, anchors survey §1): a
     plain PyTorch loop, normalized GD, and after every step the normalized margins
     q_min/‖θ‖_p^L for p ∈ {2, 1, ∞} (L = 2), kept in a Python list. In float64 with the loss in
@@ -88,8 +89,9 @@ def _anchors_run(W1: torch.Tensor, W2: torch.Tensor, X: torch.Tensor, y: torch.T
             q = y * (torch.relu(X @ W1.T) @ W2.T).squeeze(1)
             flat = torch.cat([W1.reshape(-1), W2.reshape(-1)])
             qmin = q.min()
-            rows.append([float(qmin / torch.linalg.vector_norm(flat, p) ** 2)
-                         for p in (2.0, 1.0, math.inf)])
+            rows.append(
+                [float(qmin / torch.linalg.vector_norm(flat, p) ** 2) for p in (2.0, 1.0, math.inf)]
+            )
     return rows
 
 
@@ -99,7 +101,9 @@ def main() -> None:
     repeat = args.repeat or (2 if quick else 3)
     n_step = 40 if quick else 100  # steps per timed repeat (stepping only)
     e2e_steps = 100 if quick else 500  # run length for the end-to-end comparison
-    header(f"bench_batching: K={K} together vs {K} runs in a plain loop (digits 0v1, width 64, full batch)")
+    header(
+        f"bench_batching: K={K} together vs {K} runs in a plain loop (digits 0v1, width 64, full batch)"
+    )
 
     # ---------------------------------------------------------------- 1. stepping only
     big = 10**6  # stop.steps far away: no run finishes while we time it
@@ -126,10 +130,15 @@ def main() -> None:
     ll_bat: list[float] = []
     e2e_repeat = 1
     with tempfile.TemporaryDirectory() as tmp:
-        train(digits_config(1, 10), db=Path(tmp) / "warm.db", progress=False)  # warm caches (dataset, imports)
+        train(
+            digits_config(1, 10), db=Path(tmp) / "warm.db", progress=False
+        )  # warm caches (dataset, imports)
         for rep in range(e2e_repeat):
             t0 = time.perf_counter()
-            res = [train(digits_config([s], e2e_steps), db=Path(tmp) / f"loop{rep}.db", progress=False) for s in range(K)]
+            res = [
+                train(digits_config([s], e2e_steps), db=Path(tmp) / f"loop{rep}.db", progress=False)
+                for s in range(K)
+            ]
             e2e["loop"].samples.append(time.perf_counter() - t0)
             ll_loop = [r.final[0]["log_loss"] for r in res]
             t0 = time.perf_counter()
@@ -144,8 +153,9 @@ def main() -> None:
     Xa, ya = init.e.X, init.e.y
     anchors = Timing("anchors")
     t0 = time.perf_counter()
-    anchor_rows = [_anchors_run(init.params[0][k], init.params[1][k], Xa, ya, e2e_steps)
-                   for k in range(K)]
+    anchor_rows = [
+        _anchors_run(init.params[0][k], init.params[1][k], Xa, ya, e2e_steps) for k in range(K)
+    ]
     anchors.samples.append(time.perf_counter() - t0)
     assert all(len(r) == e2e_steps for r in anchor_rows)
     vs_anchors = anchors.best / e2e["batched"].best
@@ -177,37 +187,55 @@ def main() -> None:
     ref_bat_rate = K * n_step / tr["ref batched"].best
 
     # ---------------------------------------------------------------- report
-    print(f"\n   timings: best (median) of {repeat} interleaved repeats; stepping: {n_step} steps per run per repeat;"
-          f" end to end: {e2e_steps}-step runs, {e2e_repeat} repeat(s)")
+    print(
+        f"\n   timings: best (median) of {repeat} interleaved repeats; stepping: {n_step} steps per run per repeat;"
+        f" end to end: {e2e_steps}-step runs, {e2e_repeat} repeat(s)"
+    )
     print(f"   {'measurement':<44} {'loop (16 x K=1)':>22} {'together (K=16)':>22} {'ratio':>7}")
 
     def row(name: str, lo: Timing, ba: Timing, unit_work: float) -> None:
-        print(f"   {name:<44} {unit_work / lo.best:>9.0f} run-steps/s ({lo.best:6.2f}s)"
-              f" {unit_work / ba.best:>9.0f} run-steps/s ({ba.best:6.2f}s) {lo.best / ba.best:>6.2f}x")
+        print(
+            f"   {name:<44} {unit_work / lo.best:>9.0f} run-steps/s ({lo.best:6.2f}s)"
+            f" {unit_work / ba.best:>9.0f} run-steps/s ({ba.best:6.2f}s) {lo.best / ba.best:>6.2f}x"
+        )
 
     row("engine, stepping only (step, log stubbed)", tm["loop"], tm["batched"], K * n_step)
     row("engine, end to end train(), per_decade 20", e2e["loop"], e2e["batched"], K * e2e_steps)
     row("reference: hand-written torch step", tr["ref loop"], tr["ref batched"], K * n_step)
     row("anchors' loop (3 margins/step) vs train K=16", anchors, e2e["batched"], K * e2e_steps)
-    print(f"\n   engine per step: K=1 {1e3 * tm['loop'].best / (K * n_step):.3f} ms, "
-          f"K=16 {1e3 * tm['batched'].best / n_step:.3f} ms "
-          f"(reference: K=1 {1e3 * tr['ref loop'].best / (K * n_step):.3f} ms, K=16 {1e3 * tr['ref batched'].best / n_step:.3f} ms)")
-    print(f"   engine step vs hand-written step (same K): "
-          f"K=1 {ref_loop_rate / loop_rate:.2f}x slower "
-          f"(target <= 1.5x), K=16 {ref_bat_rate / bat_rate:.2f}x slower (target <= 1.2x)")
-    print(f"   same math: max |final log-loss, loop - together| over 16 runs = {same_math:.3g} "
-          f"(reference: {ref_diff:.3g} after 20 steps)")
+    print(
+        f"\n   engine per step: K=1 {1e3 * tm['loop'].best / (K * n_step):.3f} ms, "
+        f"K=16 {1e3 * tm['batched'].best / n_step:.3f} ms "
+        f"(reference: K=1 {1e3 * tr['ref loop'].best / (K * n_step):.3f} ms, K=16 {1e3 * tr['ref batched'].best / n_step:.3f} ms)"
+    )
+    print(
+        f"   engine step vs hand-written step (same K): "
+        f"K=1 {ref_loop_rate / loop_rate:.2f}x slower "
+        f"(target <= 1.5x), K=16 {ref_bat_rate / bat_rate:.2f}x slower (target <= 1.2x)"
+    )
+    print(
+        f"   same math: max |final log-loss, loop - together| over 16 runs = {same_math:.3g} "
+        f"(reference: {ref_diff:.3g} after 20 steps)"
+    )
     if not math.isfinite(same_math) or same_math > 1e-9:
         print("   WARNING: the loop and the batched engine disagree by more than rounding (1e-9)")
     print()
-    print(f"batching speed-up (K=16 together vs loop, stepping only): {step_ratio:.1f}x "
-          f"(median {step_ratio_med:.1f}x) (target >= 5x, aim 10x)")
-    print(f"batching speed-up (K=16 together vs loop, end to end train, default logging): {e2e_ratio:.1f}x "
-          f"(target >= 5x, aim 10x)")
-    print(f"reference floor speed-up (hand-written torch, shared-X matmul): {tr['ref loop'].best / tr['ref batched'].best:.1f}x")
-    print(f"steepest train K=16 end to end vs the anchors' loop (16 runs, 3 margins/step): "
-          f"{vs_anchors:.2f}x "
-          f"(target >= 3x, aim 4x)")
+    print(
+        f"batching speed-up (K=16 together vs loop, stepping only): {step_ratio:.1f}x "
+        f"(median {step_ratio_med:.1f}x) (target >= 5x, aim 10x)"
+    )
+    print(
+        f"batching speed-up (K=16 together vs loop, end to end train, default logging): {e2e_ratio:.1f}x "
+        f"(target >= 5x, aim 10x)"
+    )
+    print(
+        f"reference floor speed-up (hand-written torch, shared-X matmul): {tr['ref loop'].best / tr['ref batched'].best:.1f}x"
+    )
+    print(
+        f"steepest train K=16 end to end vs the anchors' loop (16 runs, 3 margins/step): "
+        f"{vs_anchors:.2f}x "
+        f"(target >= 3x, aim 4x)"
+    )
 
 
 if __name__ == "__main__":

@@ -48,7 +48,9 @@ def main() -> None:
     n_train, width = (1000, 784)
     Ks = [1] if quick else [1, 4]
     n_steps = 3 if quick else 10
-    header(f"bench_compute_bound: MNIST n={n_train}, width {width}, engine step GFLOP/s vs plain X @ W.T")
+    header(
+        f"bench_compute_bound: MNIST n={n_train}, width {width}, engine step GFLOP/s vs plain X @ W.T"
+    )
 
     results = []
     dataset = None
@@ -68,7 +70,9 @@ def main() -> None:
             for _ in range(n_steps):
                 X @ W.T
 
-        def ref(W1: torch.Tensor = W1, W2: torch.Tensor = W2) -> None:
+        def ref(
+            W1: torch.Tensor = W1, W2: torch.Tensor = W2, X: torch.Tensor = X, y: torch.Tensor = y
+        ) -> None:
             a, b = W1, W2
             for _ in range(n_steps):
                 a, b = _ref_step(a, b, X, y, 0.01)
@@ -83,9 +87,17 @@ def main() -> None:
         mm_t = tm["plain matmul"].best / n_steps
         mm_flops = 2 * n * d * (K * m)
         res = {
-            "K": K, "n": n, "d": d, "m": m, "step_ms": 1e3 * step_t, "step_med_ms": 1e3 * tm["engine step"].median / n_steps,
-            "step_gflops": flops / step_t / 1e9, "step_gflops_conv": flops_conv / step_t / 1e9,
-            "mm_ms": 1e3 * mm_t, "mm_gflops": mm_flops / mm_t / 1e9, "flops": flops,
+            "K": K,
+            "n": n,
+            "d": d,
+            "m": m,
+            "step_ms": 1e3 * step_t,
+            "step_med_ms": 1e3 * tm["engine step"].median / n_steps,
+            "step_gflops": flops / step_t / 1e9,
+            "step_gflops_conv": flops_conv / step_t / 1e9,
+            "mm_ms": 1e3 * mm_t,
+            "mm_gflops": mm_flops / mm_t / 1e9,
+            "flops": flops,
         }
         if "reference step" in tm:
             ref_t = tm["reference step"].best / n_steps
@@ -99,24 +111,37 @@ def main() -> None:
         results.append(res)
 
     print(f"\n   best (median) of {repeat} interleaved repeats of {n_steps} steps / matmuls")
-    print(f"   {'K':>2} {'GFLOP/step':>10} {'step ms':>16} {'step GFLOP/s':>13} {'matmul ms':>10} {'matmul GFLOP/s':>15}"
-          f" {'share':>6} {'ref step ms':>12} {'metrics event ms':>17}")
+    print(
+        f"   {'K':>2} {'GFLOP/step':>10} {'step ms':>16} {'step GFLOP/s':>13} {'matmul ms':>10} {'matmul GFLOP/s':>15}"
+        f" {'share':>6} {'ref step ms':>12} {'metrics event ms':>17}"
+    )
     for s in results:
         ref = f"{s['ref_ms']:>8.1f} ({s['ref_gflops']:.0f} GF/s)" if "ref_ms" in s else ""
-        print(f"   {s['K']:>2} {s['flops'] / 1e9:>10.3f} {s['step_ms']:>7.1f} ({s['step_med_ms']:>6.1f})"
-              f" {s['step_gflops']:>13.1f} {s['mm_ms']:>10.1f} {s['mm_gflops']:>15.1f}"
-              f" {100 * s['step_gflops'] / s['mm_gflops']:>5.0f}% {ref:>12} {s['metrics_ms']:>17.0f}")
-    print("   (FLOPs = K·(4ndm + 6nm); with the 'backward = 2x forward' convention the step GFLOP/s would be "
-          + ", ".join(f"{s['step_gflops_conv']:.1f}" for s in results) + ")")
+        print(
+            f"   {s['K']:>2} {s['flops'] / 1e9:>10.3f} {s['step_ms']:>7.1f} ({s['step_med_ms']:>6.1f})"
+            f" {s['step_gflops']:>13.1f} {s['mm_ms']:>10.1f} {s['mm_gflops']:>15.1f}"
+            f" {100 * s['step_gflops'] / s['mm_gflops']:>5.0f}% {ref:>12} {s['metrics_ms']:>17.0f}"
+        )
+    print(
+        "   (FLOPs = K·(4ndm + 6nm); with the 'backward = 2x forward' convention the step GFLOP/s would be "
+        + ", ".join(f"{s['step_gflops_conv']:.1f}" for s in results)
+        + ")"
+    )
     print()
     for s in results:
-        print(f"compute-bound step efficiency (K={s['K']}, n={s['n']}, d={s['d']}, m={s['m']}): "
-              f"{s['step_gflops']:.1f} GFLOP/s = {100 * s['step_gflops'] / s['mm_gflops']:.0f}% of plain matmul "
-              f"{s['mm_gflops']:.1f} GFLOP/s (target >= 60%)")
+        print(
+            f"compute-bound step efficiency (K={s['K']}, n={s['n']}, d={s['d']}, m={s['m']}): "
+            f"{s['step_gflops']:.1f} GFLOP/s = {100 * s['step_gflops'] / s['mm_gflops']:.0f}% of plain matmul "
+            f"{s['mm_gflops']:.1f} GFLOP/s (target >= 60%)"
+        )
         if "ref_ms" in s:
-            print(f"   hand-written autograd step (no engine, K=1): {s['ref_gflops']:.1f} GFLOP/s = "
-                  f"{100 * s['ref_gflops'] / s['mm_gflops']:.0f}% of the matmul")
-        print(f"   one metrics log event costs {s['metrics_ms']:.0f} ms = {s['metrics_ms'] / s['step_ms']:.1f} steps (K={s['K']})")
+            print(
+                f"   hand-written autograd step (no engine, K=1): {s['ref_gflops']:.1f} GFLOP/s = "
+                f"{100 * s['ref_gflops'] / s['mm_gflops']:.0f}% of the matmul"
+            )
+        print(
+            f"   one metrics log event costs {s['metrics_ms']:.0f} ms = {s['metrics_ms'] / s['step_ms']:.1f} steps (K={s['K']})"
+        )
 
 
 if __name__ == "__main__":

@@ -43,7 +43,9 @@ class _Timers:
         self.calls: dict[str, list[float]] = {}
         self.events = 0  # log calls that logged something
 
-    def wrap(self, cls: type, name: str, key: str, on_call: Callable[..., None] | None = None) -> None:
+    def wrap(
+        self, cls: type, name: str, key: str, on_call: Callable[..., None] | None = None
+    ) -> None:
         orig = getattr(cls, name)
         calls = self.calls.setdefault(key, [])
 
@@ -75,7 +77,9 @@ def main() -> None:
     else:
         cases = [(16, 1000), (1, 1000), (16, 300), (1, 300), (1, 20000)]
     repeat = args.repeat or 1
-    header("bench_metrics_overhead: time inside BatchRunner.log as a share of the run (digits 0v1, width 64, per_decade 20)")
+    header(
+        "bench_metrics_overhead: time inside BatchRunner.log as a share of the run (digits 0v1, width 64, per_decade 20)"
+    )
 
     timers = _Timers()
 
@@ -91,47 +95,68 @@ def main() -> None:
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        train(digits_config(1, 10), db=Path(tmp) / "warm.db", progress=False)  # warm caches (dataset, imports)
+        train(
+            digits_config(1, 10), db=Path(tmp) / "warm.db", progress=False
+        )  # warm caches (dataset, imports)
         for K, steps in cases:
             best: dict[str, Any] | None = None
             for rep in range(repeat):
                 timers.reset()
                 t0 = time.perf_counter()
-                train(digits_config(K, steps), db=Path(tmp) / f"K{K}-{steps}-{rep}.db", progress=False)
+                train(
+                    digits_config(K, steps), db=Path(tmp) / f"K{K}-{steps}-{rep}.db", progress=False
+                )
                 total = time.perf_counter() - t0
                 run = timers.total("run")
                 log_calls = timers.calls["log"]
                 # A log call that logs something costs far more than the per-step early return;
                 # the median over the event calls is the typical cost of one log event.
-                event_costs = sorted(log_calls)[-timers.events:] if timers.events else [0.0]
+                event_costs = sorted(log_calls)[-timers.events :] if timers.events else [0.0]
                 res = {
-                    "K": K, "steps": steps, "total": total, "run": run, "log": timers.total("log"),
-                    "metrics": timers.total("metrics"), "store": timers.total("store"),
-                    "checkpoint": timers.total("checkpoint"), "events": timers.events,
-                    "event_median": statistics.median(event_costs), "store_calls": len(timers.calls["store"]),
+                    "K": K,
+                    "steps": steps,
+                    "total": total,
+                    "run": run,
+                    "log": timers.total("log"),
+                    "metrics": timers.total("metrics"),
+                    "store": timers.total("store"),
+                    "checkpoint": timers.total("checkpoint"),
+                    "events": timers.events,
+                    "event_median": statistics.median(event_costs),
+                    "store_calls": len(timers.calls["store"]),
                 }
                 if best is None or res["log"] / res["run"] < best["log"] / best["run"]:
                     best = res
             assert best is not None
             rows.append(best)
 
-    print(f"\n   {repeat} repeat(s) per case, the one with the smallest share shown; times in seconds")
-    print(f"   {'K':>3} {'steps':>6} {'train()':>8} {'loop':>8} {'log':>7} {'metrics':>8} {'store':>7} {'ckpt':>6}"
-          f" {'events':>6} {'ms/event':>9} {'log share':>10} {'robust':>7}")
+    print(
+        f"\n   {repeat} repeat(s) per case, the one with the smallest share shown; times in seconds"
+    )
+    print(
+        f"   {'K':>3} {'steps':>6} {'train()':>8} {'loop':>8} {'log':>7} {'metrics':>8} {'store':>7} {'ckpt':>6}"
+        f" {'events':>6} {'ms/event':>9} {'log share':>10} {'robust':>7}"
+    )
     for r in rows:
         share = r["log"] / r["run"]
         robust = r["events"] * r["event_median"] / r["run"]
-        print(f"   {r['K']:>3} {r['steps']:>6} {r['total']:>8.2f} {r['run']:>8.2f} {r['log']:>7.2f} {r['metrics']:>8.2f}"
-              f" {r['store']:>7.2f} {r['checkpoint']:>6.2f} {r['events']:>6} {1e3 * r['event_median']:>9.2f}"
-              f" {100 * share:>9.1f}% {100 * robust:>6.1f}%")
-    print("   (log = all of BatchRunner.log; metrics and store are parts of it; loop = BatchRunner.run; "
-          "robust = events x median ms/event / loop)")
+        print(
+            f"   {r['K']:>3} {r['steps']:>6} {r['total']:>8.2f} {r['run']:>8.2f} {r['log']:>7.2f} {r['metrics']:>8.2f}"
+            f" {r['store']:>7.2f} {r['checkpoint']:>6.2f} {r['events']:>6} {1e3 * r['event_median']:>9.2f}"
+            f" {100 * share:>9.1f}% {100 * robust:>6.1f}%"
+        )
+    print(
+        "   (log = all of BatchRunner.log; metrics and store are parts of it; loop = BatchRunner.run; "
+        "robust = events x median ms/event / loop)"
+    )
     print()
     for r in rows:
         share = r["log"] / r["run"]
-        print(f"metrics overhead (K={r['K']}, {r['steps']} steps, per_decade 20): {100 * share:.1f}% of the run "
-              f"(metric computation {100 * r['metrics'] / r['run']:.1f}%, store writes {100 * r['store'] / r['run']:.1f}%)"
-              f" (target <= 10%)")
+        print(
+            f"metrics overhead (K={r['K']}, {r['steps']} steps, per_decade 20): {100 * share:.1f}% of the run "
+            f"(metric computation {100 * r['metrics'] / r['run']:.1f}%, store writes {100 * r['store'] / r['run']:.1f}%)"
+            f" (target <= 10%)"
+        )
 
 
 if __name__ == "__main__":

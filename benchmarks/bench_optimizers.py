@@ -35,8 +35,12 @@ from torch import nn
 
 import steepest
 
-PAIRS = [("gd", "torch SGD"), ("sign", "po SignSGD(0)"), ("signum", "po SignSGD(0.9)"),
-         ("adam", "torch Adam")]
+PAIRS = [
+    ("gd", "torch SGD"),
+    ("sign", "po SignSGD(0)"),
+    ("signum", "po SignSGD(0.9)"),
+    ("adam", "torch Adam"),
+]
 VS_SIGN = ["cd", "lp(3)"]
 TARGET_PEER, TARGET_SIGN = 1.2, 1.5
 
@@ -49,9 +53,13 @@ def cnn() -> nn.Module:
     """Bias-free CNN for 28×28 inputs: conv 1→32 (5×5), conv 32→64 (5×5, stride 2),
     FC 6400→150, FC 150→1 (1,012,150 parameters)."""
     return nn.Sequential(
-        nn.Conv2d(1, 32, 5, bias=False), nn.ReLU(),
-        nn.Conv2d(32, 64, 5, stride=2, bias=False), nn.ReLU(),
-        nn.Flatten(), nn.Linear(64 * 10 * 10, 150, bias=False), nn.ReLU(),
+        nn.Conv2d(1, 32, 5, bias=False),
+        nn.ReLU(),
+        nn.Conv2d(32, 64, 5, stride=2, bias=False),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(64 * 10 * 10, 150, bias=False),
+        nn.ReLU(),
         nn.Linear(150, 1, bias=False),
     )
 
@@ -73,13 +81,19 @@ def factories(lr: float = 1e-4) -> dict[str, Callable[[list[torch.Tensor]], torc
         "po Lion": lambda ps: po.Lion(ps, lr=lr),
         "muon (svd)": lambda ps: steepest.optimizer("muon", ps, lr=lr, orthogonalize="svd"),
         "muon (newton-schulz)": lambda ps: steepest.optimizer(
-            "muon", ps, lr=lr, orthogonalize="newton_schulz"),
+            "muon", ps, lr=lr, orthogonalize="newton_schulz"
+        ),
     }
     return out
 
 
-def measure(make_model: Callable[[], nn.Module], dtype: torch.dtype, names: list[str], steps: int,
-            repeat: int) -> dict[str, Any]:
+def measure(
+    make_model: Callable[[], nn.Module],
+    dtype: torch.dtype,
+    names: list[str],
+    steps: int,
+    repeat: int,
+) -> dict[str, Any]:
     """Median and best seconds per ``step()`` for each optimizer (own copy of the model each)."""
     torch.manual_seed(0)
     base = make_model().to(dtype)
@@ -105,8 +119,9 @@ def measure(make_model: Callable[[], nn.Module], dtype: torch.dtype, names: list
 
 
 def main() -> None:
-    args = parse_args(__doc__.splitlines()[0],
-                      lambda p: p.add_argument("--steps", type=int, default=None))
+    args = parse_args(
+        __doc__.splitlines()[0], lambda p: p.add_argument("--steps", type=int, default=None)
+    )
     steps = args.steps or (10 if args.quick else 20)
     repeat = args.repeat or (3 if args.quick else 7)
     header("optimizer step overhead: steepest.optimizer vs peers with the same math")
@@ -119,8 +134,10 @@ def main() -> None:
         n_params = sum(p.numel() for p in make().parameters())
         for dtype in dtypes:
             res = measure(make, dtype, names, steps, repeat)
-            print(f"\n-- {mname} ({n_params:,} parameters), {str(dtype).replace('torch.', '')}, "
-                  f"{steps} steps × {repeat} repeats; ms per step(): median (best)")
+            print(
+                f"\n-- {mname} ({n_params:,} parameters), {str(dtype).replace('torch.', '')}, "
+                f"{steps} steps × {repeat} repeats; ms per step(): median (best)"
+            )
             for name in names:
                 med, best = res[name]
                 print(f"   {name:<22} {med * 1e3:8.3f} ({best * 1e3:.3f})")
@@ -136,8 +153,9 @@ def main() -> None:
                 ok = r <= TARGET_SIGN
                 misses += [] if ok else [f"{mname} {dtype}: {ours} {r:.2f}× sign"]
                 verdict = "met" if ok else "MISSED"
-                print(f"   {ours:>8} / {'sign':<16} {r:6.2f}×  (target ≤ {TARGET_SIGN}×: "
-                      f"{verdict})")
+                print(
+                    f"   {ours:>8} / {'sign':<16} {r:6.2f}×  (target ≤ {TARGET_SIGN}×: {verdict})"
+                )
             svd_ns = res["muon (svd)"][0] / res["muon (newton-schulz)"][0]
             print(f"   muon svd / newton-schulz: {svd_ns:.2f}×")
     print("\nall targets met" if not misses else "\nmissed: " + "; ".join(misses))

@@ -33,49 +33,115 @@ NORMS = ("l1", "l2", "linf", "l3")
 OWN = {"l2": ("ngd", {}), "linf": ("sign", {}), "l1": ("cd", {}), "l3": ("lp", {"p": 3})}
 # Decaying normalized steps: the findings' η_t = t^-1/2 and the per-norm settings of the
 # linear reproduction; norm_scaled: the best settings of a 4×4 grid (lr, a) per norm on this data.
-POWER = {"l2": [(1.0, 0.5)], "linf": [(1.0, 0.5), (0.1, 0.5), (0.05, 0.3)], "l1": [(1.0, 0.5), (1.0, 0.3)],
-         "l3": [(1.0, 0.5)]}
+POWER = {
+    "l2": [(1.0, 0.5)],
+    "linf": [(1.0, 0.5), (0.1, 0.5), (0.05, 0.3)],
+    "l1": [(1.0, 0.5), (1.0, 0.3)],
+    "l3": [(1.0, 0.5)],
+}
 NORM_SCALED = {"l2": (0.5, 0.8), "linf": (0.2, 0.8), "l1": (0.5, 0.9), "l3": (0.5, 0.9)}
-PRGD = {"l2": (0.5, 1.0, 1e-3), "l1": (0.5, 1.0, 1e-3), "linf": (0.01, 0.5, 1e-3), "l3": (0.5, 1.0, 1e-3)}
+PRGD = {
+    "l2": (0.5, 1.0, 1e-3),
+    "l1": (0.5, 1.0, 1e-3),
+    "linf": (0.01, 0.5, 1e-3),
+    "l3": (0.5, 1.0, 1e-3),
+}
 
 
 def entries(anchor_steps: int) -> list[dict]:
     out = [
-        {"label": "GD constant η=1/σ_max² (anchor)", "algorithm": "gd", "schedule": "constant", "lr": "inv_sigma_max_sq",
-         "steps": anchor_steps},
+        {
+            "label": "GD constant η=1/σ_max² (anchor)",
+            "algorithm": "gd",
+            "schedule": "constant",
+            "lr": "inv_sigma_max_sq",
+            "steps": anchor_steps,
+        },
         {"label": "GD loss-based (Lyu-Li)", "algorithm": "gd", "schedule": "loss_based", "lr": 0.1},
     ]
     for n, (algo, opts) in OWN.items():
         for lr, a in POWER[n]:
-            out.append({"label": f"{algo} power", "algorithm": algo, "options": opts, "schedule": "power", "lr": lr, "a": a})
+            out.append(
+                {
+                    "label": f"{algo} power",
+                    "algorithm": algo,
+                    "options": opts,
+                    "schedule": "power",
+                    "lr": lr,
+                    "a": a,
+                }
+            )
         lr, a = NORM_SCALED[n]
-        out.append({"label": f"{algo} norm_scaled", "algorithm": algo, "options": opts, "schedule": "norm_scaled", "lr": lr, "a": a})
+        out.append(
+            {
+                "label": f"{algo} norm_scaled",
+                "algorithm": algo,
+                "options": opts,
+                "schedule": "norm_scaled",
+                "lr": lr,
+                "a": a,
+            }
+        )
         lr, a, k = PRGD[n]
-        out.append({"label": f"{algo} PRGD", "algorithm": algo, "options": opts, "schedule": "norm_scaled", "lr": lr, "a": a,
-                    "rescale": {"r0": 1.0, "kappa": k}})
+        out.append(
+            {
+                "label": f"{algo} PRGD",
+                "algorithm": algo,
+                "options": opts,
+                "schedule": "norm_scaled",
+                "lr": lr,
+                "a": a,
+                "rescale": {"r0": 1.0, "kappa": k},
+            }
+        )
     for eps in (0.0, 1.0):
-        out.append({"label": f"adam eps={eps:g}", "algorithm": "adam", "options": {"eps": eps, "betas": (0.9, 0.9)},
-                    "schedule": "power", "lr": 0.03, "a": 0.2})
+        out.append(
+            {
+                "label": f"adam eps={eps:g}",
+                "algorithm": "adam",
+                "options": {"eps": eps, "betas": (0.9, 0.9)},
+                "schedule": "power",
+                "lr": 0.03,
+                "a": 0.2,
+            }
+        )
     return out
 
 
 def main() -> None:
-    args = parse_args(__doc__.splitlines()[0], lambda p: (p.add_argument("--n", type=int, default=40),
-                                                         p.add_argument("--d", type=int, default=60),
-                                                         p.add_argument("--steps", type=int, default=None)))
+    args = parse_args(
+        __doc__.splitlines()[0],
+        lambda p: (
+            p.add_argument("--n", type=int, default=40),
+            p.add_argument("--d", type=int, default=60),
+            p.add_argument("--steps", type=int, default=None),
+        ),
+    )
     steps = args.steps or (2000 if args.quick else 10_000)
     anchor = steps if args.quick else 200_000
-    header(f"time to margin: n={args.n}, d={args.d}, {steps} steps per run (constant-step GD anchor: {anchor})")
+    header(
+        f"time to margin: n={args.n}, d={args.d}, {steps} steps per run (constant-step GD anchor: {anchor})"
+    )
     X, y = make_data(n=args.n, d=args.d)
     orc = oracles(X, y, NORMS)
     gam = {n: orc[n].gamma for n in NORMS}
     print("γ*:", ", ".join(f"{n} {g:.6g}" for n, g in gam.items()))
     traces = run_entries(X, y, entries(anchor), steps, gam)
     print(markdown_table(TTM_HEADERS, time_to_margin_rows(traces, orc)))
-    goal = {n: min((t.hit_steps[0.999] for t in traces if t.own == n and t.hit_steps[0.999] is not None), default=None)
-            for n in NORMS}
-    print("goal 0.999 γ*_N within 10,000 steps:",
-          ", ".join(f"{n}: {'met at ' + str(s) if s is not None and s <= 10_000 else 'not met'}" for n, s in goal.items()))
+    goal = {
+        n: min(
+            (t.hit_steps[0.999] for t in traces if t.own == n and t.hit_steps[0.999] is not None),
+            default=None,
+        )
+        for n in NORMS
+    }
+    print(
+        "goal 0.999 γ*_N within 10,000 steps:",
+        ", ".join(
+            f"{n}: {'met at ' + str(s) if s is not None and s <= 10_000 else 'not met'}"
+            for n, s in goal.items()
+        ),
+    )
 
 
 if __name__ == "__main__":

@@ -29,13 +29,17 @@ from steepest.engine import Engine
 def main() -> None:
     def extra(p: Any) -> None:
         p.add_argument("--K", type=int, default=16)
-        p.add_argument("--mnist", action="store_true", help="MNIST n=1000, width 784 instead of digits")
+        p.add_argument(
+            "--mnist", action="store_true", help="MNIST n=1000, width 784 instead of digits"
+        )
 
     args = parse_args(__doc__.splitlines()[0], extra)
     K = args.K
     n = (3 if args.quick else 10) if args.mnist else (50 if args.quick else 300)
     cfg = mnist_config(K, 10**6) if args.mnist else digits_config(K, 10**6)
-    header(f"profile_step: K={K}, {'MNIST width 784' if args.mnist else 'digits 0v1 width 64'}, {n} steps per view")
+    header(
+        f"profile_step: K={K}, {'MNIST width 784' if args.mnist else 'digits 0v1 width 64'}, {n} steps per view"
+    )
 
     seg: dict[str, float] = defaultdict(float)
 
@@ -46,9 +50,13 @@ def main() -> None:
                 return fn(*a, **k)
             finally:
                 seg[key] += time.perf_counter() - t0
+
         return w
 
-    for name, key in (("evaluate", "evaluate: vmap(grad) fwd+bwd"), ("q_min", "q_min (vmap margins)")):
+    for name, key in (
+        ("evaluate", "evaluate: vmap(grad) fwd+bwd"),
+        ("q_min", "q_min (vmap margins)"),
+    ):
         setattr(Engine, name, timed(key, getattr(Engine, name)))
     import steepest.step as step_module
 
@@ -77,12 +85,16 @@ def main() -> None:
     t0 = time.perf_counter()
     step_rate(r, n)()
     total = time.perf_counter() - t0
-    print(f"\n1. segments ({n} steps, {1e3 * total / n:.3f} ms per step, {K * n / total:.0f} run-steps/s)")
+    print(
+        f"\n1. segments ({n} steps, {1e3 * total / n:.3f} ms per step, {K * n / total:.0f} run-steps/s)"
+    )
     inner = sum(v for k, v in seg.items())
     for k, v in sorted(seg.items(), key=lambda kv: -kv[1]):
         print(f"   {1e3 * v / n:8.3f} ms/step {100 * v / total:5.1f}%  {k}")
-    print(f"   {1e3 * (total - inner) / n:8.3f} ms/step {100 * (total - inner) / total:5.1f}%  rest of step "
-          "(schedule math, where-selects, event bookkeeping, Python)")
+    print(
+        f"   {1e3 * (total - inner) / n:8.3f} ms/step {100 * (total - inner) / total:5.1f}%  rest of step "
+        "(schedule math, where-selects, event bookkeeping, Python)"
+    )
     for cls, meth, fn in patched:
         setattr(cls, meth, fn)
 
@@ -106,11 +118,15 @@ def main() -> None:
     ka = prof.key_averages()
     n_ops = sum(e.count for e in ka if e.key.startswith("aten::"))
     self_total = sum(e.self_cpu_time_total for e in ka)
-    print(f"\n3. torch.profiler: {n_ops / n:.0f} aten op calls per step (incl. nested); "
-          f"self CPU {self_total / 1e3 / n:.3f} ms/step; top ops by self CPU:")
+    print(
+        f"\n3. torch.profiler: {n_ops / n:.0f} aten op calls per step (incl. nested); "
+        f"self CPU {self_total / 1e3 / n:.3f} ms/step; top ops by self CPU:"
+    )
     for e in sorted(ka, key=lambda e: -e.self_cpu_time_total)[:14]:
-        print(f"   {e.key:<28} {e.self_cpu_time_total / 1e3 / n:8.3f} ms/step {100 * e.self_cpu_time_total / self_total:5.1f}%"
-              f"  {e.count / n:6.1f} calls/step")
+        print(
+            f"   {e.key:<28} {e.self_cpu_time_total / 1e3 / n:8.3f} ms/step {100 * e.self_cpu_time_total / self_total:5.1f}%"
+            f"  {e.count / n:6.1f} calls/step"
+        )
 
 
 if __name__ == "__main__":

@@ -205,8 +205,16 @@ def test_adam_late_phase_rate_is_capped_by_its_second_moment_memory():
     X, y = make_data(40, 60, 3, 0, 0.1)
 
     def rate(algo, lr, options=None):
-        tr = train_linear(X, y, algo, schedule("constant", lr=lr), 1000, gammas={"linf": 1.0},
-                          options=options, per_decade=50)
+        tr = train_linear(
+            X,
+            y,
+            algo,
+            schedule("constant", lr=lr),
+            1000,
+            gammas={"linf": 1.0},
+            options=options,
+            per_decade=50,
+        )
         late = tr.steps >= 500
         steps, ll = tr.steps[late], tr.log_loss[late]
         return -(ll[-1] - ll[0]) / (steps[-1] - steps[0])
@@ -659,8 +667,16 @@ def test_adam_eps0_reaches_linf_max_margin_on_linear_data():
     assert gd < 0.9 * gamma_star  # GD → the ℓ2 max margin, whose ℓ∞ margin is lower here
 
 
-@pytest.mark.parametrize("name,kw", [("adam", {"eps": 1e-3}), ("adam", {"eps": 0.0}), ("momentum", {}),
-                                     ("shampoo", {"eps": 1e-6, "accumulation": 0.9}), ("muon-adam", {"eps": 1e-3})])
+@pytest.mark.parametrize(
+    "name,kw",
+    [
+        ("adam", {"eps": 1e-3}),
+        ("adam", {"eps": 0.0}),
+        ("momentum", {}),
+        ("shampoo", {"eps": 1e-6, "accumulation": 0.9}),
+        ("muon-adam", {"eps": 1e-3}),
+    ],
+)
 def test_rescale_state_makes_log_loss_gradients_exact(name, kw):
     """Feeding ∇log𝓛 = ∇𝓛/𝓛 plus rescale_state(log𝓛_prev − log𝓛) reproduces the rule on ∇𝓛.
 

@@ -37,7 +37,13 @@ def _loss(model, X, y):
 
 @pytest.mark.parametrize(
     "name,norm_name,normalized",
-    [("gd", "l2", False), ("ngd", "l2", True), ("sign", "linf", True), ("cd", "l1", True), ("spectral", "max-spectral", True)],
+    [
+        ("gd", "l2", False),
+        ("ngd", "l2", True),
+        ("sign", "linf", True),
+        ("cd", "l1", True),
+        ("spectral", "max-spectral", True),
+    ],
 )
 def test_named_algorithms_declare_their_norm(name, norm_name, normalized):
     a = algorithm(name)
@@ -72,14 +78,16 @@ def test_update_is_theta_minus_lr_times_step(name, normalized):
     state = a.init(params)
     new, state2 = a.update(params, grads, state, 0.1)
     N = a.predicted_norm
-    step = [(p - q) / 0.1 for p, q in zip(params, new)]
+    step = [(p - q) / 0.1 for p, q in zip(params, new, strict=True)]
     d = N.dual(grads)
     # Normalized: ‖Δ‖ = 1 and ⟨Δ, g⟩ = ‖g‖_*. Unnormalized: ‖Δ‖ = ‖g‖_*, ⟨Δ, g⟩ = ‖g‖_*².
     # rtol 1e-10: Δ is recovered as (θ − θ')/η, which loses a few digits to cancellation.
     expected_norm = torch.ones((), dtype=torch.float64) if normalized else d
     torch.testing.assert_close(N(step), expected_norm, rtol=1e-10, atol=0)
     torch.testing.assert_close(inner(step, grads), d * expected_norm, rtol=1e-10, atol=0)
-    assert all(torch.equal(p, b) for p, b in zip(params, before)), "update edited params in place"
+    assert all(torch.equal(p, b) for p, b in zip(params, before, strict=True)), (
+        "update edited params in place"
+    )
     assert float(state2["step"]) == 1.0
     torch.testing.assert_close(state2["grad_dual"], d, rtol=1e-12, atol=0)
 
@@ -103,7 +111,7 @@ def test_vmap_update_over_four_runs_matches_loop():
     for i in range(4):
         pi, gi = [x[i] for x in P], [x[i] for x in G]
         ref, refS = a.update(pi, gi, a.init(pi), float(lrs[i]))
-        for x, r in zip(newP, ref):
+        for x, r in zip(newP, ref, strict=True):
             torch.testing.assert_close(x[i], r, rtol=1e-12, atol=1e-15)
         torch.testing.assert_close(newS["grad_dual"][i], refS["grad_dual"], rtol=1e-12, atol=0)
 
@@ -120,7 +128,7 @@ def test_sign_equals_torch_adam_with_zero_betas_and_eps():
             o.zero_grad()
             _loss(m, X, y).backward()
             o.step()
-        for p, q in zip(m1.parameters(), m2.parameters()):
+        for p, q in zip(m1.parameters(), m2.parameters(), strict=True):
             # Adam divides g by sqrt(g²) in float64: exact up to one rounding of sqrt and /.
             torch.testing.assert_close(p, q, rtol=0, atol=1e-15)
 
@@ -146,7 +154,9 @@ def test_state_dict_round_trip_reproduces_next_step(make):
     buf = io.BytesIO()
     torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, buf)
     buf.seek(0)
-    saved = torch.load(buf, weights_only=True)  # checkpoints load with weights_only (no pickled objects)
+    saved = torch.load(
+        buf, weights_only=True
+    )  # checkpoints load with weights_only (no pickled objects)
     clone = copy.deepcopy(model)
     clone.load_state_dict(saved["model"])
     opt2 = make(clone.parameters())
@@ -155,7 +165,7 @@ def test_state_dict_round_trip_reproduces_next_step(make):
         o.zero_grad()
         _loss(m, X, y).backward()
         o.step()
-    for p, q in zip(model.parameters(), clone.parameters()):
+    for p, q in zip(model.parameters(), clone.parameters(), strict=True):
         assert torch.equal(p, q)
     assert float(opt2.state[next(clone.parameters())]["step"]) == 4.0
 
@@ -163,12 +173,21 @@ def test_state_dict_round_trip_reproduces_next_step(make):
 def test_param_groups_use_their_own_norm():
     w1 = torch.nn.Parameter(torch.tensor([[3.0, -1.0], [0.5, 2.0]], dtype=torch.float64))
     w2 = torch.nn.Parameter(torch.tensor([1.0, -4.0, 2.0], dtype=torch.float64))
-    opt = SteepestDescent([{"params": [w1], "norm": "linf"}, {"params": [w2], "norm": "l1", "lr": 0.5}], lr=0.1)
+    opt = SteepestDescent(
+        [{"params": [w1], "norm": "linf"}, {"params": [w2], "norm": "l1", "lr": 0.5}], lr=0.1
+    )
     w1.grad = torch.tensor([[1.0, -2.0], [0.0, 3.0]], dtype=torch.float64)
     w2.grad = torch.tensor([0.5, -1.0, 0.2], dtype=torch.float64)
     opt.step()
-    torch.testing.assert_close(w1.detach(), torch.tensor([[2.9, -0.9], [0.5, 1.9]], dtype=torch.float64), rtol=0, atol=1e-15)
-    torch.testing.assert_close(w2.detach(), torch.tensor([1.0, -3.5, 2.0], dtype=torch.float64), rtol=0, atol=1e-15)
+    torch.testing.assert_close(
+        w1.detach(),
+        torch.tensor([[2.9, -0.9], [0.5, 1.9]], dtype=torch.float64),
+        rtol=0,
+        atol=1e-15,
+    )
+    torch.testing.assert_close(
+        w2.detach(), torch.tensor([1.0, -3.5, 2.0], dtype=torch.float64), rtol=0, atol=1e-15
+    )
 
 
 def test_missing_grad_counts_as_zero_in_the_group_norm():
@@ -177,7 +196,9 @@ def test_missing_grad_counts_as_zero_in_the_group_norm():
     opt = SteepestDescent([a, b], norm="l2", lr=1.0)
     a.grad = torch.tensor([3.0, 4.0], dtype=torch.float64)
     opt.step()
-    torch.testing.assert_close(a.detach(), torch.tensor([0.4, 1.2], dtype=torch.float64), rtol=0, atol=1e-15)
+    torch.testing.assert_close(
+        a.detach(), torch.tensor([0.4, 1.2], dtype=torch.float64), rtol=0, atol=1e-15
+    )
     assert float(b.detach()) == 5.0
 
 
@@ -224,7 +245,10 @@ def test_stacked_update_matches_the_single_run_update(name):
     a = algorithm(name.removesuffix("-eps"), **kw)  # adam-eps: ε > 0, rescaled with the state
     g = torch.Generator().manual_seed(7)
     K = 4
-    P = [torch.randn(K, 3, 5, generator=g, dtype=torch.float64), torch.randn(K, 1, 3, generator=g, dtype=torch.float64)]
+    P = [
+        torch.randn(K, 3, 5, generator=g, dtype=torch.float64),
+        torch.randn(K, 1, 3, generator=g, dtype=torch.float64),
+    ]
     lrs = torch.tensor([0.1, 0.2, 0.05, 0.4], dtype=torch.float64)
     S = a.stacked_init(P)
     singles = [([x[i] for x in P], a.init([x[i] for x in P])) for i in range(K)]
@@ -232,8 +256,10 @@ def test_stacked_update_matches_the_single_run_update(name):
         G = [torch.randn(x.shape, generator=g, dtype=torch.float64) for x in P]
         G[0][1, 0] = 0.0  # a zero row in one run only: per-run guards must not leak
         P, S = a.stacked_update(P, G, S, lrs)
-        singles = [a.update(p, [x[i] for x in G], s, float(lrs[i])) for i, (p, s) in enumerate(singles)]
-    for i, (p, s) in enumerate(singles):
+        singles = [
+            a.update(p, [x[i] for x in G], s, float(lrs[i])) for i, (p, s) in enumerate(singles)
+        ]
+    for i, (p, _) in enumerate(singles):
         for x, r in zip(P, p, strict=True):
             torch.testing.assert_close(x[i], r, rtol=1e-13, atol=1e-15)
     if "grad_dual" in S:

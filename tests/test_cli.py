@@ -56,7 +56,22 @@ def test_plot_writes_png(trained):
     d, db, _ = trained
     for x in ("step", "flow_time", "neg_log_loss"):
         out = d / f"p-{x}.png"
-        res = runner.invoke(app, ["plot", "1", "2", "--metric", "margin_l2", "--x", x, "--out", str(out), "--db", str(db)])
+        res = runner.invoke(
+            app,
+            [
+                "plot",
+                "1",
+                "2",
+                "--metric",
+                "margin_l2",
+                "--x",
+                x,
+                "--out",
+                str(out),
+                "--db",
+                str(db),
+            ],
+        )
         assert res.exit_code == 0, res.output
         assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -74,7 +89,9 @@ def test_export_csv_and_parquet_round_trip(trained):
     assert [int(float(r["step"])) for r in rows] == cols["step"].tolist()
     assert [float(r["margin_own"]) for r in rows] == cols["margin_own"].tolist()  # exact floats
     outp = d / "r1.parquet"
-    res = runner.invoke(app, ["export", "1", "--format", "parquet", "--out", str(outp), "--db", str(db)])
+    res = runner.invoke(
+        app, ["export", "1", "--format", "parquet", "--out", str(outp), "--db", str(db)]
+    )
     assert res.exit_code == 0, res.output
     assert pd.read_parquet(outp)["log_loss"].tolist() == cols["log_loss"].tolist()
 
@@ -103,5 +120,7 @@ def test_bad_config_names_the_field(tmp_path):
     res = runner.invoke(app, ["train", str(p), "--db", str(tmp_path / "r.db")])
     assert res.exit_code == 2
     assert "algorithms.0" in res.output and "decay exponent" in res.output
-    res = runner.invoke(app, ["train", str(tmp_path / "missing.yaml"), "--db", str(tmp_path / "r.db")])
+    res = runner.invoke(
+        app, ["train", str(tmp_path / "missing.yaml"), "--db", str(tmp_path / "r.db")]
+    )
     assert res.exit_code == 2 and "not found" in res.output

@@ -42,7 +42,9 @@ def traces(problem):
     X, y, _, gam = problem
     out = {}
     for n, (algo, opts, kw, steps) in RUNS.items():
-        out[n] = train_linear(X, y, algo, schedule("power", **kw), steps, gammas=gam, options=opts, stop_at=BAR)
+        out[n] = train_linear(
+            X, y, algo, schedule("power", **kw), steps, gammas=gam, options=opts, stop_at=BAR
+        )
     return out
 
 
@@ -60,13 +62,17 @@ def test_loop_gradient_is_grad_log_loss(problem):
     """The loop's closed-form ∇log𝓛 = −Aᵀ softmax(−Aθ) equals autograd of steepest.losses.log_loss."""
     X, y, _, _ = problem
     Xt, yt = torch.as_tensor(X), torch.as_tensor(y)
-    theta = torch.randn(X.shape[1], dtype=torch.float64, generator=torch.Generator().manual_seed(1)).requires_grad_(True)
+    theta = torch.randn(
+        X.shape[1], dtype=torch.float64, generator=torch.Generator().manual_seed(1)
+    ).requires_grad_(True)
     ll = log_loss(Xt @ theta, yt, "exponential")
     (g_auto,) = torch.autograd.grad(ll, theta)
     A = yt[:, None] * Xt
     q = A @ theta.detach()
     g_loop = -(A.T @ torch.softmax(-q, 0))
-    torch.testing.assert_close(g_loop, g_auto, rtol=1e-12, atol=1e-14)  # same formula, rounding only
+    torch.testing.assert_close(
+        g_loop, g_auto, rtol=1e-12, atol=1e-14
+    )  # same formula, rounding only
 
 
 @pytest.mark.parametrize("norm", NORMS)
@@ -74,7 +80,9 @@ def test_steepest_reaches_its_own_max_margin(traces, norm):
     """Steepest descent w.r.t. N reaches ≥ 0.99 γ*_N (Gunasekar et al. 2018) within its budget."""
     tr = traces[norm]
     assert tr.own == norm
-    assert tr.hit_steps[BAR] is not None, f"{norm}: only {tr.final[norm]:.4f} γ* after {RUNS[norm][3]} steps"
+    assert tr.hit_steps[BAR] is not None, (
+        f"{norm}: only {tr.final[norm]:.4f} γ* after {RUNS[norm][3]} steps"
+    )
     # margins are certified lower bounds: no run can exceed γ* (1e-9: rounding of the oracle's γ*)
     assert all(r <= 1 + 1e-9 for r in tr.ratios[norm])
 
@@ -104,9 +112,15 @@ def test_adam_eps_zero_reaches_linf_and_large_eps_drifts_to_l2(problem):
     """Adam with ε = 0 reaches ≥ 0.99 γ*_∞; with ε = 1 it ends closer to the ℓ2 max margin than to ℓ∞."""
     X, y, _, gam = problem
     sch = schedule("power", lr=0.03, a=0.2)  # 0.99 γ*_∞ first at 4.1k steps
-    a0 = train_linear(X, y, "adam", sch, 8000, gammas=gam, options={"eps": 0.0, "betas": (0.9, 0.9)}, stop_at=BAR)
+    a0 = train_linear(
+        X, y, "adam", sch, 8000, gammas=gam, options={"eps": 0.0, "betas": (0.9, 0.9)}, stop_at=BAR
+    )
     assert a0.hit_steps[BAR] is not None, f"Adam ε=0: {a0.final['linf']:.4f} γ*_∞"
-    a1 = train_linear(X, y, "adam", sch, 3000, gammas=gam, options={"eps": 1.0, "betas": (0.9, 0.9)})
-    assert a1.final["l2"] > a1.final["linf"] + 0.1  # measured ≈ 0.2 apart; ε=0 has it the other way round
+    a1 = train_linear(
+        X, y, "adam", sch, 3000, gammas=gam, options={"eps": 1.0, "betas": (0.9, 0.9)}
+    )
+    assert (
+        a1.final["l2"] > a1.final["linf"] + 0.1
+    )  # measured ≈ 0.2 apart; ε=0 has it the other way round
     assert a1.final["linf"] < a0.final["linf"] - 0.1
     assert not math.isnan(a1.final["l2"])

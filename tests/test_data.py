@@ -72,7 +72,11 @@ def _source_labels(X: torch.Tensor, scale: float, lookup: dict[bytes, int]) -> n
 
 def test_names_cover_the_issue_list() -> None:
     assert set(dataset_names()) == {
-        "mnist", "digits", "breast_cancer", "fashion_mnist", *SYNTHETIC,
+        "mnist",
+        "digits",
+        "breast_cancer",
+        "fashion_mnist",
+        *SYNTHETIC,
     }
 
 
@@ -172,7 +176,9 @@ def test_mnist_pair_binarization(mnist_lookup: dict[bytes, int]) -> None:
     for X, y in ((ds.X_train, ds.y_train), (ds.X_test, ds.y_test)):
         src = _source_labels(X, 255, mnist_lookup)
         assert set(src.tolist()) == {2, 7}
-        assert np.array_equal(y.numpy() == -1, src == 2)  # -1 exactly on the 2s (docs/theory.md §4.2)
+        assert np.array_equal(
+            y.numpy() == -1, src == 2
+        )  # -1 exactly on the 2s (docs/theory.md §4.2)
         assert np.array_equal(y.numpy() == 1, src == 7)
     assert ds.X_test.shape[0] == 200  # 20 % of the 1000 twos and sevens
     assert (ds.y_train == 1).sum() == 150  # stratified subsample of 300 from balanced classes
@@ -331,8 +337,9 @@ def test_synthetic_impossible_margin_errors() -> None:
 # ----------------------------------------------------------------------------- fashion-mnist
 
 
-def test_fashion_absent_raises_with_install_hint(tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fashion_absent_raises_with_install_hint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(data_mod, "FASHION_MNIST_DIR", tmp_path)
     with pytest.raises(DatasetUnavailableError) as exc:
         load_dataset("fashion_mnist")
@@ -350,8 +357,9 @@ def _write_idx(path: Path, arr: np.ndarray, code: int, compress: bool) -> None:
 
 
 @pytest.mark.parametrize("compress", [True, False])
-def test_fashion_loader_on_tiny_idx_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                          compress: bool) -> None:
+def test_fashion_loader_on_tiny_idx_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, compress: bool
+) -> None:
     rng = np.random.default_rng(0)
     parts = {}
     for prefix, n in (("train", 40), ("t10k", 20)):
@@ -360,8 +368,10 @@ def test_fashion_loader_on_tiny_idx_files(tmp_path: Path, monkeypatch: pytest.Mo
         suffix = ".gz" if compress else ""
         _write_idx(tmp_path / f"{prefix}-images-idx3-ubyte{suffix}", imgs, 0x08, compress)
         _write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte{suffix}", labels, 0x08, compress)
-        parts[prefix] = {r.reshape(-1).astype(np.int64).tobytes(): int(c)
-                         for r, c in zip(imgs, labels, strict=True)}
+        parts[prefix] = {
+            r.reshape(-1).astype(np.int64).tobytes(): int(c)
+            for r, c in zip(imgs, labels, strict=True)
+        }
     monkeypatch.setattr(data_mod, "FASHION_MNIST_DIR", tmp_path)
     ds = load_dataset("fashion_mnist")
     assert ds.X_train.shape == (40, 784) and ds.X_test.shape == (20, 784)  # official split
@@ -390,8 +400,10 @@ def test_read_idx_types_and_corruption(tmp_path: Path) -> None:
         read_idx(tmp_path / "d")
 
 
-@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(),
-                    reason="Debian package dataset-fashion-mnist not installed")
+@pytest.mark.skipif(
+    not Path("/usr/share/datasets/fashion-mnist").is_dir(),
+    reason="Debian package dataset-fashion-mnist not installed",
+)
 def test_fashion_installed_loads() -> None:
     ds = load_dataset("fashion_mnist", classes=(0, 9), n_train=500, n_test=200)
     assert ds.X_train.shape == (500, 784) and ds.X_test.shape == (200, 784)

@@ -8,9 +8,12 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCES = [p for d in ("src", "tests", "benchmarks", "docs") for p in (ROOT / d).rglob("*")
-           if p.suffix in (".py", ".md", ".yaml") and p.is_file()] + [ROOT / "README.md",
-                                                                      ROOT / "REPRODUCTION.md"]
+SOURCES = [
+    p
+    for d in ("src", "tests", "benchmarks", "docs")
+    for p in (ROOT / d).rglob("*")
+    if p.suffix in (".py", ".md", ".yaml") and p.is_file()
+] + [ROOT / "README.md", ROOT / "REPRODUCTION.md"]
 THIS = Path(__file__).resolve()
 
 
@@ -44,7 +47,12 @@ def test_nothing_cites_a_file_outside_the_repository():
     # The project's specification, design notes and prototype findings live outside the
     # repository; the code cites docs/ or the papers instead.
     outside = re.compile(
-        r"spec §|spec A\.|DESIGN\.md|findings\.md|LAYOUT\.md|anchors\.md|\.\./shared")
-    hits = [(p.relative_to(ROOT), m.group(0)) for p in SOURCES if p != THIS
-            for m in outside.finditer(_text(p))]
+        r"spec §|spec A\.|DESIGN\.md|findings\.md|LAYOUT\.md|anchors\.md|\.\./shared"
+    )
+    hits = [
+        (p.relative_to(ROOT), m.group(0))
+        for p in SOURCES
+        if p != THIS
+        for m in outside.finditer(_text(p))
+    ]
     assert not hits, hits

@@ -60,7 +60,9 @@ def test_batched_runs_equal_runs_stepped_alone(tmp_path):
         if spec.seed != 1:
             continue
         entry = TINY["algorithms"][spec.entry]
-        alone = train(_cfg(algorithms=[entry], seeds=[spec.seed]), db=tmp_path / f"b{i}.db", progress=False)
+        alone = train(
+            _cfg(algorithms=[entry], seeds=[spec.seed]), db=tmp_path / f"b{i}.db", progress=False
+        )
         a, b = together.final[i], alone.final[0]
         # A batched matmul may round differently from a single one (different kernel blocking),
         # so equality is up to float64 rounding amplified by the dynamics: ~1e-13 measured for
@@ -89,31 +91,46 @@ def test_records_are_finite_and_logged_at_log_spaced_steps(tmp_path):
 def test_config_errors_name_the_field():
     from steepest.config import ConfigError
 
-    with pytest.raises(ConfigError, match=r"algorithms\.0\.algorithm: unknown algorithm 'sgnd'; allowed: .*sign"):
+    with pytest.raises(
+        ConfigError, match=r"algorithms\.0\.algorithm: unknown algorithm 'sgnd'; allowed: .*sign"
+    ):
         load_config(_cfg(algorithms=[{"algorithm": "sgnd", "lr": 0.1}]))
     with pytest.raises(ConfigError, match=r"data\.name: unknown dataset 'mnst'; allowed: .*mnist"):
         load_config(_cfg(data={"name": "mnst"}))
     with pytest.raises(ConfigError, match=r"algorithms\.0\.schedule"):
         load_config(_cfg(algorithms=[{"algorithm": "ngd", "lr": 0.1, "schedule": "cosine"}]))
     with pytest.raises(ConfigError, match=r"norm 'l_banana'; valid names"):
-        load_config(_cfg(algorithms=[{"algorithm": "steepest", "lr": 0.1, "options": {"norm": "l_banana"}}]))
+        load_config(
+            _cfg(algorithms=[{"algorithm": "steepest", "lr": 0.1, "options": {"norm": "l_banana"}}])
+        )
     with pytest.raises(ConfigError, match=r"stop\.stepz: unknown field"):
         load_config(_cfg(stop={"stepz": 3}))
     with pytest.raises(ConfigError, match=r"loss_based.*normalized"):
         load_config(_cfg(algorithms=[{"algorithm": "sign", "lr": 0.1, "schedule": "loss_based"}]))
     with pytest.raises(ConfigError, match="needs the decay exponent"):
         load_config(_cfg(algorithms=[{"algorithm": "sign", "lr": 0.1, "schedule": "power"}]))
-    with pytest.raises(ConfigError, match=r"algorithms\.0: .*up and down apply to schedule 'loss_based' only"):
-        load_config(_cfg(algorithms=[{"algorithm": "gd", "lr": 0.1, "schedule": "constant", "down": 2.0}]))
+    with pytest.raises(
+        ConfigError, match=r"algorithms\.0: .*up and down apply to schedule 'loss_based' only"
+    ):
+        load_config(
+            _cfg(algorithms=[{"algorithm": "gd", "lr": 0.1, "schedule": "constant", "down": 2.0}])
+        )
     with pytest.raises(ConfigError, match=r"algorithms\.0\.down"):
-        load_config(_cfg(algorithms=[{"algorithm": "gd", "lr": 0.1, "schedule": "loss_based", "down": 1.0}]))
+        load_config(
+            _cfg(algorithms=[{"algorithm": "gd", "lr": 0.1, "schedule": "loss_based", "down": 1.0}])
+        )
 
 
 def test_late_phase_reaches_e_minus_10000_without_nan(tmp_path):
     """A linear model on separable data: normalized GD with constant steps drives log𝓛 far
     below float64's e^-745; every value stays finite and the ℓ2 margin keeps rising."""
     cfg = _cfg(
-        data={"name": "gaussian_clusters", "n_train": 40, "n_test": 20, "options": {"d": 5, "margin": 0.2}},
+        data={
+            "name": "gaussian_clusters",
+            "n_train": 40,
+            "n_test": 20,
+            "options": {"d": 5, "margin": 0.2},
+        },
         model={"name": "linear", "init_scale": 0.1},
         seeds=[0],
         algorithms=[{"algorithm": "ngd", "schedule": "constant", "lr": 20.0}],
@@ -126,7 +143,7 @@ def test_late_phase_reaches_e_minus_10000_without_nan(tmp_path):
         cols = _finite_rows(store, res.run_ids[0])
     sep = cols["separated"] == 1
     m = cols["smoothed_own"]
-    after = m[np.argmax(sep):]
+    after = m[np.argmax(sep) :]
     assert after[-1] > after[0]
     # Deep in the late phase the smoothed margin is the normalized one to within log(n)/‖θ‖.
     assert f["smoothed_own"] == pytest.approx(f["margin_own"], rel=1e-3)
@@ -136,8 +153,16 @@ def test_constant_step_gd_is_faithful_and_stalls(tmp_path):
     """Unnormalized GD with a constant lr really takes η·∇𝓛 steps (lr is multiplied by 𝓛):
     its log-loss falls only logarithmically, unlike the loss-based schedule."""
     base = dict(seeds=[0], stop={"steps": 300})
-    const = train(_cfg(algorithms=[{"algorithm": "gd", "schedule": "constant", "lr": 0.5}], **base), db=tmp_path / "c.db", progress=False)
-    lossb = train(_cfg(algorithms=[{"algorithm": "gd", "schedule": "loss_based", "lr": 0.1}], **base), db=tmp_path / "l.db", progress=False)
+    const = train(
+        _cfg(algorithms=[{"algorithm": "gd", "schedule": "constant", "lr": 0.5}], **base),
+        db=tmp_path / "c.db",
+        progress=False,
+    )
+    lossb = train(
+        _cfg(algorithms=[{"algorithm": "gd", "schedule": "loss_based", "lr": 0.1}], **base),
+        db=tmp_path / "l.db",
+        progress=False,
+    )
     assert const.final[0]["log_loss"] > -15
     assert lossb.final[0]["log_loss"] < 10 * const.final[0]["log_loss"]
     # Flow time of unnormalized steps is Σ η: 300 steps of 0.5.
@@ -147,7 +172,11 @@ def test_constant_step_gd_is_faithful_and_stalls(tmp_path):
 def test_nonfinite_step_is_rolled_back_and_retried_smaller(tmp_path):
     """lr = 1e170 makes f overflow ((1e170)² > 1e308): each such step is rolled back and α
     halves until the step is finite; nothing non-finite is recorded."""
-    cfg = _cfg(seeds=[0], algorithms=[{"algorithm": "ngd", "schedule": "constant", "lr": 1e170}], stop={"steps": 30})
+    cfg = _cfg(
+        seeds=[0],
+        algorithms=[{"algorithm": "ngd", "schedule": "constant", "lr": 1e170}],
+        stop={"steps": 30},
+    )
     res = train(cfg, db=tmp_path / "r.db", progress=False)
     f = res.final[0]
     assert f["rollbacks"] > 20
@@ -160,7 +189,11 @@ def test_nonfinite_step_is_rolled_back_and_retried_smaller(tmp_path):
 def test_hopeless_step_size_ends_as_diverged_not_nan(tmp_path):
     """Constant-step GD at lr 1e300 overflows the loss to e^1e60; no finite step exists from
     there, so α underflows its floor and the run is marked 'diverged' (never NaN)."""
-    cfg = _cfg(seeds=[0], algorithms=[{"algorithm": "gd", "schedule": "constant", "lr": 1e300}], stop={"steps": 30})
+    cfg = _cfg(
+        seeds=[0],
+        algorithms=[{"algorithm": "gd", "schedule": "constant", "lr": 1e300}],
+        stop={"steps": 30},
+    )
     res = train(cfg, db=tmp_path / "r.db", progress=False)
     assert res.statuses == ["diverged"]
     with RunStore(tmp_path / "r.db") as store:
@@ -168,8 +201,15 @@ def test_hopeless_step_size_ends_as_diverged_not_nan(tmp_path):
 
 
 def test_loss_based_schedule_never_accepts_a_loss_increase(tmp_path):
-    res = train(_cfg(seeds=[0], algorithms=[{"algorithm": "gd", "schedule": "loss_based", "lr": 0.1}], stop={"steps": 200}),
-                db=tmp_path / "r.db", progress=False)
+    res = train(
+        _cfg(
+            seeds=[0],
+            algorithms=[{"algorithm": "gd", "schedule": "loss_based", "lr": 0.1}],
+            stop={"steps": 200},
+        ),
+        db=tmp_path / "r.db",
+        progress=False,
+    )
     with RunStore(tmp_path / "r.db") as store:
         ll = store.metrics(res.run_ids[0])["log_loss"]
     assert (np.diff(ll) <= 0).all()
@@ -181,11 +221,17 @@ def test_loss_based_up_and_down_set_the_rollback_rate(tmp_path):
     equilibrium rollbacks/accepted ≈ log(up)/log(down): about 2 for Lyu & Li's 2^(1/5), 2^(1/10),
     about 0.3 for up = 2^(1/5), down = 2 (bounds leave room for the first steps, where α only grows)."""
     rates = {}
-    for name, extra in (("lyu-li", {}), ("fast", {"up": 2 ** 0.2, "down": 2.0})):
+    for name, extra in (("lyu-li", {}), ("fast", {"up": 2**0.2, "down": 2.0})):
         algo = {"algorithm": "gd", "schedule": "loss_based", "lr": 0.1, **extra}
-        res = train(_cfg(seeds=[0], algorithms=[algo], stop={"steps": 300}), db=tmp_path / f"{name}.db", progress=False)
+        res = train(
+            _cfg(seeds=[0], algorithms=[algo], stop={"steps": 300}),
+            db=tmp_path / f"{name}.db",
+            progress=False,
+        )
         with RunStore(tmp_path / f"{name}.db") as store:
-            assert store.get_run(res.run_ids[0]).info["schedule"]["down"] == extra.get("down", 2 ** 0.1)
+            assert store.get_run(res.run_ids[0]).info["schedule"]["down"] == extra.get(
+                "down", 2**0.1
+            )
             ll = store.metrics(res.run_ids[0])["log_loss"]
         assert (np.diff(ll) <= 0).all()
         rates[name] = res.final[0]["rollbacks"] / 300
@@ -196,9 +242,15 @@ def test_loss_based_up_and_down_set_the_rollback_rate(tmp_path):
 def test_flow_time_makes_normalized_and_unnormalized_comparable(tmp_path):
     """Normalized and unnormalized GD trace the same curve (docs/theory.md §2.2): at equal flow time
     their ℓ2 margins agree far better than at equal step counts."""
-    cfg = _cfg(seeds=[0], algorithms=[{"algorithm": "ngd", "schedule": "constant", "lr": 0.002},
-                                      {"algorithm": "gd", "schedule": "constant", "lr": 0.05}],
-               stop={"steps": 600}, warm_start={"algorithm": "ngd", "lr": 0.05, "until_log_loss": -1.0})
+    cfg = _cfg(
+        seeds=[0],
+        algorithms=[
+            {"algorithm": "ngd", "schedule": "constant", "lr": 0.002},
+            {"algorithm": "gd", "schedule": "constant", "lr": 0.05},
+        ],
+        stop={"steps": 600},
+        warm_start={"algorithm": "ngd", "lr": 0.05, "until_log_loss": -1.0},
+    )
     res = train(cfg, db=tmp_path / "r.db", progress=False)
     with RunStore(tmp_path / "r.db") as store:
         a, b = (store.metrics(r) for r in res.run_ids)
@@ -211,8 +263,13 @@ def test_flow_time_makes_normalized_and_unnormalized_comparable(tmp_path):
 
 
 def test_float32_and_minibatch_options(tmp_path):
-    cfg = _cfg(dtype="float32", batch_size=16, seeds=[0],
-               algorithms=[{"algorithm": "sign", "schedule": "power", "lr": 0.01, "a": 0.5}], stop={"steps": 50})
+    cfg = _cfg(
+        dtype="float32",
+        batch_size=16,
+        seeds=[0],
+        algorithms=[{"algorithm": "sign", "schedule": "power", "lr": 0.01, "a": 0.5}],
+        stop={"steps": 50},
+    )
     res = train(cfg, db=tmp_path / "r.db", progress=False)
     with RunStore(tmp_path / "r.db") as store:
         cols = _finite_rows(store, res.run_ids[0])
@@ -221,7 +278,11 @@ def test_float32_and_minibatch_options(tmp_path):
 
 
 def test_warm_start_gives_every_run_the_same_separated_start(tmp_path):
-    cfg = _cfg(seeds=[0], warm_start={"algorithm": "ngd", "lr": 0.05, "until_log_loss": -1.0}, stop={"steps": 5})
+    cfg = _cfg(
+        seeds=[0],
+        warm_start={"algorithm": "ngd", "lr": 0.05, "until_log_loss": -1.0},
+        stop={"steps": 5},
+    )
     res = train(cfg, db=tmp_path / "r.db", progress=False)
     with RunStore(tmp_path / "r.db") as store:
         first = [store.metrics(r) for r in res.run_ids]
@@ -248,15 +309,33 @@ def test_sigkill_and_resume_gives_identical_results(tmp_path):
 
     db = tmp_path / "kill.db"
     env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
-    proc = subprocess.Popen([sys.executable, "-m", "steepest.cli", "train", str(path), "--db", str(db), "--no-progress"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "steepest.cli",
+            "train",
+            str(path),
+            "--db",
+            str(db),
+            "--no-progress",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.time() + 120
     while time.time() < deadline:  # wait until a mid-run checkpoint exists
         time.sleep(0.2)
         if db.exists():
             try:
                 with sqlite3.connect(db, timeout=5) as conn:
-                    if conn.execute("SELECT COUNT(*) FROM checkpoints WHERE step >= 150").fetchone()[0] >= 3:
+                    if (
+                        conn.execute(
+                            "SELECT COUNT(*) FROM checkpoints WHERE step >= 150"
+                        ).fetchone()[0]
+                        >= 3
+                    ):
                         break
             except sqlite3.OperationalError:
                 pass

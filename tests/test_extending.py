@@ -47,7 +47,7 @@ def test_a_user_model_and_optimizer_train_through_the_engine(tmp_path):
     train a config that names them. The engine measures the model's degree (2), the run's own
     norm is the user's, and its margin is the ℓ2 margin over 2^L = 4 (rtol 1e-10: the same
     float64 numbers, divided)."""
-    code = textwrap.dedent(f'''
+    code = textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         import user_plugin
@@ -73,7 +73,7 @@ def test_a_user_model_and_optimizer_train_through_the_engine(tmp_path):
         own, l2 = float(m["margin_own"][-1]), float(m["margin_l2"][-1])
         assert abs(own - l2 / 4) <= 1e-10 * abs(l2 / 4), (own, l2)
         print("ok", own)
-    ''')
+    """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.startswith("ok")
@@ -89,8 +89,9 @@ def _objects():
 
     def net(seed, bias=False):
         gen = torch.Generator().manual_seed(seed)
-        m = torch.nn.Sequential(torch.nn.Linear(6, 10, bias=bias), torch.nn.ReLU(),
-                                torch.nn.Linear(10, 1, bias=bias)).double()
+        m = torch.nn.Sequential(
+            torch.nn.Linear(6, 10, bias=bias), torch.nn.ReLU(), torch.nn.Linear(10, 1, bias=bias)
+        ).double()
         with torch.no_grad():
             for p in m.parameters():
                 p.copy_(0.5 * torch.randn(p.shape, generator=gen, dtype=torch.float64))
@@ -99,8 +100,12 @@ def _objects():
     return X, y, net
 
 
-CFG = {"name": "objects", "seeds": [0, 1], "stop": {"steps": 300},
-       "algorithms": [{"algorithm": "ngd", "schedule": "power", "lr": 1.0, "a": 0.5}]}
+CFG = {
+    "name": "objects",
+    "seeds": [0, 1],
+    "stop": {"steps": 300},
+    "algorithms": [{"algorithm": "ngd", "schedule": "power", "lr": 1.0, "a": 0.5}],
+}
 
 
 def test_a_user_module_and_tensors_train_and_verify(tmp_path):
@@ -138,8 +143,14 @@ def test_an_inhomogeneous_module_is_refused_naming_the_module_or_trained_without
     with pytest.raises(NotHomogeneousError, match=refused):
         steepest.train(CFG, model=lambda s: net(s, bias=True), data=(X, y), db=tmp_path / "a.db")
     db = tmp_path / "b.db"
-    res = steepest.train(CFG, model=lambda s: net(s, bias=True), data=(X, y), db=db, progress=False,
-                         allow_inhomogeneous=True)
+    res = steepest.train(
+        CFG,
+        model=lambda s: net(s, bias=True),
+        data=(X, y),
+        db=db,
+        progress=False,
+        allow_inhomogeneous=True,
+    )
     assert res.statuses == ["completed", "completed"]
     assert "margin_own" not in res.final[0] and res.final[0]["log_loss"] < 0
     with RunStore(db, create=False) as store:
@@ -154,11 +165,13 @@ def test_objects_and_a_config_that_names_others_are_refused(tmp_path):
 
     X, y, net = _objects()
     with pytest.raises(ConfigError, match="model= was passed and the config names model 'mlp'"):
-        steepest.train({**CFG, "model": {"name": "mlp"}}, model=net, data=(X, y),
-                       db=tmp_path / "r.db")
+        steepest.train(
+            {**CFG, "model": {"name": "mlp"}}, model=net, data=(X, y), db=tmp_path / "r.db"
+        )
     with pytest.raises(ConfigError, match="data section can only name it; remove n_train"):
-        steepest.train({**CFG, "data": {"n_train": 10}}, model=net, data=(X, y),
-                       db=tmp_path / "r.db")
+        steepest.train(
+            {**CFG, "data": {"n_train": 10}}, model=net, data=(X, y), db=tmp_path / "r.db"
+        )
     with pytest.raises(ValueError, match="the config's model is 'user': pass the model"):
         steepest.train({**CFG, "model": {"name": "user"}}, data=(X, y), db=tmp_path / "r.db")
     with pytest.raises(TypeError, match="must return a torch.nn.Module"):

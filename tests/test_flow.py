@@ -406,8 +406,11 @@ def test_a_bundle_retry_in_progress_round_trips_through_a_checkpoint():
     """With ``bundle: true`` the direction of the next step can be a bundle direction, which
     is no function of θ: the checkpoint keeps it. Saved while coordinate descent slides along
     a ReLU kink (digits 0 vs 1), stepping on equals stepping on without the save."""
-    cfg = {**DIGITS, "model": {"name": "mlp", "widths": [16], "init_scale": 0.5},
-           "algorithms": [{"algorithm": "cd", "schedule": "flow", "bundle": True}]}
+    cfg = {
+        **DIGITS,
+        "model": {"name": "mlp", "widths": [16], "init_scale": 0.5},
+        "algorithms": [{"algorithm": "cd", "schedule": "flow", "bundle": True}],
+    }
     a = _runner(cfg)
     for _ in range(600):
         a.step()

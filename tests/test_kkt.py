@@ -277,6 +277,8 @@ def test_l2_least_slackness_stage_in_row_space_equals_full_space(seed):
     r, lam, solver, _ = l2_multipliers(H, theta, gap)
     assert solver == "scipy-nnls+clarabel"  # the second stage ran (no silent fallback)
     var = cp.Variable(8, nonneg=True)
-    cp.Problem(cp.Minimize(gap @ var), [cp.norm(theta - H.T @ var, 2) <= stage2_cap(r)]).solve(solver=cp.CLARABEL)
+    cp.Problem(cp.Minimize(gap @ var), [cp.norm(theta - H.T @ var, 2) <= stage2_cap(r)]).solve(
+        solver=cp.CLARABEL
+    )
     assert np.abs(lam - np.maximum(var.value, 0.0)).max() < 1e-6
     assert np.linalg.norm(theta - H.T @ lam) <= stage2_cap(r) * (1 + 1e-6)

@@ -44,9 +44,13 @@ def test_normalized_margin_matches_definition(norm):
     with torch.no_grad():
         q = y * model(X)
     expected = q.min() / N(list(model.parameters())) ** 2  # MLP with one hidden layer: L = 2
-    torch.testing.assert_close(normalized_margin(model, X, y, norm=norm), expected, rtol=1e-14, atol=0)
+    torch.testing.assert_close(
+        normalized_margin(model, X, y, norm=norm), expected, rtol=1e-14, atol=0
+    )
     # Given L or measured L: the same number.
-    torch.testing.assert_close(normalized_margin(model, X, y, norm=norm, L=2), expected, rtol=1e-14, atol=0)
+    torch.testing.assert_close(
+        normalized_margin(model, X, y, norm=norm, L=2), expected, rtol=1e-14, atol=0
+    )
 
 
 @pytest.mark.parametrize("norm", NORMS)
@@ -92,8 +96,12 @@ def test_smoothed_margin_from_logistic_uses_inverse_link():
     params = [torch.tensor([2.0], dtype=torch.float64)]
     ll = torch.tensor(math.log(0.1), dtype=torch.float64)  # 𝓛 = 0.1
     expected = -math.log(math.expm1(0.1)) / 2.0  # L = 1, ‖θ‖ = 2
-    assert float(smoothed_margin_from(ll, params, "l2", 1, "logistic")) == pytest.approx(expected, rel=1e-14)
-    assert float(smoothed_margin_from(ll, params, "l2", 1, "exponential")) == pytest.approx(-math.log(0.1) / 2, rel=1e-14)
+    assert float(smoothed_margin_from(ll, params, "l2", 1, "logistic")) == pytest.approx(
+        expected, rel=1e-14
+    )
+    assert float(smoothed_margin_from(ll, params, "l2", 1, "exponential")) == pytest.approx(
+        -math.log(0.1) / 2, rel=1e-14
+    )
 
 
 def test_alignment_is_one_at_a_constructed_stationary_point():
@@ -108,12 +116,16 @@ def test_alignment_is_one_at_a_constructed_stationary_point():
     x2 = torch.tensor([[1.0, 1.0]], dtype=torch.float64)
     with torch.no_grad():
         model.weight.copy_(x2)
-    assert float(dual_alignment(model, x2, torch.tensor([1.0]), norm="linf")) == pytest.approx(1.0, abs=1e-15)
+    assert float(dual_alignment(model, x2, torch.tensor([1.0]), norm="linf")) == pytest.approx(
+        1.0, abs=1e-15
+    )
     # ...but not in ℓ1 geometry: θ = (2, 1), x = (1, 0.5): ⟨θ, x⟩ = 2.5 < ‖θ‖₁‖x‖_∞ = 3, β₁ = 5/6.
     x3 = torch.tensor([[1.0, 0.5]], dtype=torch.float64)
     with torch.no_grad():
         model.weight.copy_(torch.tensor([[2.0, 1.0]], dtype=torch.float64))
-    assert float(dual_alignment(model, x3, torch.tensor([1.0]), norm="l1")) == pytest.approx(5 / 6, rel=1e-14)
+    assert float(dual_alignment(model, x3, torch.tensor([1.0]), norm="l1")) == pytest.approx(
+        5 / 6, rel=1e-14
+    )
 
 
 @pytest.mark.parametrize("norm", NORMS)

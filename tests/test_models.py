@@ -287,8 +287,15 @@ def test_batched_forward_matches_per_run_forward(make):
     model = make()
     names = [n for n, _ in model.named_parameters()]
     K = 3
-    stacked = [torch.stack([p.detach() * (1 + 0.1 * k) for k in range(K)]) for p in model.parameters()]
-    x = torch.rand(7, model.d if hasattr(model, "d") else 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    stacked = [
+        torch.stack([p.detach() * (1 + 0.1 * k) for k in range(K)]) for p in model.parameters()
+    ]
+    x = torch.rand(
+        7,
+        model.d if hasattr(model, "d") else 5,
+        dtype=torch.float64,
+        generator=torch.Generator().manual_seed(0),
+    )
     out = model.batched_forward(stacked, x)
     for k in range(K):
         ref = functional_call(model, {n: s[k] for n, s in zip(names, stacked, strict=True)}, (x,))

@@ -33,15 +33,31 @@ def _cases():
     """Random inputs plus the hard ones: ties, exact zeros, a zero block, rank deficiency."""
     cases = {
         "random": _rand([(4, 6), (6,), (3, 2, 3, 3)], seed=1),
-        "ties": [torch.tensor([[1.0, -2.0], [2.0, -2.0]], dtype=torch.float64), torch.tensor([2.0, 0.5], dtype=torch.float64)],
-        "zeros": [torch.tensor([[0.0, 3.0], [0.0, -1.0]], dtype=torch.float64), torch.zeros(3, dtype=torch.float64)],
-        "zero-block": [torch.zeros(3, 4, dtype=torch.float64), torch.randn(2, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2))],
+        "ties": [
+            torch.tensor([[1.0, -2.0], [2.0, -2.0]], dtype=torch.float64),
+            torch.tensor([2.0, 0.5], dtype=torch.float64),
+        ],
+        "zeros": [
+            torch.tensor([[0.0, 3.0], [0.0, -1.0]], dtype=torch.float64),
+            torch.zeros(3, dtype=torch.float64),
+        ],
+        "zero-block": [
+            torch.zeros(3, 4, dtype=torch.float64),
+            torch.randn(2, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2)),
+        ],
     }
     a = torch.randn(5, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
     b = torch.randn(1, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
-    cases["rank-1"] = [a @ b, torch.randn(4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(5))]
-    q, _ = torch.linalg.qr(torch.randn(4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(6)))
-    cases["repeated-sv"] = [q @ torch.diag(torch.tensor([2.0, 2.0, 0.0, 0.0], dtype=torch.float64)) @ q.T]
+    cases["rank-1"] = [
+        a @ b,
+        torch.randn(4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(5)),
+    ]
+    q, _ = torch.linalg.qr(
+        torch.randn(4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    )
+    cases["repeated-sv"] = [
+        q @ torch.diag(torch.tensor([2.0, 2.0, 0.0, 0.0], dtype=torch.float64)) @ q.T
+    ]
     return cases
 
 
@@ -80,7 +96,7 @@ def test_inputs_not_modified(name):
     g = _rand([(3, 5), (5,)], seed=11)
     before = [x.clone() for x in g]
     N(g), N.dual(g), N.direction(g), N.duality_map(g)
-    assert all(torch.equal(a, b) for a, b in zip(g, before))
+    assert all(torch.equal(a, b) for a, b in zip(g, before, strict=True))
 
 
 def _lp_dual_bruteforce(g: np.ndarray, p: float) -> float:
@@ -89,7 +105,13 @@ def _lp_dual_bruteforce(g: np.ndarray, p: float) -> float:
     if math.isinf(p):
         res = linprog(-g, bounds=[(-1, 1)] * n, method="highs")
     else:  # u = a - b, a, b ≥ 0, Σ(a + b) ≤ 1
-        res = linprog(np.concatenate([-g, g]), A_ub=np.ones((1, 2 * n)), b_ub=[1.0], bounds=[(0, None)] * (2 * n), method="highs")
+        res = linprog(
+            np.concatenate([-g, g]),
+            A_ub=np.ones((1, 2 * n)),
+            b_ub=[1.0],
+            bounds=[(0, None)] * (2 * n),
+            method="highs",
+        )
     assert res.status == 0
     return -res.fun
 
@@ -156,7 +178,10 @@ def test_direction_beats_random_unit_vectors(g, name):
 
 def test_l1_moves_one_coordinate_lowest_index_tie_break():
     # |g| has its max 3 at flat indices 2 (first tensor) and 4 (second tensor): index 2 wins.
-    g = [torch.tensor([[1.0, -2.0], [-3.0, 0.5]], dtype=torch.float64), torch.tensor([3.0, -1.0], dtype=torch.float64)]
+    g = [
+        torch.tensor([[1.0, -2.0], [-3.0, 0.5]], dtype=torch.float64),
+        torch.tensor([3.0, -1.0], dtype=torch.float64),
+    ]
     u = steepest.norm("l1").direction(g)
     flat = torch.cat([x.reshape(-1) for x in u])
     expected = torch.zeros(6, dtype=torch.float64)
@@ -168,14 +193,19 @@ def test_l1_moves_one_coordinate_lowest_index_tie_break():
 
 def test_sign_of_zero_is_zero_and_linf_is_sign():
     g = [torch.tensor([0.0, -2.0, 5.0, -0.0], dtype=torch.float64)]
-    assert torch.equal(steepest.norm("linf").direction(g)[0], torch.tensor([0.0, -1.0, 1.0, 0.0], dtype=torch.float64))
+    assert torch.equal(
+        steepest.norm("linf").direction(g)[0],
+        torch.tensor([0.0, -1.0, 1.0, 0.0], dtype=torch.float64),
+    )
 
 
 def test_lp_direction_formula():
     """U(g)_j = sign(g_j)|g_j|^{q-1}/‖g‖_q^{q-1} (docs/theory.md §2.3), here p = 3, q = 3/2."""
     g = _rand([(10,)], seed=4)
     q = 1.5
-    expected = torch.sign(g[0]) * g[0].abs() ** (q - 1) / torch.linalg.vector_norm(g[0], ord=q) ** (q - 1)
+    expected = (
+        torch.sign(g[0]) * g[0].abs() ** (q - 1) / torch.linalg.vector_norm(g[0], ord=q) ** (q - 1)
+    )
     torch.testing.assert_close(steepest.norm("l3").direction(g)[0], expected, rtol=RTOL, atol=0)
 
 
@@ -214,7 +244,9 @@ def test_spectral_conv_reshape_and_float32():
     d = N.direction([w])[0]
     assert d.dtype == torch.float32 and d.shape == w.shape
     m = w.reshape(4, -1).double()
-    assert float(N([w])) == pytest.approx(float(torch.linalg.matrix_norm(m, ord=2)), rel=1e-6)  # float32 output
+    assert float(N([w])) == pytest.approx(
+        float(torch.linalg.matrix_norm(m, ord=2)), rel=1e-6
+    )  # float32 output
 
 
 def test_block_max_and_weighted_max():
@@ -247,7 +279,9 @@ def test_block_sum_moves_only_the_winning_block():
     g3 = _rand([(5,)], seed=2)
     scalars = [g3[0][i : i + 1] for i in range(5)]
     assert float(N.dual(scalars)) == pytest.approx(float(LpNorm(1).dual(g3)), rel=RTOL)
-    torch.testing.assert_close(torch.cat(N.direction(scalars)), LpNorm(1).direction(g3)[0], rtol=0, atol=0)
+    torch.testing.assert_close(
+        torch.cat(N.direction(scalars)), LpNorm(1).direction(g3)[0], rtol=0, atol=0
+    )
 
 
 @pytest.mark.parametrize("name", ["l1", "l2", "linf", "l3", "spectral", "layer-l2"])
@@ -261,9 +295,9 @@ def test_vmap_matches_python_loop(name):
     out_J = vmap(N.duality_map)(G)
     for i in range(4):
         gi = [x[i] for x in G]
-        for a, b in zip([o[i] for o in out_dir], N.direction(gi)):
+        for a, b in zip([o[i] for o in out_dir], N.direction(gi), strict=True):
             torch.testing.assert_close(a, b, rtol=RTOL, atol=1e-15)
-        for a, b in zip([o[i] for o in out_J], N.duality_map(gi)):
+        for a, b in zip([o[i] for o in out_J], N.duality_map(gi), strict=True):
             torch.testing.assert_close(a, b, rtol=RTOL, atol=1e-15)
         torch.testing.assert_close(out_dual[i], N.dual(gi), rtol=RTOL, atol=0)
         torch.testing.assert_close(out_norm[i], N(gi), rtol=RTOL, atol=0)

@@ -89,16 +89,26 @@ def _groups(model: torch.nn.Module, extra: dict) -> list[dict]:
 
 
 PEERS = {
-    "gd": (lambda gs: steepest.optimizer("gd", gs, lr=1e-2),
-           lambda gs: torch.optim.SGD(gs, lr=1e-2, foreach=True), {}),
-    "adam": (lambda gs: steepest.optimizer("adam", gs, lr=1e-2, betas=(0.9, 0.999), eps=1e-8),
-             lambda gs: torch.optim.Adam(gs, lr=1e-2, betas=(0.9, 0.999), eps=1e-8, foreach=True),
-             {"betas": (0.8, 0.99)}),
-    "sign": (lambda gs: steepest.optimizer("sign", gs, lr=1e-2),
-             lambda gs: pytorch_optimizer.SignSGD(gs, lr=1e-2, momentum=0.0, weight_decay=0.0), {}),
-    "signum": (lambda gs: steepest.optimizer("signum", gs, lr=1e-2, momentum=0.9),
-               lambda gs: pytorch_optimizer.SignSGD(gs, lr=1e-2, momentum=0.9, weight_decay=0.0),
-               {"momentum": 0.5}),
+    "gd": (
+        lambda gs: steepest.optimizer("gd", gs, lr=1e-2),
+        lambda gs: torch.optim.SGD(gs, lr=1e-2, foreach=True),
+        {},
+    ),
+    "adam": (
+        lambda gs: steepest.optimizer("adam", gs, lr=1e-2, betas=(0.9, 0.999), eps=1e-8),
+        lambda gs: torch.optim.Adam(gs, lr=1e-2, betas=(0.9, 0.999), eps=1e-8, foreach=True),
+        {"betas": (0.8, 0.99)},
+    ),
+    "sign": (
+        lambda gs: steepest.optimizer("sign", gs, lr=1e-2),
+        lambda gs: pytorch_optimizer.SignSGD(gs, lr=1e-2, momentum=0.0, weight_decay=0.0),
+        {},
+    ),
+    "signum": (
+        lambda gs: steepest.optimizer("signum", gs, lr=1e-2, momentum=0.9),
+        lambda gs: pytorch_optimizer.SignSGD(gs, lr=1e-2, momentum=0.9, weight_decay=0.0),
+        {"momentum": 0.5},
+    ),
 }
 
 

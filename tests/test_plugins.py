@@ -76,7 +76,7 @@ def register():
     steepest.register_dataset("toy-blobs", blobs)
 '''
 
-CONFIG = '''
+CONFIG = """
 name: plugin-run
 data: {name: toy-blobs, n_train: 40, n_test: 10}
 model: {name: toy-net, width: 6}
@@ -84,7 +84,7 @@ seeds: [0]
 algorithms:
   - {algorithm: toy-gd, schedule: power, lr: 0.3, a: 0.5}
 stop: {steps: 300}
-'''
+"""
 
 
 def _path(first: Path) -> str:
@@ -93,8 +93,14 @@ def _path(first: Path) -> str:
 
 
 def _run(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "steepest.cli", *args], capture_output=True,
-                          text=True, env=env, cwd=cwd, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "steepest.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=300,
+    )
 
 
 @pytest.fixture
@@ -133,7 +139,8 @@ def test_without_the_plugin_the_config_names_are_unknown(tmp_path):
 def test_plugin_option_loads_a_module_by_name(tmp_path):
     # tests/user_plugin.py defines register(): --plugin imports it and calls it once.
     cfg = tmp_path / "user.yaml"
-    cfg.write_text(textwrap.dedent('''
+    cfg.write_text(
+        textwrap.dedent("""
         name: user-plugin
         data: {name: digits, classes: [0, 1], n_train: 40, n_test: 10}
         model: {name: user-two-layer, width: 6}
@@ -141,7 +148,8 @@ def test_plugin_option_loads_a_module_by_name(tmp_path):
         algorithms:
           - {algorithm: user-scaled-gd, schedule: power, lr: 0.5, a: 0.5}
         stop: {steps: 20}
-    '''))
+    """)
+    )
     env = {**os.environ, "PYTHONPATH": _path(Path(__file__).parent)}
     db = str(tmp_path / "r.db")
     out = _run(["--plugin", "user_plugin", "train", str(cfg), "--db", db], env, tmp_path)

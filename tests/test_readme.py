@@ -43,7 +43,6 @@ def test_the_readme_example_config_trains(tmp_path):
         assert all(st == "completed" for st in res.statuses)
 
 
-
 def test_the_extending_guide_runs_as_written(tmp_path, monkeypatch, capsys):
     """docs/extending.md: a user's norm, optimizer, model and data, trained and verified. Each
     optimizer has the larger margin in its own norm, as the theory predicts (a real outcome of
@@ -55,8 +54,13 @@ def test_the_extending_guide_runs_as_written(tmp_path, monkeypatch, capsys):
     for code in blocks:
         exec(compile(code, str(EXTENDING), "exec"), namespace)
     finals = dict(zip(namespace["result"].labels, namespace["result"].final, strict=True))
-    assert finals["layer-weighted-gd"]["margin_layer-weighted-l2"] > finals["ngd"]["margin_layer-weighted-l2"]
+    assert (
+        finals["layer-weighted-gd"]["margin_layer-weighted-l2"]
+        > finals["ngd"]["margin_layer-weighted-l2"]
+    )
     assert finals["ngd"]["margin_l2"] > finals["layer-weighted-gd"]["margin_l2"]
-    verdicts = {(r.algorithm, c.check): c.verdict for r in namespace["report"].runs for c in r.checks}
+    verdicts = {
+        (r.algorithm, c.check): c.verdict for r in namespace["report"].runs for c in r.checks
+    }
     assert verdicts[("layer-weighted-gd", "margin_monotone")] == "pass"
     assert "margin in its own norm" in capsys.readouterr().out

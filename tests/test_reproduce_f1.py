@@ -20,7 +20,9 @@ def test_flavors_f1_smoke_writes_report_figures_and_finite_tables(tmp_path):
     assert "## Claim" in text and "**Reproduced?** inconclusive" in text
     assert "Theorem checks" in text and "Flavor matrix, one-hidden-layer (L = 2)" in text
     assert "Flavor matrix, two-hidden-layer (L = 3)" in text
-    assert len(report.figures) == 6 and all(p.exists() and p.stat().st_size > 1000 for p in report.figures)
+    assert len(report.figures) == 6 and all(
+        p.exists() and p.stat().st_size > 1000 for p in report.figures
+    )
     res = json.loads((tmp_path / "results.json").read_text())
     for batch in ("one-hidden-layer", "two-hidden-layer"):
         mat = res["numbers"][batch]["matrix"]
@@ -38,10 +40,12 @@ def test_full_size_configs_validate():
 
 def test_a_report_never_says_yes_above_a_failed_verify():
     spec = load_spec("flavors-f1")
-    passed = VerifySection("md", False, "PASSED: 9 pass, 0 fail, 1 not applicable over 2 run(s)",
-                           {})
-    failed = VerifySection("md", True, "FAILED: 7 pass, 2 fail, 1 not applicable over 2 run(s)",
-                           {"kkt": 2})
+    passed = VerifySection(
+        "md", False, "PASSED: 9 pass, 0 fail, 1 not applicable over 2 run(s)", {}
+    )
+    failed = VerifySection(
+        "md", True, "FAILED: 7 pass, 2 fail, 1 not applicable over 2 run(s)", {"kkt": 2}
+    )
     ok = Report.for_spec(spec, "quick", True, "the diagonal dominates.", verify=[passed])
     assert ok.reproduced is True and "`steepest verify`: PASSED: 9 pass" in ok.reason
     bad = Report.for_spec(spec, "quick", True, "the diagonal dominates.", verify=[passed, failed])

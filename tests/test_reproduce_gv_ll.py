@@ -69,8 +69,7 @@ def test_gv_smoke_report(gv):
     assert report.defaults
     for caption, table in report.tables:
         header = table.splitlines()[0]
-        for col in ("γ_2", "γ_∞", "γ_msp", "γ_hyb", "own", "cos(θ_T/2, θ_T)",
-                    "cos(θ_T*/2, θ_T*)"):
+        for col in ("γ_2", "γ_∞", "γ_msp", "γ_hyb", "own", "cos(θ_T/2, θ_T)", "cos(θ_T*/2, θ_T*)"):
             assert col in header, (caption, col)
     nums = json.loads((out / "results.json").read_text())["numbers"]
     for batch in nums.values():

@@ -27,7 +27,14 @@ def test_smoke_report(tmp_path):
     flavor = next(t for c, t in rep.tables if c.startswith("Flavor matrix"))
     assert flavor.splitlines()[0].count("γ_") == 4  # l1, l2, linf, l3 columns
     mat = rep.numbers["flavor_matrix"]
-    assert set(mat) >= {"GD (l2)", "sign (linf)", "CD (l1)", "l3 descent", "Adam eps=0", "Adam eps=1"}
+    assert set(mat) >= {
+        "GD (l2)",
+        "sign (linf)",
+        "CD (l1)",
+        "l3 descent",
+        "Adam eps=0",
+        "Adam eps=1",
+    }
     for row in mat.values():
         for v in row.values():
             # γ_N/γ*_N is finite and never above 1: γ* is the maximum (1e-9: oracle rounding)
@@ -56,8 +63,17 @@ def test_rescale_keeps_direction_and_sets_radius():
     """PRGD rescaling is radial: it changes ‖θ‖ to R_t, never the margin ratio of the direction."""
     X, y = make_data(n=12, d=16, seed=1)
     gam = {n: r.gamma for n, r in oracles(X, y, ("l2",)).items()}
-    tr = train_linear(X, y, "ngd", schedule("norm_scaled", lr=0.2, a=1.0), 50, gammas=gam,
-                      rescale=Rescale(r0=2.0, kappa=0.05))
+    tr = train_linear(
+        X,
+        y,
+        "ngd",
+        schedule("norm_scaled", lr=0.2, a=1.0),
+        50,
+        gammas=gam,
+        rescale=Rescale(r0=2.0, kappa=0.05),
+    )
     R = Rescale(2.0, 0.05).radius(50)
-    assert np.linalg.norm(tr.theta) >= R * (1 - 1e-12)  # at least the target radius after the last step
+    assert np.linalg.norm(tr.theta) >= R * (
+        1 - 1e-12
+    )  # at least the target radius after the last step
     assert R == pytest.approx(2.0 * math.exp(2.5), rel=1e-15)

@@ -25,7 +25,7 @@ def test_loss_based_is_lyu_li_and_finite_at_tiny_losses():
     # At 𝓛 = e^-10000, η itself is e^{~10000}: only its log is representable.
     lg = s.log_lr(torch.tensor(3.0), torch.tensor(-10000.0))
     assert float(lg) == pytest.approx(math.log(0.1) + math.log(math.log(10)) + 10000, rel=1e-15)
-    assert s.adaptive and s.up == pytest.approx(2 ** 0.2) and s.down == pytest.approx(2 ** 0.1)
+    assert s.adaptive and s.up == pytest.approx(2**0.2) and s.down == pytest.approx(2**0.1)
 
 
 def test_norm_scaled():
@@ -41,8 +41,12 @@ def test_vectorized_over_runs():
 
 @pytest.mark.parametrize(
     "name,kw,msg",
-    [("cosine", {"lr": 1}, "valid names"), ("power", {"lr": 1, "a": 1.5}, r"\(0, 1\]"),
-     ("constant", {"lr": -1}, "positive"), ("constant", {"lr": 1, "a": 0.5}, "does not take 'a'")],
+    [
+        ("cosine", {"lr": 1}, "valid names"),
+        ("power", {"lr": 1, "a": 1.5}, r"\(0, 1\]"),
+        ("constant", {"lr": -1}, "positive"),
+        ("constant", {"lr": 1, "a": 0.5}, "does not take 'a'"),
+    ],
 )
 def test_errors(name, kw, msg):
     with pytest.raises(ValueError, match=msg):
@@ -52,8 +56,11 @@ def test_errors(name, kw, msg):
 def test_bundle_retries_are_a_flow_option_only():
     from steepest.config import load_config
 
-    base = {"name": "x", "data": {"name": "digits", "classes": [0, 1]},
-            "model": {"name": "mlp", "widths": [8]}}
+    base = {
+        "name": "x",
+        "data": {"name": "digits", "classes": [0, 1]},
+        "model": {"name": "mlp", "widths": [8]},
+    }
     cd_flow = {"algorithm": "cd", "schedule": "flow"}
     cfg = load_config({**base, "algorithms": [{**cd_flow, "bundle": True}]})
     assert cfg.run_specs()[0].schedule["bundle"] is True
@@ -61,8 +68,9 @@ def test_bundle_retries_are_a_flow_option_only():
     assert plain.run_specs()[0].schedule["bundle"] is False
     # configs that do not set it keep their hash (batches started before it still resume)
     before = {k: v for k, v in plain.canonical().items() if k != "device"}
-    before["algorithms"] = [{k: v for k, v in a.items() if k not in ("tol", "bundle")}
-                            for a in before["algorithms"]]
+    before["algorithms"] = [
+        {k: v for k, v in a.items() if k not in ("tol", "bundle")} for a in before["algorithms"]
+    ]
     import hashlib
 
     blob = json.dumps(before, sort_keys=True, separators=(",", ":"))

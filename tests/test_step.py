@@ -228,4 +228,3 @@ def test_coordinate_descent_slides_along_a_kink_on_the_flow():
 
     _, stalled = _crease_run(300, bundle=False)
     assert float(start.ll[0] - stalled.ll[0]) < 0.01 * drop
-

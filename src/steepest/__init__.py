@@ -25,8 +25,24 @@ __version__ = "0.1.0"
 
 #: Submodules that ``import steepest`` does not load; ``steepest.NAME`` imports one on first use
 #: (PEP 562), so that cvxpy (oracles, kkt) and matplotlib (plots, reproduce) load only when used.
-_LAZY = ("checkpoints", "cli", "config", "data", "devices", "engine", "kkt", "oracles", "plots",
-         "plugins", "reproduce", "schedules", "stacked", "step", "store", "verify")
+_LAZY = (
+    "checkpoints",
+    "cli",
+    "config",
+    "data",
+    "devices",
+    "engine",
+    "kkt",
+    "oracles",
+    "plots",
+    "plugins",
+    "reproduce",
+    "schedules",
+    "stacked",
+    "step",
+    "store",
+    "verify",
+)
 
 
 def __getattr__(name: str):
@@ -41,6 +57,7 @@ def __getattr__(name: str):
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "Algorithm",

@@ -186,8 +186,9 @@ def _same(x: Any, like: Tensor) -> Any:
     return x
 
 
-def _rescaled(xs: Sequence[Tensor], log_factor: Tensor, power: float,
-              per_run=_same) -> list[Tensor]:
+def _rescaled(
+    xs: Sequence[Tensor], log_factor: Tensor, power: float, per_run=_same
+) -> list[Tensor]:
     """xs · e^{power·log_factor}: moments re-expressed for gradients scaled by e^{log_factor}."""
     return [x * per_run(torch.exp(power * log_factor).to(x.dtype), x) for x in xs]
 
@@ -203,7 +204,9 @@ def _rescale_moments(state: State, log_factor: Tensor, per_run=_same) -> State:
     }
 
 
-def _eps_now(eps: float, state: State, power: float = 1.0, dtype: torch.dtype | None = None) -> Tensor | float:
+def _eps_now(
+    eps: float, state: State, power: float = 1.0, dtype: torch.dtype | None = None
+) -> Tensor | float:
     """ε in the units of the gradients fed now (see ``Algorithm.rescale_state``).
 
     The engine feeds ∇log𝓛 = e^{s}·∇𝓛 with s = ``log_grad_scale``; Adam on ∇𝓛 with ε equals
@@ -396,7 +399,6 @@ class AdamRule(Algorithm):
             "log_grad_scale": state["log_grad_scale"],
         }
 
-
     # K runs on a leading axis without vmap: the elementwise operations of ``init``,
     # ``rescale_state`` and ``update`` in the same order, each per-run scalar (step, lr, ε in
     # the frame, the rescale factor) broadcast over its run. vmap's per-op dispatch made a
@@ -450,6 +452,7 @@ class AdamRule(Algorithm):
             torch.div(m, d, out=d)  # m/den into den's memory: one fresh buffer per step, as torch
         torch._foreach_add_(ps, den, alpha=-float(lr) / bc1)
         return {"step": t, "exp_avg": ms, "exp_avg_sq": vs}
+
 
 # ----------------------------------------------------------------------------- momentum methods
 
@@ -633,8 +636,13 @@ class ShampooRule(Algorithm):
             m, n = _as_matrix(p).shape
             left.append(torch.zeros(m, m, dtype=p.dtype, device=p.device))
             right.append(torch.zeros(n, n, dtype=p.dtype, device=p.device))
-        return {"step": zero, "left": left, "right": right, "grad_dual": zero,
-                "log_grad_scale": torch.zeros((), dtype=torch.float64, device=zero.device)}
+        return {
+            "step": zero,
+            "left": left,
+            "right": right,
+            "grad_dual": zero,
+            "log_grad_scale": torch.zeros((), dtype=torch.float64, device=zero.device),
+        }
 
     def rescale_state(self, state: State, log_factor: Tensor) -> State:
         """L and R are quadratic in the gradients; ε is tracked in log space."""

@@ -106,7 +106,9 @@ class Algorithm:
         self, params: Sequence[Tensor], grads: Sequence[Tensor], state: State, lr: Tensor
     ) -> tuple[list[Tensor], State]:
         p0 = params[0]
-        lr = torch.as_tensor(lr, dtype=p0.dtype, device=p0.device).expand(p0.shape[:1])  # a float: every run
+        lr = torch.as_tensor(lr, dtype=p0.dtype, device=p0.device).expand(
+            p0.shape[:1]
+        )  # a float: every run
         new_params, new_state = vmap(self.update)(list(params), list(grads), state, lr)
         return list(new_params), new_state
 
@@ -132,7 +134,9 @@ class SteepestDescentRule(Algorithm):
         self.norm = get_norm(norm)
         self.normalized = bool(normalized)
         self.predicted_norm = self.norm
-        self.name = name or f"steepest[{self.norm.name},{'normalized' if normalized else 'unnormalized'}]"
+        self.name = (
+            name or f"steepest[{self.norm.name},{'normalized' if normalized else 'unnormalized'}]"
+        )
 
     @property
     def hyperparams(self) -> dict[str, Any]:
@@ -181,7 +185,9 @@ class SteepestDescentRule(Algorithm):
     def stacked_step(self, params, u, dual, state, lr):
         """:meth:`stacked_update` with the direction U(g) and ‖g‖_* already computed (the
         engine's flow schedule computes them at θ' for its error estimate, one step early)."""
-        lr = torch.as_tensor(lr, dtype=dual.dtype, device=dual.device).expand(dual.shape)  # a float: every run
+        lr = torch.as_tensor(lr, dtype=dual.dtype, device=dual.device).expand(
+            dual.shape
+        )  # a float: every run
         new_params = []
         for p, d in zip(params, u, strict=True):
             shape = (-1,) + (1,) * (p.dim() - 1)
@@ -197,8 +203,9 @@ _FACTORIES: dict[str, Callable[..., Algorithm]] = {}
 _DOCS: dict[str, str] = {}
 
 
-def register_algorithm(name: str, factory: Callable[..., Algorithm], doc: str = "", *,
-                       replace: bool = False) -> None:
+def register_algorithm(
+    name: str, factory: Callable[..., Algorithm], doc: str = "", *, replace: bool = False
+) -> None:
     """Register ``factory(**kw) -> Algorithm`` under ``name`` (used by :func:`algorithm`, by
     ``steepest.optimizer`` and by configs). A name that is taken is refused unless
     ``replace=True``."""
@@ -266,10 +273,14 @@ def _steepest(norm: Norm | str, normalized: bool = True) -> Algorithm:
     return SteepestDescentRule(norm, normalized)
 
 
-register_algorithm("gd", _gd, "gradient descent, unnormalized ℓ2 steepest descent; predicted norm ℓ2")
+register_algorithm(
+    "gd", _gd, "gradient descent, unnormalized ℓ2 steepest descent; predicted norm ℓ2"
+)
 register_algorithm("ngd", _ngd, "normalized gradient descent (ℓ2); predicted norm ℓ2")
 register_algorithm("sign", _sign, "sign descent, normalized ℓ∞ steepest descent; predicted norm ℓ∞")
 register_algorithm("cd", _cd, "greedy coordinate descent, ℓ1 steepest descent; predicted norm ℓ1")
 register_algorithm("lp", _lp, "ℓp steepest descent for any p ≥ 1 (keyword p); predicted norm ℓp")
-register_algorithm("spectral", _spectral, "spectral descent (UVᵀ per layer); predicted norm max-spectral")
+register_algorithm(
+    "spectral", _spectral, "spectral descent (UVᵀ per layer); predicted norm max-spectral"
+)
 register_algorithm("steepest", _steepest, "steepest descent w.r.t. any norm (keyword norm)")

@@ -20,8 +20,18 @@ import typer
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
 
-DbOpt = Annotated[Path | None, typer.Option("--db", help="results database (default: $STEEPEST_DB or ./steepest-runs/runs.db)")]
-DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto | cpu | cuda | cuda:N (default: the config's device, auto)")]
+DbOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--db", help="results database (default: $STEEPEST_DB or ./steepest-runs/runs.db)"
+    ),
+]
+DeviceOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--device", help="auto | cpu | cuda | cuda:N (default: the config's device, auto)"
+    ),
+]
 
 
 _DEBUG = {"on": os.environ.get("STEEPEST_DEBUG", "") not in ("", "0")}
@@ -29,11 +39,21 @@ _DEBUG = {"on": os.environ.get("STEEPEST_DEBUG", "") not in ("", "0")}
 
 @app.callback()
 def _options(
-    debug: Annotated[bool, typer.Option("--debug", help="show the full traceback of an error (also: STEEPEST_DEBUG=1)")] = False,
-    plugin: Annotated[list[str] | None, typer.Option(
-        "--plugin", help="import this module first, so that configs can name its norms, "
-        "optimizers, models and data sets (repeatable); installed plug-ins (entry points 'steepest.plugins') "
-        "load by themselves")] = None,
+    debug: Annotated[
+        bool,
+        typer.Option(
+            "--debug", help="show the full traceback of an error (also: STEEPEST_DEBUG=1)"
+        ),
+    ] = False,
+    plugin: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--plugin",
+            help="import this module first, so that configs can name its norms, "
+            "optimizers, models and data sets (repeatable); installed plug-ins (entry points 'steepest.plugins') "
+            "load by themselves",
+        ),
+    ] = None,
 ) -> None:
     """Implicit bias of steepest descent: train, verify, reproduce."""
     _DEBUG["on"] = debug or os.environ.get("STEEPEST_DEBUG", "") not in ("", "0")
@@ -59,9 +79,15 @@ def _one_line(exc: BaseException) -> str:
         e = e.__cause__ or e.__context__
     for e in seen:
         text = str(e)
-        if (isinstance(e, OSError) and e.errno == errno.ENOSPC) or "disk is full" in text or "No space left" in text:
-            return (f"no space left on device ({' '.join(text.split())[:200]}); free some space, then "
-                    "`steepest train CONFIG --resume` continues from the last whole-step checkpoint")
+        if (
+            (isinstance(e, OSError) and e.errno == errno.ENOSPC)
+            or "disk is full" in text
+            or "No space left" in text
+        ):
+            return (
+                f"no space left on device ({' '.join(text.split())[:200]}); free some space, then "
+                "`steepest train CONFIG --resume` continues from the last whole-step checkpoint"
+            )
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
@@ -86,7 +112,15 @@ def _user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except KeyboardInterrupt:
             typer.echo("stopped: interrupted", err=True)
             raise typer.Exit(130) from None
-        except (RunNotFoundError, BatchBusyError, ValueError, OSError, ImportError, RuntimeError, sqlite3.Error) as exc:
+        except (
+            RunNotFoundError,
+            BatchBusyError,
+            ValueError,
+            OSError,
+            ImportError,
+            RuntimeError,
+            sqlite3.Error,
+        ) as exc:
             if _DEBUG["on"]:
                 raise
             typer.echo(f"error: {_one_line(exc)}", err=True)
@@ -114,7 +148,9 @@ def _fmt(v: Any) -> str:
 
 def _table(headers: list[str], rows: list[list[Any]]) -> str:
     cells = [[_fmt(c) for c in r] for r in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
+    widths = [
+        max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)
+    ]
     line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))
     out = [line, "  ".join("-" * w for w in widths)]
     out += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
@@ -126,17 +162,28 @@ def _table(headers: list[str], rows: list[list[Any]]) -> str:
 def train(
     config: Annotated[Path, typer.Argument(help="experiment YAML")],
     db: DbOpt = None,
-    resume: Annotated[bool, typer.Option(help="continue the latest interrupted batch of this config")] = False,
-    progress: Annotated[bool | None, typer.Option("--progress/--no-progress", help="progress bar (default: only on a terminal)")] = None,
+    resume: Annotated[
+        bool, typer.Option(help="continue the latest interrupted batch of this config")
+    ] = False,
+    progress: Annotated[
+        bool | None,
+        typer.Option("--progress/--no-progress", help="progress bar (default: only on a terminal)"),
+    ] = None,
     device: DeviceOpt = None,
 ) -> None:
     """Train every run of CONFIG (algorithms x lrs x seeds) and store the results."""
     from .engine import train as run_train
 
-    res = run_train(config, db=db, resume=resume, progress=progress, device=device)  # writes: may create the db
-    rows = [[rid, lab, st, f.get("step"), f.get("log_loss"), f.get("margin_own"), f.get("train_acc")]
-            for rid, lab, st, f in zip(res.run_ids, res.labels, res.statuses, res.final, strict=True)]
-    typer.echo(_table(["run", "algorithm", "status", "step", "log_loss", "margin_own", "train_acc"], rows))
+    res = run_train(
+        config, db=db, resume=resume, progress=progress, device=device
+    )  # writes: may create the db
+    rows = [
+        [rid, lab, st, f.get("step"), f.get("log_loss"), f.get("margin_own"), f.get("train_acc")]
+        for rid, lab, st, f in zip(res.run_ids, res.labels, res.statuses, res.final, strict=True)
+    ]
+    typer.echo(
+        _table(["run", "algorithm", "status", "step", "log_loss", "margin_own", "train_acc"], rows)
+    )
     typer.echo(f"database: {res.db}")
 
 
@@ -145,7 +192,12 @@ def train(
 def runs(
     db: DbOpt = None,
     experiment: Annotated[str | None, typer.Option(help="only this experiment")] = None,
-    mark_failed: Annotated[list[int] | None, typer.Option("--mark-failed", help="settle these runs (ids) as failed; their rows are kept")] = None,
+    mark_failed: Annotated[
+        list[int] | None,
+        typer.Option(
+            "--mark-failed", help="settle these runs (ids) as failed; their rows are kept"
+        ),
+    ] = None,
 ) -> None:
     """List stored runs. A "running" run whose batch has no live owner is shown as an orphan
     (its process died); settle it with --mark-failed ID or `steepest gc`, or continue it with
@@ -155,21 +207,36 @@ def runs(
             for rid in mark_failed:
                 rec = store.get_run(rid)
                 if rec.status not in ("running", "interrupted"):
-                    raise ValueError(f"run {rid} is {rec.status!r}; only running or interrupted runs can be marked failed")
+                    raise ValueError(
+                        f"run {rid} is {rec.status!r}; only running or interrupted runs can be marked failed"
+                    )
                 lease = store.lease(str(rec.info.get("batch", "")))
                 if rec.status == "running" and lease is not None and not lease["stale"]:
-                    raise ValueError(f"run {rid} is being trained by pid {lease['pid']} on {lease['host']}; stop it first")
+                    raise ValueError(
+                        f"run {rid} is being trained by pid {lease['pid']} on {lease['host']}; stop it first"
+                    )
                 store.update_run(rid, status="failed", info={"error": "marked failed by the user"})
                 typer.echo(f"run {rid}: marked failed (rows kept)")
             return
         orphans = {r.id for r in store.orphans()}
         recs = store.list_runs(experiment=experiment)
-        rows = [[r.id, r.experiment or "", r.info.get("label", r.algorithm), r.seed,
-                 "running (orphan: no live owner)" if r.id in orphans else r.status, r.created_at[:19]] for r in recs]
+        rows = [
+            [
+                r.id,
+                r.experiment or "",
+                r.info.get("label", r.algorithm),
+                r.seed,
+                "running (orphan: no live owner)" if r.id in orphans else r.status,
+                r.created_at[:19],
+            ]
+            for r in recs
+        ]
         typer.echo(_table(["run", "experiment", "algorithm", "seed", "status", "created"], rows))
         if orphans:
-            typer.echo(f"{len(orphans)} orphaned run(s): `steepest gc` marks them failed (keeping their rows), "
-                       "or `steepest train CONFIG --resume` continues their batch")
+            typer.echo(
+                f"{len(orphans)} orphaned run(s): `steepest gc` marks them failed (keeping their rows), "
+                "or `steepest train CONFIG --resume` continues their batch"
+            )
 
 
 @app.command()
@@ -186,19 +253,34 @@ def gc(
         if not orphans:
             typer.echo("no orphaned runs")
             return
-        typer.echo(_table(["run", "name", "batch"], [[r.id, r.name, r.info.get("batch", "")] for r in orphans]))
-        if not yes and not typer.confirm(f"mark these {len(orphans)} run(s) failed and remove their half-written "
-                                         "checkpoint temp files? (rows and checkpoints are kept)"):
+        typer.echo(
+            _table(
+                ["run", "name", "batch"], [[r.id, r.name, r.info.get("batch", "")] for r in orphans]
+            )
+        )
+        if not yes and not typer.confirm(
+            f"mark these {len(orphans)} run(s) failed and remove their half-written "
+            "checkpoint temp files? (rows and checkpoints are kept)"
+        ):
             typer.echo("nothing changed")
             return
         from .checkpoints import remove_stale_temps
 
         removed = []
         for r in orphans:
-            store.update_run(r.id, status="failed", info={"error": "orphaned: its process died (settled by steepest gc)"})
+            store.update_run(
+                r.id,
+                status="failed",
+                info={"error": "orphaned: its process died (settled by steepest gc)"},
+            )
             if r.info.get("checkpoint_dir"):
-                removed += remove_stale_temps(Path(r.info["checkpoint_dir"]))  # half-written files of dead writers
-        typer.echo(f"marked {len(orphans)} run(s) failed" + (f"; removed {len(removed)} half-written checkpoint file(s)" if removed else ""))
+                removed += remove_stale_temps(
+                    Path(r.info["checkpoint_dir"])
+                )  # half-written files of dead writers
+        typer.echo(
+            f"marked {len(orphans)} run(s) failed"
+            + (f"; removed {len(removed)} half-written checkpoint file(s)" if removed else "")
+        )
 
 
 @app.command()
@@ -208,8 +290,10 @@ def show(run: Annotated[int, typer.Argument(help="run id")], db: DbOpt = None) -
     with _store(db) as store:
         rec = store.get_run(run)
         fin = store.final_metrics(run)
-        typer.echo(f"run {rec.id}: {rec.name}  [{rec.status}]  algorithm={rec.algorithm} seed={rec.seed} "
-                   f"own norm={rec.info.get('own_norm')} L={rec.info.get('degree')}")
+        typer.echo(
+            f"run {rec.id}: {rec.name}  [{rec.status}]  algorithm={rec.algorithm} seed={rec.seed} "
+            f"own norm={rec.info.get('own_norm')} L={rec.info.get('degree')}"
+        )
         if rec.info.get("separated_at") is not None:
             typer.echo(f"first separated step: {rec.info['separated_at']}")
         typer.echo(_table(["metric", "value"], [[k, v] for k, v in sorted(fin.items())]))
@@ -219,7 +303,9 @@ def show(run: Annotated[int, typer.Argument(help="run id")], db: DbOpt = None) -
 @_user_errors
 def plot(
     run: Annotated[list[int], typer.Argument(help="run ids")],
-    metric: Annotated[str, typer.Option(help="metric column, e.g. margin_own, smoothed_linf, log_loss")] = "margin_own",
+    metric: Annotated[
+        str, typer.Option(help="metric column, e.g. margin_own, smoothed_linf, log_loss")
+    ] = "margin_own",
     x: Annotated[str, typer.Option(help="step | flow_time | neg_log_loss")] = "step",
     out: Annotated[Path, typer.Option(help="PNG to write")] = Path("plot.png"),
     db: DbOpt = None,
@@ -237,7 +323,9 @@ def plot(
 def export(
     run: Annotated[int, typer.Argument(help="run id")],
     format: Annotated[str, typer.Option("--format", help="csv | parquet")] = "csv",
-    out: Annotated[Path | None, typer.Option(help="file to write (default: run-<id>.<format>)")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="file to write (default: run-<id>.<format>)")
+    ] = None,
     db: DbOpt = None,
 ) -> None:
     """Export a run's metric rows."""
@@ -251,8 +339,12 @@ def export(
 def verify(
     runs: Annotated[list[str], typer.Argument(help="run ids, experiment names, or 'all'")],
     db: DbOpt = None,
-    out: Annotated[Path | None, typer.Option(help="also write the verdict table as markdown")] = None,
-    kkt: Annotated[bool, typer.Option("--kkt/--no-kkt", help="compute KKT residuals at checkpoints")] = True,
+    out: Annotated[
+        Path | None, typer.Option(help="also write the verdict table as markdown")
+    ] = None,
+    kkt: Annotated[
+        bool, typer.Option("--kkt/--no-kkt", help="compute KKT residuals at checkpoints")
+    ] = True,
 ) -> None:
     """Check the theorems on stored runs. Exit 0: every applicable prediction held; 1: a
     prediction failed beyond tolerance; 3: nothing failed but some run could not be checked."""
@@ -265,9 +357,16 @@ def verify(
 @app.command()
 @_user_errors
 def reproduce(
-    name: Annotated[str, typer.Argument(help="experiment: flavors-f1, flavors-f2, flavors-f3, gronich-vardi, lyu-li, linear")],
+    name: Annotated[
+        str,
+        typer.Argument(
+            help="experiment: flavors-f1, flavors-f2, flavors-f3, gronich-vardi, lyu-li, linear"
+        ),
+    ],
     size: Annotated[str, typer.Option(help="smoke | quick | full")] = "quick",
-    out: Annotated[Path | None, typer.Option(help="output folder (default ./reproduce/NAME)")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="output folder (default ./reproduce/NAME)")
+    ] = None,
     device: DeviceOpt = None,
 ) -> None:
     """Reproduce a figure of the paper (or a neighbour's): train, verify, write PNGs and report.md."""
@@ -306,13 +405,20 @@ def demo(db: DbOpt = None) -> None:
 
     res = run_train(DEMO_CONFIG, db=db, progress=False)
     norms = ["l1", "l2", "linf"]
-    rows = [[lab] + [f.get(f"margin_{n}") for n in norms] + [f.get("log_loss")] for lab, f in zip(res.labels, res.final, strict=True)]
-    typer.echo("normalized margins q_min / ||theta||^2 after 1500 steps from a common separated start:")
+    rows = [
+        [lab] + [f.get(f"margin_{n}") for n in norms] + [f.get("log_loss")]
+        for lab, f in zip(res.labels, res.final, strict=True)
+    ]
+    typer.echo(
+        "normalized margins q_min / ||theta||^2 after 1500 steps from a common separated start:"
+    )
     typer.echo(_table(["algorithm", "margin_l1", "margin_l2", "margin_linf", "log_loss"], rows))
     for j, n in enumerate(norms, start=1):
         best = max(rows, key=lambda r: r[j])[0]
         typer.echo(f"largest {n} margin: {best}")
-    typer.echo(f"runs stored in {res.db}; try: steepest plot {' '.join(map(str, res.run_ids))} --metric margin_own --db {res.db}")
+    typer.echo(
+        f"runs stored in {res.db}; try: steepest plot {' '.join(map(str, res.run_ids))} --metric margin_own --db {res.db}"
+    )
 
 
 def main() -> None:

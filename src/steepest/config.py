@@ -65,8 +65,10 @@ class DataConfig(_Strict):
             return v  # named by a plug-in that had not been loaded yet
         names = dataset_names()
         if key not in names:
-            raise ValueError(f"unknown dataset {v!r}; allowed: {', '.join(names)} "
-                             f"(or {USER_DATA!r} with steepest.train(config, data=...))")
+            raise ValueError(
+                f"unknown dataset {v!r}; allowed: {', '.join(names)} "
+                f"(or {USER_DATA!r} with steepest.train(config, data=...))"
+            )
         return v
 
 
@@ -87,8 +89,10 @@ class ModelConfig(BaseModel):
             return v
         if load_entry_points() and v in model_names():
             return v  # named by a plug-in that had not been loaded yet
-        raise ValueError(f"unknown model {v!r}; allowed: {', '.join(model_names())} "
-                         f"(or {USER_MODEL!r} with steepest.train(config, model=...))")
+        raise ValueError(
+            f"unknown model {v!r}; allowed: {', '.join(model_names())} "
+            f"(or {USER_MODEL!r} with steepest.train(config, model=...))"
+        )
 
     def kwargs(self) -> dict[str, Any]:
         extra = dict(self.model_extra or {})
@@ -134,8 +138,9 @@ class AlgorithmConfig(_Strict):
             raise ValueError(f"options: {exc}") from None
         if self.schedule == "flow":
             if self.lr is not None:
-                raise ValueError("schedule 'flow' picks its own steps: drop lr "
-                                 "(set tol to change the accuracy)")
+                raise ValueError(
+                    "schedule 'flow' picks its own steps: drop lr (set tol to change the accuracy)"
+                )
             if self.a is not None:
                 raise ValueError("schedule 'flow' takes no decay exponent a")
         elif self.tol is not None:
@@ -146,14 +151,18 @@ class AlgorithmConfig(_Strict):
             raise ValueError(f"schedule {self.schedule!r} needs lr")
         lrs = [1.0] if self.lr is None else self.lr if isinstance(self.lr, list) else [self.lr]
         if not lrs or any(not (x > 0) for x in lrs):
-            raise ValueError(f"lr must be positive (or a non-empty list of positive values), got {self.lr}")
+            raise ValueError(
+                f"lr must be positive (or a non-empty list of positive values), got {self.lr}"
+            )
         if self.schedule == "loss_based" and algo.normalized:
             raise ValueError(
                 "schedule 'loss_based' (η ∝ 1/𝓛) is for unnormalized rules such as 'gd'; "
                 f"{self.algorithm!r} is normalized, use 'constant' or 'power'"
             )
         if self.schedule != "loss_based" and (self.up is not None or self.down is not None):
-            raise ValueError(f"up and down apply to schedule 'loss_based' only, not {self.schedule!r}")
+            raise ValueError(
+                f"up and down apply to schedule 'loss_based' only, not {self.schedule!r}"
+            )
         if self.schedule in ("power",) and self.a is None:
             raise ValueError("schedule 'power' needs the decay exponent a (η = lr·t^-a)")
         return self
@@ -165,7 +174,9 @@ class AlgorithmConfig(_Strict):
             kw = {k: v for k, v in (("tol", self.tol), ("bundle", self.bundle)) if v is not None}
             return [schedule("flow", **kw)]
         lrs = self.lr if isinstance(self.lr, list) else [self.lr]
-        kw: dict[str, float] = {} if self.a is None or self.schedule in ("constant", "loss_based") else {"a": self.a}
+        kw: dict[str, float] = (
+            {} if self.a is None or self.schedule in ("constant", "loss_based") else {"a": self.a}
+        )
         kw.update({k: v for k, v in (("up", self.up), ("down", self.down)) if v is not None})
         return [schedule(self.schedule, lr=lr, **kw) for lr in lrs]
 
@@ -254,8 +265,10 @@ class ExperimentConfig(_Strict):
         # Fields added later with a None default leave the hash of configs that do not use
         # them unchanged, so batches started before they existed still resume.
         later = ("tol", "bundle")
-        canon["algorithms"] = [{k: v for k, v in a.items() if not (k in later and v is None)}
-                               for a in canon["algorithms"]]
+        canon["algorithms"] = [
+            {k: v for k, v in a.items() if not (k in later and v is None)}
+            for a in canon["algorithms"]
+        ]
         blob = json.dumps(canon, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -266,8 +279,17 @@ class ExperimentConfig(_Strict):
             for sched in entry.schedules():
                 for seed in self.seeds:
                     label = entry.label or entry.algorithm
-                    specs.append(RunSpec(index=len(specs), entry=i, label=label, algorithm=entry.algorithm,
-                                         options=dict(entry.options), schedule=sched.to_dict(), seed=seed))
+                    specs.append(
+                        RunSpec(
+                            index=len(specs),
+                            entry=i,
+                            label=label,
+                            algorithm=entry.algorithm,
+                            options=dict(entry.options),
+                            schedule=sched.to_dict(),
+                            seed=seed,
+                        )
+                    )
         return specs
 
 
@@ -311,7 +333,9 @@ def read_config_mapping(source: str | Path | dict[str, Any] | ExperimentConfig) 
     elif isinstance(source, dict):
         data = source
     else:
-        raise ConfigError(f"a config must be a path, a dict or an ExperimentConfig, got {type(source).__name__}")
+        raise ConfigError(
+            f"a config must be a path, a dict or an ExperimentConfig, got {type(source).__name__}"
+        )
     return data
 
 

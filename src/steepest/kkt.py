@@ -386,7 +386,10 @@ def l2_multipliers(H: np.ndarray, theta: np.ndarray, gap: np.ndarray):
     perp = theta - Q @ qt  # computed directly: ‖θ‖² − ‖Qᵀθ‖² would cancel when r is tiny
     perp2 = float(perp @ perp)
     var = cp.Variable(H.shape[0], nonneg=True)
-    prob = cp.Problem(cp.Minimize(gap @ var), [cp.norm(qt - R @ var, 2) <= float(np.sqrt(max(stage2_cap(r) ** 2 - perp2, 0.0)))])
+    prob = cp.Problem(
+        cp.Minimize(gap @ var),
+        [cp.norm(qt - R @ var, 2) <= float(np.sqrt(max(stage2_cap(r) ** 2 - perp2, 0.0)))],
+    )
     try:
         _cvx_solve(prob)
     except RuntimeError:

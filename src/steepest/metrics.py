@@ -50,13 +50,19 @@ def _pow_norm(params: Sequence[Tensor], norm: Norm, L: float) -> Tensor:
     return norm(params) ** L
 
 
-def normalized_margin_from(q: Tensor, params: Sequence[Tensor], norm: Norm | str, L: float) -> Tensor:
+def normalized_margin_from(
+    q: Tensor, params: Sequence[Tensor], norm: Norm | str, L: float
+) -> Tensor:
     """γ_N = min_i q_i / ‖θ‖_N^L (docs/theory.md §3.1)."""
     return q.min() / _pow_norm(params, get_norm(norm), L)
 
 
 def smoothed_margin_from(
-    log_loss_value: Tensor, params: Sequence[Tensor], norm: Norm | str, L: float, loss: str = "exponential"
+    log_loss_value: Tensor,
+    params: Sequence[Tensor],
+    norm: Norm | str,
+    L: float,
+    loss: str = "exponential",
 ) -> Tensor:
     """γ̃_N = φ^{-1}(log 1/𝓛) / ‖θ‖_N^L, from log 𝓛 so it stays finite at any loss (docs/theory.md §3.2).
 
@@ -89,7 +95,9 @@ def smoothed_margin(
     return smoothed_margin_from(log_loss(model(X), y, loss), _params(model), norm, L, loss)
 
 
-def alignment_gradient(model: nn.Module, X: Tensor, y: Tensor, loss: str = "exponential") -> list[Tensor]:
+def alignment_gradient(
+    model: nn.Module, X: Tensor, y: Tensor, loss: str = "exponential"
+) -> list[Tensor]:
     """−∇ log 𝓛 = −∇𝓛/𝓛: the loss-weighted sum Σ_i w_i ∇q_i with w_i ∝ e^{−q_i}, normalized.
 
     Differentiating log 𝓛 (not 𝓛) is what keeps it from underflowing: the weights are
@@ -98,10 +106,14 @@ def alignment_gradient(model: nn.Module, X: Tensor, y: Tensor, loss: str = "expo
     params = _params(model)
     ll = log_loss(model(X), y, loss)
     grads = torch.autograd.grad(ll, params, allow_unused=True)
-    return [-(g if g is not None else torch.zeros_like(p)) for g, p in zip(grads, params, strict=True)]
+    return [
+        -(g if g is not None else torch.zeros_like(p)) for g, p in zip(grads, params, strict=True)
+    ]
 
 
-def dual_alignment_from(params: Sequence[Tensor], neg_grad: Sequence[Tensor], norm: Norm | str) -> Tensor:
+def dual_alignment_from(
+    params: Sequence[Tensor], neg_grad: Sequence[Tensor], norm: Norm | str
+) -> Tensor:
     """β_N = ⟨θ, −∇𝓛⟩ / (‖θ‖_N ‖∇𝓛‖_N,*) ∈ [−1, 1] (docs/theory.md §3.3, §3.5).
 
     Scale-invariant in the gradient, so −∇log𝓛 gives the same β as −∇𝓛. 1 − β_N is the
@@ -111,7 +123,9 @@ def dual_alignment_from(params: Sequence[Tensor], neg_grad: Sequence[Tensor], no
     return inner(params, neg_grad) / (N(params) * N.dual(neg_grad))
 
 
-def dual_alignment(model: nn.Module, X: Tensor, y: Tensor, norm: Norm | str = "l2", loss: str = "exponential") -> Tensor:
+def dual_alignment(
+    model: nn.Module, X: Tensor, y: Tensor, norm: Norm | str = "l2", loss: str = "exponential"
+) -> Tensor:
     """β_N for a model; see :func:`dual_alignment_from`."""
     with torch.enable_grad():
         v = alignment_gradient(model, X, y, loss)

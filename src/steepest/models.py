@@ -553,8 +553,10 @@ def build_model(name: str, **kw: Any) -> nn.Module:
     """Build a model by name ("linear", "diagonal", "mlp", "cnn", or a registered one); ``kw``
     go to the builder."""
     if name == USER_MODEL:
-        raise ValueError(f"model {USER_MODEL!r} stands for a model passed as an object: "
-                         "steepest.train(config, model=lambda seed: MyNet(...))")
+        raise ValueError(
+            f"model {USER_MODEL!r} stands for a model passed as an object: "
+            "steepest.train(config, model=lambda seed: MyNet(...))"
+        )
     try:
         builder = _REGISTRY[name]
     except (KeyError, TypeError):

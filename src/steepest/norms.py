@@ -112,8 +112,12 @@ def _safe_div(num: Tensor, den: Tensor) -> Tensor:
     zero = den == 0
     if den.dim() == 0 or den.shape[-1] == 1:
         # A scalar (or per-row, last axis 1) divisor: one multiply instead of full-size where/zeros.
-        return num * torch.where(zero, torch.zeros_like(den), 1.0 / torch.where(zero, torch.ones_like(den), den))
-    return torch.where(zero, torch.zeros_like(num), num / torch.where(zero, torch.ones_like(den), den))
+        return num * torch.where(
+            zero, torch.zeros_like(den), 1.0 / torch.where(zero, torch.ones_like(den), den)
+        )
+    return torch.where(
+        zero, torch.zeros_like(num), num / torch.where(zero, torch.ones_like(den), den)
+    )
 
 
 class Norm:
@@ -445,7 +449,7 @@ class Spectral(Norm):
     def _as_matrix(x: Tensor, stacked: bool = False) -> Tensor:
         """The matrix view of one block: (out, rest), or (1, n) for a vector; (K, ·, ·) if stacked."""
         lead = x.shape[:1] if stacked else x.shape[:0]
-        body = x.shape[len(lead):]
+        body = x.shape[len(lead) :]
         if len(body) >= 2:
             return x.reshape(*lead, body[0], -1)
         return x.reshape(*lead, 1, -1)
@@ -475,7 +479,9 @@ class Spectral(Norm):
 
     def block_norms(self, xs: Tensors) -> Tensor:
         """σ_max of every block, stacked (ℓ2 for vectors)."""
-        return torch.stack([s[0].to(x.dtype) for s, x in zip(self._block_svdvals(xs, False), xs, strict=True)])
+        return torch.stack(
+            [s[0].to(x.dtype) for s, x in zip(self._block_svdvals(xs, False), xs, strict=True)]
+        )
 
     def __call__(self, xs: Tensors) -> Tensor:
         if len(xs) == 0:
@@ -486,7 +492,9 @@ class Spectral(Norm):
         if len(gs) == 0:
             raise ValueError("a Norm needs at least one tensor; got an empty list")
         # Singular values only: no U, V needed for the nuclear norm.
-        return sum(s.sum().to(g.dtype) for s, g in zip(self._block_svdvals(gs, False), gs, strict=True))  # type: ignore[return-value]
+        return sum(
+            s.sum().to(g.dtype) for s, g in zip(self._block_svdvals(gs, False), gs, strict=True)
+        )  # type: ignore[return-value]
 
     def direction_and_dual(self, gs: Tensors) -> tuple[list[Tensor], Tensor]:
         if len(gs) == 0:
@@ -509,7 +517,9 @@ class Spectral(Norm):
     def stacked_dual(self, gs: Tensors) -> Tensor:
         if len(gs) == 0:
             raise ValueError("a Norm needs at least one tensor; got an empty list")
-        return sum(s.sum(-1).to(g.dtype) for s, g in zip(self._block_svdvals(gs, True), gs, strict=True))  # type: ignore[return-value]
+        return sum(
+            s.sum(-1).to(g.dtype) for s, g in zip(self._block_svdvals(gs, True), gs, strict=True)
+        )  # type: ignore[return-value]
 
     def stacked_direction_and_dual(self, gs: Tensors) -> tuple[list[Tensor], Tensor]:
         if len(gs) == 0:
@@ -517,7 +527,9 @@ class Spectral(Norm):
         return self._polar_and_dual(gs, True)
 
 
-def _resolve_groups(groups: Sequence[Sequence[int]] | None, n_blocks: int, n_tensors: int) -> list[list[int]]:
+def _resolve_groups(
+    groups: Sequence[Sequence[int]] | None, n_blocks: int, n_tensors: int
+) -> list[list[int]]:
     if groups is None:
         return [[i] for i in range(n_tensors)]
     gl = [list(g) for g in groups]
@@ -550,7 +562,9 @@ class _Blocks(Norm):
             if not norms or not all(isinstance(n, Norm) for n in norms):
                 raise TypeError("norms must be a Norm or a non-empty list of Norm objects")
             if groups is None:
-                raise ValueError("a list of norms needs `groups`: one list of tensor indices per norm")
+                raise ValueError(
+                    "a list of norms needs `groups`: one list of tensor indices per norm"
+                )
             self.norms = norms
             self.shared = None
         self.groups = None if groups is None else [list(g) for g in groups]
@@ -652,10 +666,14 @@ class BlockSum(_Blocks):
         return self._direction_and_dual(gs, stacked=False)
 
     def _direction_and_dual(self, gs: Tensors, stacked: bool) -> tuple[list[Tensor], Tensor]:
-        parts = [(n.stacked_direction_and_dual(b) if stacked else n.direction_and_dual(b), w)
-                 for n, b, w in self._split(gs)]
+        parts = [
+            (n.stacked_direction_and_dual(b) if stacked else n.direction_and_dual(b), w)
+            for n, b, w in self._split(gs)
+        ]
         duals = torch.stack([d / w for (_, d), w in parts], dim=-1)  # (blocks,) or (K, blocks)
-        winner = torch.argmax(duals, dim=-1)  # first maximal block (per run): lowest-index tie-break
+        winner = torch.argmax(
+            duals, dim=-1
+        )  # first maximal block (per run): lowest-index tie-break
         dirs = []
         for k, ((u, _), w) in enumerate(parts):
             on = (winner == k).to(duals.dtype)
@@ -691,7 +709,9 @@ def weighted_max(
     sign/Adam on u with lr η_A is steepest descent for this norm with a = η_A/η_M.
     """
     na, nb = get_norm(norm_a), get_norm(norm_b)
-    return BlockMax([na, nb], groups=groups, weights=[a, 1.0], name=f"max({a:g}*{na.name},{nb.name})")
+    return BlockMax(
+        [na, nb], groups=groups, weights=[a, 1.0], name=f"max({a:g}*{na.name},{nb.name})"
+    )
 
 
 def _lp_name(p: float) -> str:
@@ -710,7 +730,13 @@ _REGISTRY: dict[str, Callable[[], Norm]] = {
     "layer-l2": lambda: BlockMax(LpNorm(2), name="layer-l2"),
     "layer-linf": lambda: BlockMax(LpNorm(math.inf), name="layer-linf"),
 }
-NORM_ALIASES = {"l_inf": "linf", "inf": "linf", "sign": "linf", "msp": "max-spectral", "euclidean": "l2"}
+NORM_ALIASES = {
+    "l_inf": "linf",
+    "inf": "linf",
+    "sign": "linf",
+    "msp": "max-spectral",
+    "euclidean": "l2",
+}
 _LP = re.compile(r"^l(\d+(\.\d+)?)$")
 
 

@@ -94,8 +94,10 @@ class AlgorithmOptimizer(torch.optim.Optimizer):
             if not all(entries):
                 pure = {k: v for k, v in algo.init(params).items() if k in layout}
             else:
-                pure = {k: [e[k] for e in entries] if per_param else entries[0][k]
-                        for k, per_param in layout.items()}
+                pure = {
+                    k: [e[k] for e in entries] if per_param else entries[0][k]
+                    for k, per_param in layout.items()
+                }
             new_state = algo.apply_(params, grads, pure, group["lr"])
             for i, entry in enumerate(entries):
                 for k, v in new_state.items():

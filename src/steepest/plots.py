@@ -23,8 +23,9 @@ _LOG_FLOW_MAX = 700.0  # exp(700) is near float64's limit: past it, plot log τ 
 def save_figure(fig: plt.Figure, path: str | Path) -> Path:
     """Write a PNG atomically (temp file + rename) and close the figure."""
     try:
-        return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120,
-                                                          bbox_inches="tight"))
+        return atomic_write(
+            path, lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+        )
     finally:
         plt.close(fig)
 
@@ -64,7 +65,9 @@ def plot_runs(
         cols = store.metrics(rid)
         if metric not in cols:
             valid = sorted(k for k in cols if k != "step")
-            raise ValueError(f"run {rid} has no metric {metric!r}; valid metrics: {', '.join(valid)}")
+            raise ValueError(
+                f"run {rid} has no metric {metric!r}; valid metrics: {', '.join(valid)}"
+            )
         xv, xlabel, can_log = _x_values(cols, x)
         yv = cols[metric]
         ok = np.isfinite(xv) & np.isfinite(yv)
@@ -75,7 +78,7 @@ def plot_runs(
         xlog = xlog and can_log and bool((xv > 0).any())
         ylog = ylog and bool((yv > 0).all()) and (yv.max() / max(yv.min(), 1e-300) > 100)
         label = f"{rec.id}: {rec.info.get('label', rec.algorithm)} (seed {rec.seed})"
-        line, = ax.plot(xv, yv, label=label, lw=1.4)
+        (line,) = ax.plot(xv, yv, label=label, lw=1.4)
         sep = rec.info.get("separated_at")
         if x == "step" and sep is not None and sep > 0:
             ax.axvline(sep, color=line.get_color(), ls=":", lw=1)

@@ -58,19 +58,30 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["Schedule", "BatchedSchedule", "log_step_size", "schedule", "schedule_names",
-           "SCHEDULES"]
+__all__ = [
+    "Schedule",
+    "BatchedSchedule",
+    "log_step_size",
+    "schedule",
+    "schedule_names",
+    "SCHEDULES",
+]
 
 LOG_LOSS0 = math.log(math.log(10.0))  # Lyu & Li's 𝓛₀ = log 10
 FLOW_TOL = 0.05
 
 
-def log_step_size(log_lr: Tensor | float, log_alpha: Tensor | float, t: Tensor | float,
-                  decay: Tensor | float | None = None,
-                  loss_power: Tensor | float | None = None, log_loss0: Tensor | float = 0.0,
-                  log_loss: Tensor | float = 0.0,
-                  norm_power: Tensor | float | None = None,
-                  log_norm: Tensor | float = 0.0) -> Tensor:
+def log_step_size(
+    log_lr: Tensor | float,
+    log_alpha: Tensor | float,
+    t: Tensor | float,
+    decay: Tensor | float | None = None,
+    loss_power: Tensor | float | None = None,
+    log_loss0: Tensor | float = 0.0,
+    log_loss: Tensor | float = 0.0,
+    norm_power: Tensor | float | None = None,
+    log_norm: Tensor | float = 0.0,
+) -> Tensor:
     """The schedule formula of this module's docstring, elementwise in float64:
 
         log η_t = log lr + log α_t − decay·log t + loss_power·(log 𝓛₀ − log 𝓛_t)
@@ -109,9 +120,13 @@ class Schedule:
 
     def __post_init__(self) -> None:
         if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"schedule {self.name!r}: lr must be positive and finite, got {self.lr}")
+            raise ValueError(
+                f"schedule {self.name!r}: lr must be positive and finite, got {self.lr}"
+            )
         if self.decay < 0:
-            raise ValueError(f"schedule {self.name!r}: the decay exponent a must be >= 0, got {self.decay}")
+            raise ValueError(
+                f"schedule {self.name!r}: the decay exponent a must be >= 0, got {self.decay}"
+            )
         if not (self.up >= 1 and self.down >= 1):
             raise ValueError(f"schedule {self.name!r}: up and down factors must be >= 1")
 
@@ -123,17 +138,28 @@ class Schedule:
         log_alpha: Tensor | float = 0.0,
     ) -> Tensor:
         """log η_t for step t ≥ 1 (tensors broadcast, so K runs are handled at once)."""
-        return log_step_size(math.log(self.lr), log_alpha, t, decay=self.decay,
-                             loss_power=self.loss_power or None, log_loss0=self.log_loss0,
-                             log_loss=log_loss,
-                             norm_power=self.norm_power or None, log_norm=log_norm)
+        return log_step_size(
+            math.log(self.lr),
+            log_alpha,
+            t,
+            decay=self.decay,
+            loss_power=self.loss_power or None,
+            log_loss0=self.log_loss0,
+            log_loss=log_loss,
+            norm_power=self.norm_power or None,
+            log_norm=log_norm,
+        )
 
-    def __call__(self, t: float, log_loss: float = 0.0, norm: float = 1.0, alpha: float = 1.0) -> float:
+    def __call__(
+        self, t: float, log_loss: float = 0.0, norm: float = 1.0, alpha: float = 1.0
+    ) -> float:
         """η_t as a float, for users' own loops."""
         if self.flow:
-            raise ValueError("schedule 'flow' has no formula for η_t: the engine picks each step "
-                             "by error control (steepest.train); use another schedule in a "
-                             "hand-written loop")
+            raise ValueError(
+                "schedule 'flow' has no formula for η_t: the engine picks each step "
+                "by error control (steepest.train); use another schedule in a "
+                "hand-written loop"
+            )
         return float(torch.exp(self.log_lr(t, log_loss, math.log(norm), math.log(alpha))))
 
     def to_dict(self) -> dict[str, Any]:
@@ -163,9 +189,12 @@ class BatchedSchedule:
     norm_floor: float = 0.0
 
     @classmethod
-    def of(cls, schedules: Sequence[Schedule | Mapping[str, Any]],
-           device: torch.device | str = "cpu",
-           norm_floor: float = 0.0) -> BatchedSchedule:
+    def of(
+        cls,
+        schedules: Sequence[Schedule | Mapping[str, Any]],
+        device: torch.device | str = "cpu",
+        norm_floor: float = 0.0,
+    ) -> BatchedSchedule:
         """From one schedule (or its ``to_dict()``) per run."""
         sch = [s.to_dict() if isinstance(s, Schedule) else dict(s) for s in schedules]
         if not sch:
@@ -197,8 +226,11 @@ class BatchedSchedule:
     def __post_init__(self) -> None:
         # Decided once, on the host, so that a step never branches on a device tensor; a term
         # that is zero for every run is left out (x + 0 = x: the same numbers, fewer ops).
-        for name, col in (("any_decay", self.decay), ("any_loss_power", self.loss_power),
-                          ("any_norm_power", self.norm_power)):
+        for name, col in (
+            ("any_decay", self.decay),
+            ("any_loss_power", self.loss_power),
+            ("any_norm_power", self.norm_power),
+        ):
             object.__setattr__(self, name, bool((col != 0).any()))
         object.__setattr__(self, "any_flow", bool(self.flow.any()))
         if self.bundle is None:
@@ -215,8 +247,9 @@ class BatchedSchedule:
     def __len__(self) -> int:
         return int(self.log_lr.shape[0])
 
-    def log_eta(self, t: Tensor, log_loss: Tensor, log_alpha: Tensor,
-                norm: Tensor | None = None) -> Tensor:
+    def log_eta(
+        self, t: Tensor, log_loss: Tensor, log_alpha: Tensor, norm: Tensor | None = None
+    ) -> Tensor:
         """log η_t per run (:func:`log_step_size`); ``norm`` is ‖θ‖ in each run's own norm,
         needed only when ``any_norm_power``."""
         log_norm: Tensor | float = 0.0
@@ -224,12 +257,17 @@ class BatchedSchedule:
             if norm is None:
                 raise ValueError("a norm-scaled schedule needs the parameter norm")
             log_norm = torch.log(norm.clamp(min=self.norm_floor) if self.norm_floor > 0 else norm)
-        return log_step_size(self.log_lr, log_alpha, t,
-                             decay=self.decay if self.any_decay else None,
-                             loss_power=self.loss_power if self.any_loss_power else None,
-                             log_loss0=self.log_loss0, log_loss=log_loss,
-                             norm_power=self.norm_power if self.any_norm_power else None,
-                             log_norm=log_norm)
+        return log_step_size(
+            self.log_lr,
+            log_alpha,
+            t,
+            decay=self.decay if self.any_decay else None,
+            loss_power=self.loss_power if self.any_loss_power else None,
+            log_loss0=self.log_loss0,
+            log_loss=log_loss,
+            norm_power=self.norm_power if self.any_norm_power else None,
+            log_norm=log_norm,
+        )
 
 
 def _constant(lr: float) -> Schedule:
@@ -242,7 +280,9 @@ def _power(lr: float, a: float = 0.5) -> Schedule:
     return Schedule("power", lr, decay=a)
 
 
-def _loss_based(lr: float = 0.1, up: float = 2.0 ** (1 / 5), down: float = 2.0 ** (1 / 10)) -> Schedule:
+def _loss_based(
+    lr: float = 0.1, up: float = 2.0 ** (1 / 5), down: float = 2.0 ** (1 / 10)
+) -> Schedule:
     return Schedule("loss_based", lr, loss_power=1.0, adaptive=True, up=up, down=down)
 
 
@@ -257,12 +297,18 @@ def _flow(tol: float = FLOW_TOL, bundle: bool = False) -> Schedule:
         raise ValueError(f"schedule 'flow': bundle must be true or false, got {bundle!r}")
     # lr is the first step's length relative to ‖θ‖ in the rule's own norm; the controller
     # takes over from there.
-    return Schedule("flow", min(tol, 1e-3), norm_power=1.0, flow=True, tol=tol, min_alpha=1e-30,
-                    bundle=bundle)
+    return Schedule(
+        "flow", min(tol, 1e-3), norm_power=1.0, flow=True, tol=tol, min_alpha=1e-30, bundle=bundle
+    )
 
 
-SCHEDULES = {"constant": _constant, "power": _power, "loss_based": _loss_based,
-             "norm_scaled": _norm_scaled, "flow": _flow}
+SCHEDULES = {
+    "constant": _constant,
+    "power": _power,
+    "loss_based": _loss_based,
+    "norm_scaled": _norm_scaled,
+    "flow": _flow,
+}
 
 
 def schedule_names() -> list[str]:
@@ -279,5 +325,7 @@ def schedule(name: str, **kwargs: Any) -> Schedule:
     params = inspect.signature(factory).parameters
     bad = [k for k in kwargs if k not in params]
     if bad:
-        raise ValueError(f"schedule {name!r} does not take {', '.join(map(repr, bad))}; valid options: {', '.join(params)}")
+        raise ValueError(
+            f"schedule {name!r} does not take {', '.join(map(repr, bad))}; valid options: {', '.join(params)}"
+        )
     return factory(**kwargs)

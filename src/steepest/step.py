@@ -347,9 +347,16 @@ def step(
         # a step too small to change log 𝓛 beyond rounding is no increase
         slack = 64 * torch.finfo(objective.dtype).eps * ll.abs().clamp(min=1.0)
         no_increase_flow = ll2 <= ll + slack
-        (log_err, log_err_loss, log_err_model, log_dual0, log_dual1, next_dirs, retry_dirs,
-         slide_next) = _flow_errors(state, groups, flow_parts, new_params, g2, ll2,
-                                    sch.any_bundle)
+        (
+            log_err,
+            log_err_loss,
+            log_err_model,
+            log_dual0,
+            log_dual1,
+            next_dirs,
+            retry_dirs,
+            slide_next,
+        ) = _flow_errors(state, groups, flow_parts, new_params, g2, ll2, sch.any_bundle)
         if sch.any_bundle:  # (decided on the host: batches without bundle retries skip this)
             sliding = state.sliding if state.sliding is not None else torch.zeros_like(state.t)
             on_bundle = sliding > 0
@@ -381,8 +388,11 @@ def step(
         log_floor = torch.where(probe, torch.maximum(log_floor, log_err_loss), log_floor)
         rej_log_alpha = torch.where(probe, torch.full_like(rej_log_alpha, math.inf), rej_log_alpha)
         excess = (torch.exp(log_err_loss) - torch.exp(log_floor)).clamp(min=0.0)
-        log_err_loss = (torch.where(on_bundle, log_err_loss, torch.log(excess)) if sch.any_bundle
-                        else torch.log(excess))
+        log_err_loss = (
+            torch.where(on_bundle, log_err_loss, torch.log(excess))
+            if sch.any_bundle
+            else torch.log(excess)
+        )
         ok_loss = log_err_loss <= sch.log_tol
         within = finite & no_increase_flow & ok_dir & ok_loss
         accept = torch.where(sch.flow, active & within, accept)
@@ -419,8 +429,11 @@ def step(
             # the run slides along the kink the tangent barely turns, and each try is checked
             # against its own first-order model as the first was. Then U(g') is tried again.
             reuse = accept & on_bundle & (sliding < BUNDLE_STEPS)
-            sliding = torch.where(slide, torch.ones_like(sliding),
-                                  torch.where(reuse, sliding + 1, torch.zeros_like(sliding)))
+            sliding = torch.where(
+                slide,
+                torch.ones_like(sliding),
+                torch.where(reuse, sliding + 1, torch.zeros_like(sliding)),
+            )
         rej_log_alpha = torch.where(loss_rejected, log_alpha, rej_log_alpha)
         log_floor = torch.where(accept, log_floor + math.log(0.99), log_floor)
         log_alpha = torch.where(sch.flow & active, log_alpha + fac, log_alpha)
@@ -446,8 +459,9 @@ def step(
                 u1, d1 = nxt
                 bundle = retry_dirs[gi] if retry_dirs[gi] is not None else plain_u
                 # rolled back: retry along the bundle, or (a bundle step rolled back) along U(g)
-                here = select_runs(gather_runs(slide, grp.idx), (bundle, d0, plain_u),
-                                   (plain_u, d0, plain_u))
+                here = select_runs(
+                    gather_runs(slide, grp.idx), (bundle, d0, plain_u), (plain_u, d0, plain_u)
+                )
                 nxt = select_runs(gather_runs(reuse, grp.idx), (taken, d1, u1), (u1, d1, u1))
             dir_cache.append(select_runs(gather_runs(accept, grp.idx), nxt, here))
         x = (ll - ll2) + (log_dual0 - log_dual1)  # log-integrand change over the step
@@ -515,8 +529,9 @@ def _flow_errors(
     next_dirs: list[Any] = []
     retry_dirs: list[Any] = []
     slide_next = torch.zeros(K, dtype=torch.bool, device=dev)
-    log_err_model = (torch.full((K,), -math.inf, dtype=torch.float64, device=dev)
-                     if any_bundle else None)
+    log_err_model = (
+        torch.full((K,), -math.inf, dtype=torch.float64, device=dev) if any_bundle else None
+    )
     for gi, grp in enumerate(groups):
         pg, gg, st_new, lr_eff, here = parts[gi]
         dual0 = here[1]
@@ -590,8 +605,7 @@ def _flow_errors(
         err = torch.where(drop > max_drop, torch.full_like(err, math.inf), err)
         log_err = scatter_runs(log_err, grp.idx, torch.log(err))
         log_err_loss = scatter_runs(log_err_loss, grp.idx, torch.log(err_loss))
-    return (log_err, log_err_loss, log_err_model, log_d0, log_d1, next_dirs,
-            retry_dirs, slide_next)
+    return (log_err, log_err_loss, log_err_model, log_d0, log_d1, next_dirs, retry_dirs, slide_next)
 
 
 def run_steps(

@@ -487,7 +487,9 @@ class RunStore:
         self._transact(insert)
 
     @staticmethod
-    def _records(run_id: int, rows: Sequence[Mapping[str, float]]) -> list[tuple[int, int, str, float]]:
+    def _records(
+        run_id: int, rows: Sequence[Mapping[str, float]]
+    ) -> list[tuple[int, int, str, float]]:
         records: list[tuple[int, int, str, float]] = []
         for i, row in enumerate(rows):
             if "step" not in row:
@@ -589,17 +591,28 @@ class RunStore:
     # ---------------------------------------------------------------- leases
     def lease(self, batch: str) -> dict[str, Any] | None:
         """The lease on ``batch`` (pid, host, started, heartbeat, stale), or None."""
-        row = self._conn.execute("SELECT pid, host, started, heartbeat FROM leases WHERE batch = ?", (batch,)).fetchone()
+        row = self._conn.execute(
+            "SELECT pid, host, started, heartbeat FROM leases WHERE batch = ?", (batch,)
+        ).fetchone()
         if row is None:
             return None
         pid, host, started, hb = row
-        return {"pid": pid, "host": host, "started": started, "heartbeat": hb,
-                "stale": self._lease_stale(pid, host, hb)}
+        return {
+            "pid": pid,
+            "host": host,
+            "started": started,
+            "heartbeat": hb,
+            "stale": self._lease_stale(pid, host, hb),
+        }
 
     @staticmethod
-    def _lease_stale(pid: int, host: str, heartbeat: float, stale_after: float = LEASE_STALE_AFTER_S) -> bool:
+    def _lease_stale(
+        pid: int, host: str, heartbeat: float, stale_after: float = LEASE_STALE_AFTER_S
+    ) -> bool:
         if host == socket.gethostname():
-            return not _pid_alive(pid)  # on this host the process table is the truth (a paused owner is alive)
+            return not _pid_alive(
+                pid
+            )  # on this host the process table is the truth (a paused owner is alive)
         return time.time() - heartbeat > stale_after  # another host's owner stopped beating
 
     def acquire_lease(self, batch: str, stale_after: float = LEASE_STALE_AFTER_S) -> None:
@@ -608,29 +621,51 @@ class RunStore:
         me, host = os.getpid(), socket.gethostname()
 
         def take(conn: sqlite3.Connection) -> None:
-            row = conn.execute("SELECT pid, host, heartbeat FROM leases WHERE batch = ?", (batch,)).fetchone()
-            if row is not None and (row[0], row[1]) != (me, host) and not self._lease_stale(*row, stale_after=stale_after):
+            row = conn.execute(
+                "SELECT pid, host, heartbeat FROM leases WHERE batch = ?", (batch,)
+            ).fetchone()
+            if (
+                row is not None
+                and (row[0], row[1]) != (me, host)
+                and not self._lease_stale(*row, stale_after=stale_after)
+            ):
                 age = time.time() - row[2]
-                raise BatchBusyError(f"batch {batch} is being trained by pid {row[0]} on {row[1]} "
-                                     f"(heartbeat {age:.0f} s ago); wait for it, or stop it first")
-            conn.execute("INSERT OR REPLACE INTO leases(batch, pid, host, started, heartbeat) VALUES (?, ?, ?, ?, ?)",
-                         (batch, me, host, _now(), time.time()))
+                raise BatchBusyError(
+                    f"batch {batch} is being trained by pid {row[0]} on {row[1]} "
+                    f"(heartbeat {age:.0f} s ago); wait for it, or stop it first"
+                )
+            conn.execute(
+                "INSERT OR REPLACE INTO leases(batch, pid, host, started, heartbeat) VALUES (?, ?, ?, ?, ?)",
+                (batch, me, host, _now(), time.time()),
+            )
 
         self._transact(take)
 
     def heartbeat(self, batch: str) -> None:
         """Renew this process's lease on ``batch``; :class:`BatchBusyError` if it was taken over
         (the owner must stop: another process now trains the batch)."""
-        n = self._transact(lambda c: c.execute("UPDATE leases SET heartbeat = ? WHERE batch = ? AND pid = ? AND host = ?",
-                                               (time.time(), batch, os.getpid(), socket.gethostname())).rowcount)
+        n = self._transact(
+            lambda c: (
+                c.execute(
+                    "UPDATE leases SET heartbeat = ? WHERE batch = ? AND pid = ? AND host = ?",
+                    (time.time(), batch, os.getpid(), socket.gethostname()),
+                ).rowcount
+            )
+        )
         if n == 0:
             owner = self.lease(batch)
             who = f"pid {owner['pid']} on {owner['host']}" if owner else "nobody"
-            raise BatchBusyError(f"this process lost its lease on batch {batch} (now held by {who}); stopping")
+            raise BatchBusyError(
+                f"this process lost its lease on batch {batch} (now held by {who}); stopping"
+            )
 
     def release_lease(self, batch: str) -> None:
-        self._transact(lambda c: c.execute("DELETE FROM leases WHERE batch = ? AND pid = ? AND host = ?",
-                                           (batch, os.getpid(), socket.gethostname())))
+        self._transact(
+            lambda c: c.execute(
+                "DELETE FROM leases WHERE batch = ? AND pid = ? AND host = ?",
+                (batch, os.getpid(), socket.gethostname()),
+            )
+        )
 
     def orphans(self) -> list[RunRecord]:
         """Runs marked "running" whose batch has no live owner (its lease is stale or absent)."""
@@ -656,7 +691,9 @@ class RunStore:
         cols = self.metrics(run_id)
         path = Path(path)
         if path.is_dir():
-            raise IsADirectoryError(f"export: {path} is a folder; give a file name, e.g. {path / f'run-{run_id}.{fmt}'}")
+            raise IsADirectoryError(
+                f"export: {path} is a folder; give a file name, e.g. {path / f'run-{run_id}.{fmt}'}"
+            )
         if fmt == "csv":
             buf = io.StringIO()
             writer = csv.writer(buf, lineterminator="\n")

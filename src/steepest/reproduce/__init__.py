@@ -32,21 +32,27 @@ def experiment_names() -> list[str]:
     return sorted(EXPERIMENTS)
 
 
-def reproduce(name: str, size: str = "quick", out: str | Path | None = None, device: str | None = None) -> Report:
+def reproduce(
+    name: str, size: str = "quick", out: str | Path | None = None, device: str | None = None
+) -> Report:
     """Run a reproduction and write its report into ``out`` (default ``./reproduce/NAME``).
 
     ``device`` (``auto | cpu | cuda | cuda:N``; default: each batch config's, ``auto``) is where
     the engine batches train; it is checked before anything is written.
     """
     if name not in EXPERIMENTS:
-        raise ValueError(f"unknown experiment {name!r}; valid names: {', '.join(experiment_names())}")
+        raise ValueError(
+            f"unknown experiment {name!r}; valid names: {', '.join(experiment_names())}"
+        )
     if device is not None:
         resolve_device(device)  # one clear line now, rather than after a first batch has run
     module, func = EXPERIMENTS[name].split(":")
     out_dir = Path(out) if out is not None else Path("reproduce") / name
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    report: Report = getattr(importlib.import_module(module), func)(size=size, out=out_dir, device=device)
+    report: Report = getattr(importlib.import_module(module), func)(
+        size=size, out=out_dir, device=device
+    )
     report.seconds = time.perf_counter() - t0  # the whole reproduction: training, checks, figures
     report.write(out_dir)
     return report

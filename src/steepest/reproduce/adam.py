@@ -101,8 +101,16 @@ def _record_steps(steps: int, per_decade: int = 20) -> set[int]:
     return out
 
 
-def adam_drift_trace(cfg: dict[str, Any], *, eps: float, betas: tuple[float, float] = (0.9, 0.999),
-                     lr: float = 0.002, a: float = 0.5, steps: int = 1000, seed: int = 0) -> dict[str, np.ndarray]:
+def adam_drift_trace(
+    cfg: dict[str, Any],
+    *,
+    eps: float,
+    betas: tuple[float, float] = (0.9, 0.999),
+    lr: float = 0.002,
+    a: float = 0.5,
+    steps: int = 1000,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
     """One Adam run from the config's warm start, logging the true √v̂ against ε.
 
     ``cfg`` is an engine config (data, model, loss, warm_start); its algorithms are replaced by
@@ -115,13 +123,34 @@ def adam_drift_trace(cfg: dict[str, Any], *, eps: float, betas: tuple[float, flo
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1; got {steps!r}")
-    entry = {"algorithm": "adam", "label": f"Adam eps={eps:g}", "schedule": "power", "lr": lr, "a": a,
-             "options": {"betas": [float(betas[0]), float(betas[1])], "eps": float(eps)}}
-    ecfg = load_config({**cfg, "name": f"{cfg.get('name', 'f2')}/drift", "seeds": [seed], "algorithms": [entry],
-                        "stop": {"steps": steps}})
+    entry = {
+        "algorithm": "adam",
+        "label": f"Adam eps={eps:g}",
+        "schedule": "power",
+        "lr": lr,
+        "a": a,
+        "options": {"betas": [float(betas[0]), float(betas[1])], "eps": float(eps)},
+    }
+    ecfg = load_config(
+        {
+            **cfg,
+            "name": f"{cfg.get('name', 'f2')}/drift",
+            "seeds": [seed],
+            "algorithms": [entry],
+            "stop": {"steps": steps},
+        }
+    )
     d = ecfg.data
-    data = load_dataset(d.name, n_train=d.n_train, n_test=d.n_test, classes=d.classes, binarize=d.binarize,
-                        seed=d.seed, dtype=torch.float64, **d.options)
+    data = load_dataset(
+        d.name,
+        n_train=d.n_train,
+        n_test=d.n_test,
+        classes=d.classes,
+        binarize=d.binarize,
+        seed=d.seed,
+        dtype=torch.float64,
+        **d.options,
+    )
     engine = Engine(ecfg, ecfg.run_specs(), data)
     params = engine.init_params()
     if ecfg.warm_start is not None:
@@ -129,8 +158,18 @@ def adam_drift_trace(cfg: dict[str, Any], *, eps: float, betas: tuple[float, flo
     b2 = float(betas[1])
     state = initial_state(engine, engine.groups, params)
     when = _record_steps(steps)
-    rows: dict[str, list[float]] = {k: [] for k in ("step", "log_loss", "log10_sqrt_vhat", "frac_below_eps",
-                                                    "margin_linf", "margin_l2", "margin_spectral")}
+    rows: dict[str, list[float]] = {
+        k: []
+        for k in (
+            "step",
+            "log_loss",
+            "log10_sqrt_vhat",
+            "frac_below_eps",
+            "margin_linf",
+            "margin_l2",
+            "margin_spectral",
+        )
+    }
 
     def record(st: StepState) -> None:
         t = int(st.t[0])
@@ -146,9 +185,15 @@ def adam_drift_trace(cfg: dict[str, Any], *, eps: float, betas: tuple[float, flo
             frac = float((log_sv < math.log(eps)).double().mean()) if eps > 0 else 0.0
         else:
             med, frac = float("nan"), float("nan")
-        for k, val in (("step", t), ("log_loss", float(st.ll[0])), ("log10_sqrt_vhat", med), ("frac_below_eps", frac),
-                       ("margin_linf", float(met["margin_linf"][0])), ("margin_l2", float(met["margin_l2"][0])),
-                       ("margin_spectral", float(met["margin_spectral"][0]))):
+        for k, val in (
+            ("step", t),
+            ("log_loss", float(st.ll[0])),
+            ("log10_sqrt_vhat", med),
+            ("frac_below_eps", frac),
+            ("margin_linf", float(met["margin_linf"][0])),
+            ("margin_l2", float(met["margin_l2"][0])),
+            ("margin_spectral", float(met["margin_spectral"][0])),
+        ):
             rows[k].append(float(val))
 
     def on_step(st: StepState, what: StepOutcome) -> None:
@@ -160,12 +205,14 @@ def adam_drift_trace(cfg: dict[str, Any], *, eps: float, betas: tuple[float, flo
     return {k: np.asarray(v, dtype=float) for k, v in rows.items()}
 
 
-def plot_drift(traces: dict[float, dict[str, np.ndarray]], gd: dict[str, np.ndarray] | None, path: Path) -> Path:
+def plot_drift(
+    traces: dict[float, dict[str, np.ndarray]], gd: dict[str, np.ndarray] | None, path: Path
+) -> Path:
     """Three panels against step: median true √v̂ (dashed: each ε), γ_∞ and γ_2."""
     fig, axes = plt.subplots(1, 3, figsize=(13.5, 3.8))
     for eps, tr in traces.items():
         s = np.maximum(tr["step"], 1)
-        line, = axes[0].plot(s, tr["log10_sqrt_vhat"], label=f"ε = {eps:g}")
+        (line,) = axes[0].plot(s, tr["log10_sqrt_vhat"], label=f"ε = {eps:g}")
         if eps > 0:
             axes[0].axhline(math.log10(eps), color=line.get_color(), ls="--", lw=1)
             c = crossing_step(tr, eps)
@@ -198,7 +245,12 @@ def run_f2(size: str, out: Path, device: str | None = None) -> Report:
     L = batch.infos[0]["degree"]
     norms = ["l2", "linf", "spectral"]
     mat, table = flavor_matrix(batch, norms)
-    tables = [(f"Final γ_N, {batch.name} (L = {L}), mean ± std over seeds (end of run: the runs are at different losses)", table)]
+    tables = [
+        (
+            f"Final γ_N, {batch.name} (L = {L}), mean ± std over seeds (end of run: the runs are at different losses)",
+            table,
+        )
+    ]
     groups = batch.by_label()
     level = matched_level(batch)
     rows, at_level = [], {}
@@ -206,39 +258,121 @@ def run_f2(size: str, out: Path, device: str | None = None) -> Report:
         fin = [final_value(batch.metrics[i], "log_loss") for i in idx]
         vi = [margin_at_log_loss(batch.metrics[i], "margin_linf", level) for i in idx]
         v2 = [margin_at_log_loss(batch.metrics[i], "margin_l2", level) for i in idx]
-        at_level[lab] = {"final_log_loss": float(np.mean(fin)), "linf": float(np.mean(vi)), "l2": float(np.mean(v2))}
-        rows.append([lab, float(np.mean(fin)), float(np.mean(vi)), float(np.std(vi)), float(np.mean(v2)), float(np.std(v2))])
+        at_level[lab] = {
+            "final_log_loss": float(np.mean(fin)),
+            "linf": float(np.mean(vi)),
+            "l2": float(np.mean(v2)),
+        }
+        rows.append(
+            [
+                lab,
+                float(np.mean(fin)),
+                float(np.mean(vi)),
+                float(np.std(vi)),
+                float(np.mean(v2)),
+                float(np.std(v2)),
+            ]
+        )
     sign_lvl = at_level[SIGN]["linf"]
     for r in rows:
         r.append(r[2] / sign_lvl)
-    tables.append((f"Margins at the matched loss level log𝓛 = {level:.3g} (the deepest level every run reached), mean over seeds",
-                   markdown_table(["algorithm", "final log𝓛", "γ_∞", "± std", "γ_2", "± std", "γ_∞ / sign's γ_∞"], rows)))
+    tables.append(
+        (
+            f"Margins at the matched loss level log𝓛 = {level:.3g} (the deepest level every run reached), mean over seeds",
+            markdown_table(
+                ["algorithm", "final log𝓛", "γ_∞", "± std", "γ_2", "± std", "γ_∞ / sign's γ_∞"],
+                rows,
+            ),
+        )
+    )
 
     # --- the ε drift trace (own Adam loop, seed 0)
     dr = spec["drift"]
     cfg = batch_configs(spec, size)[batch.name]
     dsteps = dr["steps"][size]
-    traces = {float(e): adam_drift_trace(cfg, eps=float(e), betas=tuple(dr["betas"]), lr=dr["lr"], a=dr["a"],
-                                          steps=dsteps, seed=dr["seed"]) for e in dr["eps"]}
+    traces = {
+        float(e): adam_drift_trace(
+            cfg,
+            eps=float(e),
+            betas=tuple(dr["betas"]),
+            lr=dr["lr"],
+            a=dr["a"],
+            steps=dsteps,
+            seed=dr["seed"],
+        )
+        for e in dr["eps"]
+    }
     gd0 = batch.metrics[groups[GD][0]] if GD in groups else None
     drows, drift_num = [], {}
     ref = traces.get(0.0)
     for eps, tr in traces.items():
         c = crossing_step(tr, eps)
         fin_ll = float(tr["log_loss"][-1])
-        ref_inf = margin_at_log_loss(ref, "margin_linf", fin_ll) if ref is not None else float("nan")
+        ref_inf = (
+            margin_at_log_loss(ref, "margin_linf", fin_ll) if ref is not None else float("nan")
+        )
         ref_2 = margin_at_log_loss(ref, "margin_l2", fin_ll) if ref is not None else float("nan")
-        drift_num[str(eps)] = {"crossing_step": c, "final_log_loss": fin_ll, "final_log10_sqrt_vhat": float(tr["log10_sqrt_vhat"][-1]),
-                               "final_frac_below_eps": float(tr["frac_below_eps"][-1]), "final_linf": float(tr["margin_linf"][-1]),
-                               "final_l2": float(tr["margin_l2"][-1]), "eps0_linf_at_same_loss": ref_inf, "eps0_l2_at_same_loss": ref_2}
-        drows.append([f"{eps:g}", fin_ll, float(tr["log10_sqrt_vhat"][-1]), math.log10(eps) if eps > 0 else float("-inf"),
-                      float(tr["frac_below_eps"][-1]), c, float(tr["margin_linf"][-1]), ref_inf, float(tr["margin_l2"][-1]), ref_2])
-    tables.append((f"Adam ε-drift trace (own AdamRule loop, seed 0, {dsteps} steps, β = {tuple(dr['betas'])}, η = {dr['lr']}·t^-{dr['a']})",
-                   markdown_table(["ε", "final log𝓛", "log10 median √v̂", "log10 ε", "share √v̂ < ε", "step √v̂ < ε",
-                                   "final γ_∞", "ε=0 γ_∞ at same log𝓛", "final γ_2", "ε=0 γ_2 at same log𝓛"], drows)))
-    figures = [plot_drift(traces, gd0, out / "adam-eps-drift.png"),
-               plot_margin_panels(batch, ["l2", "linf"], "step", out / "margins-vs-step.png", "F2: normalized margins vs step (seed 0)"),
-               plot_margin_panels(batch, ["l2", "linf"], "neg_log_loss", out / "margins-vs-loss.png", "F2: normalized margins vs −log L (seed 0)")]
+        drift_num[str(eps)] = {
+            "crossing_step": c,
+            "final_log_loss": fin_ll,
+            "final_log10_sqrt_vhat": float(tr["log10_sqrt_vhat"][-1]),
+            "final_frac_below_eps": float(tr["frac_below_eps"][-1]),
+            "final_linf": float(tr["margin_linf"][-1]),
+            "final_l2": float(tr["margin_l2"][-1]),
+            "eps0_linf_at_same_loss": ref_inf,
+            "eps0_l2_at_same_loss": ref_2,
+        }
+        drows.append(
+            [
+                f"{eps:g}",
+                fin_ll,
+                float(tr["log10_sqrt_vhat"][-1]),
+                math.log10(eps) if eps > 0 else float("-inf"),
+                float(tr["frac_below_eps"][-1]),
+                c,
+                float(tr["margin_linf"][-1]),
+                ref_inf,
+                float(tr["margin_l2"][-1]),
+                ref_2,
+            ]
+        )
+    tables.append(
+        (
+            f"Adam ε-drift trace (own AdamRule loop, seed 0, {dsteps} steps, β = {tuple(dr['betas'])}, η = {dr['lr']}·t^-{dr['a']})",
+            markdown_table(
+                [
+                    "ε",
+                    "final log𝓛",
+                    "log10 median √v̂",
+                    "log10 ε",
+                    "share √v̂ < ε",
+                    "step √v̂ < ε",
+                    "final γ_∞",
+                    "ε=0 γ_∞ at same log𝓛",
+                    "final γ_2",
+                    "ε=0 γ_2 at same log𝓛",
+                ],
+                drows,
+            ),
+        )
+    )
+    figures = [
+        plot_drift(traces, gd0, out / "adam-eps-drift.png"),
+        plot_margin_panels(
+            batch,
+            ["l2", "linf"],
+            "step",
+            out / "margins-vs-step.png",
+            "F2: normalized margins vs step (seed 0)",
+        ),
+        plot_margin_panels(
+            batch,
+            ["l2", "linf"],
+            "neg_log_loss",
+            out / "margins-vs-loss.png",
+            "F2: normalized margins vs −log L (seed 0)",
+        ),
+    ]
 
     # --- verdicts
     notes: list[str] = []
@@ -250,36 +384,66 @@ def run_f2(size: str, out: Path, device: str | None = None) -> Report:
         checks[f"{lab}: |γ_∞/sign − 1| ≤ {CLOSE}"] = bool(gap <= CLOSE)
         checks[f"{lab}: γ_∞ > GD's"] = bool(at_level[lab]["linf"] > gd_lvl)
         gap_end = abs(mat[lab]["linf"][0] / mat[SIGN]["linf"][0] - 1.0)
-        notes.append(f"{lab}: γ_∞ relative to sign descent's: {at_level[lab]['linf'] / sign_lvl:.4f} at log𝓛 = {level:.3g}, "
-                     f"{1 + gap_end if mat[lab]['linf'][0] >= mat[SIGN]['linf'][0] else 1 - gap_end:.4f} at the end of the runs.")
+        notes.append(
+            f"{lab}: γ_∞ relative to sign descent's: {at_level[lab]['linf'] / sign_lvl:.4f} at log𝓛 = {level:.3g}, "
+            f"{1 + gap_end if mat[lab]['linf'][0] >= mat[SIGN]['linf'][0] else 1 - gap_end:.4f} at the end of the runs."
+        )
     large = max(traces)
     dl = drift_num[str(large)]
     crossed = math.isfinite(dl["crossing_step"])
-    drift_ok = crossed and dl["final_l2"] > dl["eps0_l2_at_same_loss"] and dl["final_linf"] < dl["eps0_linf_at_same_loss"]
-    checks[f"Adam ε = {large:g}: √v̂ < ε reached and, at the same loss, γ_2 above / γ_∞ below Adam ε = 0"] = bool(drift_ok)
+    drift_ok = (
+        crossed
+        and dl["final_l2"] > dl["eps0_l2_at_same_loss"]
+        and dl["final_linf"] < dl["eps0_linf_at_same_loss"]
+    )
+    checks[
+        f"Adam ε = {large:g}: √v̂ < ε reached and, at the same loss, γ_2 above / γ_∞ below Adam ε = 0"
+    ] = bool(drift_ok)
     d8 = drift_num.get(str(1e-8))
     if d8 is not None:
         if math.isfinite(d8["crossing_step"]):
-            notes.append(f"Adam ε = 1e-8: the median √v̂ fell below ε at step {d8['crossing_step']:.0f} (log𝓛 then ≈ ε-dominated).")
+            notes.append(
+                f"Adam ε = 1e-8: the median √v̂ fell below ε at step {d8['crossing_step']:.0f} (log𝓛 then ≈ ε-dominated)."
+            )
         else:
-            notes.append(f"Adam ε = 1e-8: the median true √v̂ ended at 10^{d8['final_log10_sqrt_vhat']:.2f} > 1e-8 at log𝓛 = "
-                         f"{d8['final_log_loss']:.3g}: ε never dominated within {dsteps} steps, so the default-ε drift is not "
-                         "testable at this size (ε = 1e-8 dominates only once 𝓛·|∂log𝓛| ≲ 1e-8).")
+            notes.append(
+                f"Adam ε = 1e-8: the median true √v̂ ended at 10^{d8['final_log10_sqrt_vhat']:.2f} > 1e-8 at log𝓛 = "
+                f"{d8['final_log_loss']:.3g}: ε never dominated within {dsteps} steps, so the default-ε drift is not "
+                "testable at this size (ε = 1e-8 dominates only once 𝓛·|∂log𝓛| ≲ 1e-8)."
+            )
     for k, ok in checks.items():
         if not ok:
             reasons.append(k + " fails")
     if level > -20:
-        notes.append(f"The matched loss level log𝓛 = {level:.3g} is shallow: Adam with β2 = 0.999 lowers log𝓛 slowly (v lags behind the "
-                     "exponentially shrinking gradients), so the comparison is early-late-phase, not the asymptotic limit.")
+        notes.append(
+            f"The matched loss level log𝓛 = {level:.3g} is shallow: Adam with β2 = 0.999 lowers log𝓛 slowly (v lags behind the "
+            "exponentially shrinking gradients), so the comparison is early-late-phase, not the asymptotic limit."
+        )
     for lab, idx in groups.items():
         sep = [batch.infos[i].get("separated_at") for i in idx]
         fin_q = [final_value(batch.metrics[i], "q_min") for i in idx]
         if any(q <= 0 for q in fin_q):
             notes.append(f"{lab}: some runs end unseparated (q_min ≤ 0); separated_at = {sep}.")
     ok_all = all(checks.values())
-    numbers = {"matrix": {lab: {n: list(v) for n, v in r.items()} for lab, r in mat.items()}, "matched_level": level,
-               "at_level": at_level, "drift": drift_num, "checks": checks, "degree": L}
+    numbers = {
+        "matrix": {lab: {n: list(v) for n, v in r.items()} for lab, r in mat.items()},
+        "matched_level": level,
+        "at_level": at_level,
+        "drift": drift_num,
+        "checks": checks,
+        "degree": L,
+    }
     verified = verify_markdown(out / "runs.db", batch.result.run_ids)
     reason = ("every check passed: " + "; ".join(checks)) if ok_all else "; ".join(reasons) + "."
-    return Report.for_spec(spec, size, ok_all, reason, tables=tables, figures=figures, notes=notes,
-                           verify=[verified], numbers=numbers, seconds=time.perf_counter() - t0)
+    return Report.for_spec(
+        spec,
+        size,
+        ok_all,
+        reason,
+        tables=tables,
+        figures=figures,
+        notes=notes,
+        verify=[verified],
+        numbers=numbers,
+        seconds=time.perf_counter() - t0,
+    )

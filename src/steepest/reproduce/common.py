@@ -27,7 +27,16 @@ from .report import markdown_table  # noqa: E402
 CONFIG_DIR = Path(__file__).parent / "configs"
 SIZES = ("smoke", "quick", "full")
 
-__all__ = ["load_spec", "batch_configs", "run_batches", "train_batches", "BatchRuns", "flavor_matrix", "plot_margin_panels", "CONFIG_DIR"]
+__all__ = [
+    "load_spec",
+    "batch_configs",
+    "run_batches",
+    "train_batches",
+    "BatchRuns",
+    "flavor_matrix",
+    "plot_margin_panels",
+    "CONFIG_DIR",
+]
 
 
 def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -56,7 +65,9 @@ def batch_configs(spec: dict[str, Any], size: str) -> dict[str, dict[str, Any]]:
     """Engine configs per batch at ``size``: ``sizes.<size>`` (applies to every batch) and
     ``sizes.<size>.batches.<batch>`` (one batch) are merged over the base."""
     if size not in spec["sizes"]:
-        raise ValueError(f"unknown size {size!r} for {spec['name']}; valid: {', '.join(spec['sizes'])}")
+        raise ValueError(
+            f"unknown size {size!r} for {spec['name']}; valid: {', '.join(spec['sizes'])}"
+        )
     over = dict(spec["sizes"][size] or {})
     per_batch = over.pop("batches", {}) or {}
     out = {}
@@ -96,17 +107,37 @@ def merge_batches(batches: Sequence[BatchRuns]) -> list[BatchRuns]:
     merged = []
     for name, parts in groups.items():
         if len(parts) == 1:
-            merged.append(parts[0] if parts[0].name == name else BatchRuns(name, parts[0].config, parts[0].result, parts[0].metrics, parts[0].infos))
+            merged.append(
+                parts[0]
+                if parts[0].name == name
+                else BatchRuns(
+                    name, parts[0].config, parts[0].result, parts[0].metrics, parts[0].infos
+                )
+            )
             continue
-        res = TrainResult(run_ids=[r for p in parts for r in p.result.run_ids], batch="+".join(p.result.batch for p in parts),
-                          db=parts[0].result.db, final=[f for p in parts for f in p.result.final],
-                          labels=[lab for p in parts for lab in p.result.labels],
-                          statuses=[st for p in parts for st in p.result.statuses])
-        merged.append(BatchRuns(name, parts[0].config, res, [m for p in parts for m in p.metrics], [i for p in parts for i in p.infos]))
+        res = TrainResult(
+            run_ids=[r for p in parts for r in p.result.run_ids],
+            batch="+".join(p.result.batch for p in parts),
+            db=parts[0].result.db,
+            final=[f for p in parts for f in p.result.final],
+            labels=[lab for p in parts for lab in p.result.labels],
+            statuses=[st for p in parts for st in p.result.statuses],
+        )
+        merged.append(
+            BatchRuns(
+                name,
+                parts[0].config,
+                res,
+                [m for p in parts for m in p.metrics],
+                [i for p in parts for i in p.infos],
+            )
+        )
     return merged
 
 
-def run_batches(spec: dict[str, Any], size: str, out: Path, device: str | None = None) -> tuple[list[BatchRuns], float]:
+def run_batches(
+    spec: dict[str, Any], size: str, out: Path, device: str | None = None
+) -> tuple[list[BatchRuns], float]:
     """Train every batch into ``out/runs.db``; return their stored trajectories and the time.
 
     ``device`` overrides each batch config's ``device`` (default ``auto``)."""
@@ -124,8 +155,12 @@ def run_batches(spec: dict[str, Any], size: str, out: Path, device: str | None =
     return batches, time.perf_counter() - t0
 
 
-def train_batches(cfgs: dict[str, dict[str, Any]], db: Path, device: str | None = None,
-                  parallel: bool | None = None) -> dict[str, TrainResult]:
+def train_batches(
+    cfgs: dict[str, dict[str, Any]],
+    db: Path,
+    device: str | None = None,
+    parallel: bool | None = None,
+) -> dict[str, TrainResult]:
     """Train every batch into ``db``; results in the order of ``cfgs``.
 
     ``parallel=None`` trains the batches concurrently, one process each, when they run on a
@@ -138,7 +173,9 @@ def train_batches(cfgs: dict[str, dict[str, Any]], db: Path, device: str | None 
     numbers do not depend on the choice (tested).
     """
     if parallel is None:
-        dev = resolve_device(device if device is not None else next(iter(cfgs.values())).get("device", "auto"))
+        dev = resolve_device(
+            device if device is not None else next(iter(cfgs.values())).get("device", "auto")
+        )
         parallel = dev.type == "cuda" or (os.cpu_count() or 1) >= 2
     if not parallel or len(cfgs) < 2:
         return {b: train(c, db=db, progress=False, device=device) for b, c in cfgs.items()}
@@ -168,8 +205,9 @@ def final_value(cols: dict[str, np.ndarray], key: str) -> float:
     return float(col[ok][-1]) if ok.any() else float("nan")
 
 
-def flavor_matrix(batch: BatchRuns, norms: Sequence[str], labels: Sequence[str] | None = None
-                  ) -> tuple[dict[str, dict[str, tuple[float, float]]], str]:
+def flavor_matrix(
+    batch: BatchRuns, norms: Sequence[str], labels: Sequence[str] | None = None
+) -> tuple[dict[str, dict[str, tuple[float, float]]], str]:
     """Final normalized margins (mean, std over seeds) per algorithm label and norm."""
     groups = batch.by_label()
     labels = list(labels) if labels is not None else list(groups)
@@ -191,7 +229,9 @@ def flavor_matrix(batch: BatchRuns, norms: Sequence[str], labels: Sequence[str] 
     return mat, markdown_table(["algorithm"] + [f"γ_{n}" for n in norms], rows)
 
 
-def plot_margin_panels(batch: BatchRuns, norms: Sequence[str], x: str, path: Path, title: str) -> Path:
+def plot_margin_panels(
+    batch: BatchRuns, norms: Sequence[str], x: str, path: Path, title: str
+) -> Path:
     """One panel per norm: margin_<norm> against ``x`` ("step" or "neg_log_loss"), seed-0 runs."""
     fig, axes = plt.subplots(1, len(norms), figsize=(4.2 * len(norms), 3.6), squeeze=False)
     groups = batch.by_label()
@@ -220,7 +260,9 @@ def plot_own_smoothed(batch: BatchRuns, path: Path, title: str) -> Path:
         s = cols["step"].astype(float)
         ok = np.isfinite(y) & (s > 0)
         last = y[ok][-1] if ok.any() else 1.0
-        line, = ax.plot(s[ok], y[ok] / abs(last), label=f"{lab} (own: {info.get('own_norm')})", lw=1.3)
+        (line,) = ax.plot(
+            s[ok], y[ok] / abs(last), label=f"{lab} (own: {info.get('own_norm')})", lw=1.3
+        )
         sep = info.get("separated_at")
         if sep:
             ax.axvline(sep, color=line.get_color(), ls=":", lw=1)

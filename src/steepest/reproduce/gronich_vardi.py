@@ -210,7 +210,8 @@ def _analyse(batch: BatchRuns, db: Path, target: float) -> dict[str, Any]:
         row["T_stop"] = float(np.mean(stops)) if None not in stops else float("nan")
         row["cos_half_stop"] = (
             float(min(cos_stop[batch.result.run_ids[i]]["cos"][0.5] for i in idx))
-            if None not in stops else float("nan")
+            if None not in stops
+            else float("nan")
         )
         row["n_seeds"] = float(len(idx))
         per_label[lab] = row
@@ -313,12 +314,17 @@ def run(size: str, out: Path, device: str | None = None) -> Report:
             numbers[batch.name] = res
             notes.append(_secondary_note(batch.name, res["per_label"]))
             early = [
-                lab for lab, r in res["per_label"].items() if not r["cos_half_stop"] > COSINE_THRESHOLD
+                lab
+                for lab, r in res["per_label"].items()
+                if not r["cos_half_stop"] > COSINE_THRESHOLD
             ]
             notes.append(
                 f"{batch.name}: at the paper's stopping loss (log 𝓛 ≤ {target:.3g}, step T*) "
-                + (f"cos(θ_T*/2, θ_T*) ≤ {COSINE_THRESHOLD} for {', '.join(early)}" if early
-                   else f"every cos(θ_T*/2, θ_T*) > {COSINE_THRESHOLD}")
+                + (
+                    f"cos(θ_T*/2, θ_T*) ≤ {COSINE_THRESHOLD} for {', '.join(early)}"
+                    if early
+                    else f"every cos(θ_T*/2, θ_T*) > {COSINE_THRESHOLD}"
+                )
                 + "; the verdict reads the cosines at the last step T, deeper in the late phase."
             )
             if not res["reached_target"]:
@@ -376,5 +382,15 @@ def run(size: str, out: Path, device: str | None = None) -> Report:
         )
     else:
         reason = "; ".join(reasons) + "."
-    return Report.for_spec(spec, size, ok_all, reason, tables=tables, figures=figures, notes=notes,
-                           verify=verdict_parts, numbers=numbers, seconds=seconds)
+    return Report.for_spec(
+        spec,
+        size,
+        ok_all,
+        reason,
+        tables=tables,
+        figures=figures,
+        notes=notes,
+        verify=verdict_parts,
+        numbers=numbers,
+        seconds=seconds,
+    )

@@ -202,7 +202,9 @@ def run(size: str, out: Path, device: str | None = None) -> Report:
                 f"{batch.name}: normalized ℓ2 margin (L = {L}) and −log L",
             )
         )
-        verdict_parts.append(verify_markdown(out / "runs.db", batch.result.run_ids, heading=batch.name))
+        verdict_parts.append(
+            verify_markdown(out / "runs.db", batch.result.run_ids, heading=batch.name)
+        )
     if ok_all:
         reason = (
             "with the loss-based schedule the normalized ℓ2 margin rose through the run and ended above the "
@@ -210,5 +212,15 @@ def run(size: str, out: Path, device: str | None = None) -> Report:
         )
     else:
         reason = "; ".join(reasons) + "."
-    return Report.for_spec(spec, size, ok_all, reason, tables=tables, figures=figures, notes=notes,
-                           verify=verdict_parts, numbers=numbers, seconds=seconds)
+    return Report.for_spec(
+        spec,
+        size,
+        ok_all,
+        reason,
+        tables=tables,
+        figures=figures,
+        notes=notes,
+        verify=verdict_parts,
+        numbers=numbers,
+        seconds=seconds,
+    )

@@ -59,8 +59,15 @@ class Report:
     seconds: float | None = None
 
     @classmethod
-    def for_spec(cls, spec: dict[str, Any], size: str, reproduced: bool, reason: str,
-                 verify: Sequence[VerifySection] = (), **parts: Any) -> Report:
+    def for_spec(
+        cls,
+        spec: dict[str, Any],
+        size: str,
+        reproduced: bool,
+        reason: str,
+        verify: Sequence[VerifySection] = (),
+        **parts: Any,
+    ) -> Report:
         """The report of experiment ``spec`` at ``size``: name, title, claim and defaults come from
         the spec, the verdict goes through :func:`verdict` (a smoke run never claims either way).
 
@@ -75,15 +82,31 @@ class Report:
         ok, why = verdict(size, reproduced, reason)
         if verify and "verdicts_md" not in parts:
             parts["verdicts_md"] = "\n\n".join(v.markdown for v in verify)
-        return cls(name=spec["name"], title=spec["title"], claim=spec["claim"], size=size, reproduced=ok, reason=why,
-                   defaults=list(spec.get("defaults", [])), **parts)
+        return cls(
+            name=spec["name"],
+            title=spec["title"],
+            claim=spec["claim"],
+            size=size,
+            reproduced=ok,
+            reason=why,
+            defaults=list(spec.get("defaults", [])),
+            **parts,
+        )
 
     def to_markdown(self) -> str:
         verdict = {True: "yes", False: "**no**", None: "inconclusive"}[self.reproduced]
         lines = [f"# {self.title}", "", f"Experiment `{self.name}`, size `{self.size}`."]
         if self.seconds is not None:
             lines.append(f"Wall time: {self.seconds:.0f} s.")
-        lines += ["", "## Claim", "", self.claim.strip(), "", f"**Reproduced?** {verdict}: {self.reason}", ""]
+        lines += [
+            "",
+            "## Claim",
+            "",
+            self.claim.strip(),
+            "",
+            f"**Reproduced?** {verdict}: {self.reason}",
+            "",
+        ]
         for caption, table in self.tables:
             lines += [f"## {caption}", "", table, ""]
         if self.figures:
@@ -93,12 +116,29 @@ class Report:
         if self.notes:
             lines += ["## Notes", ""] + [f"- {n}" for n in self.notes] + [""]
         if self.defaults:
-            lines += ["## Values that are our defaults (the paper's are not known)", ""] + [f"- {d}" for d in self.defaults] + [""]
+            lines += (
+                ["## Values that are our defaults (the paper's are not known)", ""]
+                + [f"- {d}" for d in self.defaults]
+                + [""]
+            )
         return "\n".join(lines)
 
     def write(self, out: Path) -> Path:
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "results.json", json.dumps(
-            {"name": self.name, "size": self.size, "reproduced": self.reproduced, "reason": self.reason,
-             "numbers": self.numbers, "seconds": self.seconds}, indent=2, sort_keys=True, default=float))
+        atomic_write_text(
+            out / "results.json",
+            json.dumps(
+                {
+                    "name": self.name,
+                    "size": self.size,
+                    "reproduced": self.reproduced,
+                    "reason": self.reason,
+                    "numbers": self.numbers,
+                    "seconds": self.seconds,
+                },
+                indent=2,
+                sort_keys=True,
+                default=float,
+            ),
+        )
         return atomic_write_text(out / "report.md", self.to_markdown())

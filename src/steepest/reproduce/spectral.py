@@ -56,13 +56,21 @@ def _verify(db: Path, batch: BatchRuns) -> tuple[list[VerifySection], list[int]]
     """``steepest verify`` on the batch; KKT off for max-spectral runs on wide inputs."""
     wide = SKIP_SPECTRAL_KKT
     ids = list(batch.result.run_ids)
-    skip = [rid for rid, info in zip(ids, batch.infos, strict=True) if wide and info.get("own_norm") == "max-spectral"]
+    skip = [
+        rid
+        for rid, info in zip(ids, batch.infos, strict=True)
+        if wide and info.get("own_norm") == "max-spectral"
+    ]
     keep = [rid for rid in ids if rid not in skip]
     parts = []
     if keep:
         parts.append(verify_markdown(db, keep, heading=batch.name))
     if skip:
-        parts.append(verify_markdown(db, skip, heading=f"{batch.name} (max-spectral runs, KKT skipped)", kkt=False))
+        parts.append(
+            verify_markdown(
+                db, skip, heading=f"{batch.name} (max-spectral runs, KKT skipped)", kkt=False
+            )
+        )
     return parts, skip
 
 
@@ -70,7 +78,12 @@ def _batch_tables(batch: BatchRuns) -> tuple[list[tuple[str, str]], dict, dict[s
     L = batch.infos[0]["degree"]
     norms = ["spectral", "l2", "linf"]
     mat, table = flavor_matrix(batch, norms)
-    tables = [(f"{batch.name} (L = {L}): final γ_N (γ_spectral = max-spectral margin), mean ± std over seeds", table)]
+    tables = [
+        (
+            f"{batch.name} (L = {L}): final γ_N (γ_spectral = max-spectral margin), mean ± std over seeds",
+            table,
+        )
+    ]
     level = matched_level(batch)
     rows, at_level = [], {}
     for lab, idx in batch.by_label().items():
@@ -78,12 +91,21 @@ def _batch_tables(batch: BatchRuns) -> tuple[list[tuple[str, str]], dict, dict[s
         fin = [final_value(batch.metrics[i], "log_loss") for i in idx]
         at_level[lab] = float(np.mean(sp))
         rows.append([lab, float(np.mean(fin)), float(np.mean(sp)), float(np.std(sp))])
-    tables.append((f"{batch.name}: γ_spectral at the matched loss level log𝓛 = {level:.3g} (deepest level every run reached)",
-                   markdown_table(["algorithm", "final log𝓛", "γ_spectral", "± std"], rows)))
+    tables.append(
+        (
+            f"{batch.name}: γ_spectral at the matched loss level log𝓛 = {level:.3g} (deepest level every run reached)",
+            markdown_table(["algorithm", "final log𝓛", "γ_spectral", "± std"], rows),
+        )
+    )
     checks = spectral_family_wins({lab: v["spectral"][0] for lab, v in mat.items()})
-    nums = {"matrix": {lab: {n: list(v) for n, v in r.items()} for lab, r in mat.items()}, "matched_level": level,
-            "spectral_at_level": at_level, "degree": L, "checks_final": checks,
-            "checks_at_level": spectral_family_wins(at_level)}
+    nums = {
+        "matrix": {lab: {n: list(v) for n, v in r.items()} for lab, r in mat.items()},
+        "matched_level": level,
+        "spectral_at_level": at_level,
+        "degree": L,
+        "checks_final": checks,
+        "checks_at_level": spectral_family_wins(at_level),
+    }
     return tables, nums, checks, f"log𝓛 = {level:.3g}"
 
 
@@ -103,27 +125,63 @@ def run_f3(size: str, out: Path, device: str | None = None) -> Report:
         ok_all = ok_all and all(checks.values())
         worst = max(final_value(m, "log_loss") for m in batch.metrics)
         if worst > -30:
-            notes.append(f"{batch.name}: the shallowest run ended at log𝓛 = {worst:.3g}: early in the late phase.")
+            notes.append(
+                f"{batch.name}: the shallowest run ended at log𝓛 = {worst:.3g}: early in the late phase."
+            )
         mat = nums["matrix"]
         if "Shampoo (beta=0)" in mat and "spectral descent" in mat:
             r = mat["Shampoo (beta=0)"]["spectral"][0] / mat["spectral descent"]["spectral"][0]
-            notes.append(f"{batch.name}: Shampoo(β=0) / spectral descent final γ_spectral ratio = {r:.6f} "
-                         "(identical algorithms up to ε; a ratio ≠ 1 means ε or rounding mattered).")
+            notes.append(
+                f"{batch.name}: Shampoo(β=0) / spectral descent final γ_spectral ratio = {r:.6f} "
+                "(identical algorithms up to ε; a ratio ≠ 1 means ε or rounding mattered)."
+            )
         at = nums["checks_at_level"]
         if at != checks:
-            notes.append(f"{batch.name}: at the matched loss level the checks read {at} (final: {checks}).")
+            notes.append(
+                f"{batch.name}: at the matched loss level the checks read {at} (final: {checks})."
+            )
         stem = batch.name.replace(" ", "-")
-        figures.append(plot_margin_panels(batch, ["spectral", "l2", "linf"], "step", out / f"{stem}-margins-vs-step.png",
-                                          f"F3 {batch.name}: normalized margins vs step (seed 0)"))
-        figures.append(plot_margin_panels(batch, ["spectral", "l2", "linf"], "neg_log_loss", out / f"{stem}-margins-vs-loss.png",
-                                          f"F3 {batch.name}: normalized margins vs −log L (seed 0)"))
+        figures.append(
+            plot_margin_panels(
+                batch,
+                ["spectral", "l2", "linf"],
+                "step",
+                out / f"{stem}-margins-vs-step.png",
+                f"F3 {batch.name}: normalized margins vs step (seed 0)",
+            )
+        )
+        figures.append(
+            plot_margin_panels(
+                batch,
+                ["spectral", "l2", "linf"],
+                "neg_log_loss",
+                out / f"{stem}-margins-vs-loss.png",
+                f"F3 {batch.name}: normalized margins vs −log L (seed 0)",
+            )
+        )
         md, skipped = _verify(out / "runs.db", batch)
         if skipped:
-            notes.append(f"{batch.name}: the KKT check was skipped for the max-spectral runs {skipped}: the verifier's "
-                         "nuclear-norm SDP does not fit in memory on MNIST (757 GB asked at width 8) and takes ~26 s per run on "
-                         "the digits at width 16; their other checks (monotone smoothed margin, growth, alignment, flavor) ran.")
+            notes.append(
+                f"{batch.name}: the KKT check was skipped for the max-spectral runs {skipped}: the verifier's "
+                "nuclear-norm SDP does not fit in memory on MNIST (757 GB asked at width 8) and takes ~26 s per run on "
+                "the digits at width 16; their other checks (monotone smoothed margin, growth, alignment, flavor) ran."
+            )
         parts.extend(md)
-    reason = ("in every variant a spectral-family algorithm has the largest final γ_spectral and each family member "
-              "is above GD and sign descent." if ok_all else "; ".join(reasons) + ".")
-    return Report.for_spec(spec, size, ok_all, reason, tables=tables, figures=figures, notes=notes,
-                           verify=parts, numbers=numbers, seconds=time.perf_counter() - t0)
+    reason = (
+        "in every variant a spectral-family algorithm has the largest final γ_spectral and each family member "
+        "is above GD and sign descent."
+        if ok_all
+        else "; ".join(reasons) + "."
+    )
+    return Report.for_spec(
+        spec,
+        size,
+        ok_all,
+        reason,
+        tables=tables,
+        figures=figures,
+        notes=notes,
+        verify=parts,
+        numbers=numbers,
+        seconds=time.perf_counter() - t0,
+    )
