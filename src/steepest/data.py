@@ -36,6 +36,7 @@ per process (``functools.lru_cache``); every call returns fresh tensors.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import gzip
 import math
@@ -819,15 +820,8 @@ def _load_user(
     except TypeError as exc:
         raise ValueError(f"dataset {key!r}: {exc}") from None
     ds = as_dataset(out, name=key, dtype=dtype)
-    return Dataset(
-        name=key,
-        X_train=ds.X_train,
-        y_train=ds.y_train,
-        X_test=ds.X_test,
-        y_test=ds.y_test,
-        num_classes=ds.num_classes,
-        image_shape=ds.image_shape,
-        info={**ds.info, "source": f"registered dataset {key!r}", "seed": seed},
+    return dataclasses.replace(
+        ds, name=key, info={**ds.info, "source": f"registered dataset {key!r}", "seed": seed}
     )
 
 

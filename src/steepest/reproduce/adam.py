@@ -32,8 +32,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from ..config import load_config  # noqa: E402
-from ..data import load_dataset  # noqa: E402
-from ..engine import Engine, warm_start_params  # noqa: E402
+from ..engine import Engine, load_experiment_data, warm_start_params  # noqa: E402
 from ..plots import save_figure  # noqa: E402
 from ..step import StepOutcome, StepState, initial_state, run_steps  # noqa: E402
 from .common import (  # noqa: E402
@@ -140,17 +139,7 @@ def adam_drift_trace(
             "stop": {"steps": steps},
         }
     )
-    d = ecfg.data
-    data = load_dataset(
-        d.name,
-        n_train=d.n_train,
-        n_test=d.n_test,
-        classes=d.classes,
-        binarize=d.binarize,
-        seed=d.seed,
-        dtype=torch.float64,
-        **d.options,
-    )
+    data = load_experiment_data(ecfg)
     engine = Engine(ecfg, ecfg.run_specs(), data)
     params = engine.init_params()
     if ecfg.warm_start is not None:
