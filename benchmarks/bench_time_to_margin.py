@@ -27,7 +27,7 @@ from steepest.reproduce.linear import (  # noqa: E402
     run_entries,
     time_to_margin_rows,
 )
-from steepest.reproduce.report import markdown_table  # noqa: E402
+from steepest.tables import markdown_table  # noqa: E402
 
 NORMS = ("l1", "l2", "linf", "l3")
 OWN = {"l2": ("ngd", {}), "linf": ("sign", {}), "l1": ("cd", {}), "l3": ("lp", {"p": 3})}

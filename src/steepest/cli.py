@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import errno
 import functools
-import math
 import os
 import sys
 from collections.abc import Callable
@@ -17,6 +16,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
+from .tables import format_value, text_table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
 
@@ -137,24 +138,12 @@ def _store(db: Path | None, create: bool = False):
 
 
 def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        if math.isnan(v):
-            return "nan"
-        if v != 0 and (abs(v) >= 1e5 or abs(v) < 1e-3):
-            return f"{v:.4e}"
-        return f"{v:.6g}"
-    return str(v)
+    """A terminal cell: six significant digits (run metrics are read closely here)."""
+    return format_value(v, g=6, e=4, sci_above=1e5)
 
 
 def _table(headers: list[str], rows: list[list[Any]]) -> str:
-    cells = [[_fmt(c) for c in r] for r in rows]
-    widths = [
-        max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)
-    ]
-    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))
-    out = [line, "  ".join("-" * w for w in widths)]
-    out += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
-    return "\n".join(out)
+    return text_table(headers, rows, fmt=_fmt)
 
 
 @app.command()

@@ -84,6 +84,7 @@ from .metrics import alignment_gradient, dual_alignment_from
 from .models import NotHomogeneousError, homogeneity_degree
 from .norms import Norm, get_norm
 from .store import RunRecord, RunStore
+from .tables import format_value, markdown_table, text_table
 
 __all__ = [
     "CHECKS",
@@ -199,18 +200,7 @@ class RunVerdict:
 
 
 def _fmt(v: Any) -> str:
-    if isinstance(v, (bool, np.bool_)):
-        return str(bool(v))
-    if isinstance(v, (int, np.integer)):
-        return str(int(v))
-    if isinstance(v, (float, np.floating)):
-        v = float(v)
-        if math.isnan(v) or math.isinf(v):
-            return str(v)
-        if v != 0 and (abs(v) >= 1e4 or abs(v) < 1e-3):
-            return f"{v:.3e}"
-        return f"{v:.4g}"
-    return str(v)
+    return format_value(v)
 
 
 @dataclass
@@ -248,20 +238,8 @@ class VerifyReport:
     def to_text(self) -> str:
         """A plain-text verdict table (what ``steepest verify`` prints)."""
         headers = ["run", "algorithm", "norm", "check", "verdict", "reason"]
-        rows = self._rows()
-        widths = [
-            max(len(h), *(len(row[i]) for row in rows)) if rows else len(h)
-            for i, h in enumerate(headers)
-        ]
-        widths[-1] = len(headers[-1])  # the reason column is not padded
-        out = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
-        out.append("  ".join("-" * w for w in widths))
-        out += [
-            "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
-        ]
-        out.append("")
-        out.append(self.summary())
-        return "\n".join(out)
+        table = text_table(headers, self._rows(), fmt=str, pad_last=False)  # reason: free text
+        return "\n".join([table, "", self.summary()])
 
     def summary(self) -> str:
         n = {v: 0 for v in VERDICTS}
@@ -283,15 +261,9 @@ class VerifyReport:
         def cell(s: str) -> str:
             return s.replace("|", "\\|").replace("\n", " ")
 
-        lines = [
-            "# Theorem checks (`steepest verify`)",
-            "",
-            self.summary(),
-            "",
-            "| run | algorithm | own norm | check | verdict | reason |",
-            "|---|---|---|---|---|---|",
-        ]
-        lines += ["| " + " | ".join(cell(x) for x in row) + " |" for row in self._rows()]
+        headers = ["run", "algorithm", "own norm", "check", "verdict", "reason"]
+        lines = ["# Theorem checks (`steepest verify`)", "", self.summary(), ""]
+        lines += markdown_table(headers, self._rows(), fmt=str, escape=True).splitlines()
         for r in self.runs:
             lines += ["", f"## run {'-' if r.run_id is None else r.run_id}: {cell(r.name)}", ""]
             for c in r.checks:
@@ -302,10 +274,9 @@ class VerifyReport:
                     lines.append(f"  - violations of {c.check} ({len(c.violations)}):")
                     lines.append("")
                     keys = list(c.violations[0])
-                    lines.append("    | " + " | ".join(keys) + " |")
-                    lines.append("    |" + "---|" * len(keys))
-                    for v in c.violations:
-                        lines.append("    | " + " | ".join(_fmt(v[k]) for k in keys) + " |")
+                    rows = [[v[k] for k in keys] for v in c.violations]
+                    table = markdown_table(keys, rows, fmt=_fmt)
+                    lines += ["    " + line for line in table.splitlines()]
                     lines.append("")
         return "\n".join(lines) + "\n"
 

@@ -35,6 +35,7 @@ from ..config import load_config  # noqa: E402
 from ..engine import Engine, load_experiment_data, warm_start_params  # noqa: E402
 from ..plots import save_figure  # noqa: E402
 from ..step import StepOutcome, StepState, initial_state, run_steps  # noqa: E402
+from ..tables import markdown_table  # noqa: E402
 from .common import (  # noqa: E402
     BatchRuns,
     batch_configs,
@@ -44,7 +45,7 @@ from .common import (  # noqa: E402
     plot_margin_panels,
     run_batches,
 )
-from .report import Report, markdown_table  # noqa: E402
+from .report import Report  # noqa: E402
 from .verdicts import verify_markdown  # noqa: E402
 
 __all__ = ["run_f2", "margin_at_log_loss", "matched_level", "adam_drift_trace", "crossing_step"]

@@ -22,7 +22,7 @@ from ..devices import resolve_device  # noqa: E402
 from ..engine import TrainResult, train  # noqa: E402
 from ..plots import save_figure  # noqa: E402
 from ..store import RunStore  # noqa: E402
-from .report import markdown_table  # noqa: E402
+from ..tables import markdown_table  # noqa: E402
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 SIZES = ("smoke", "quick", "full")

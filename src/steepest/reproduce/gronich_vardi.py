@@ -28,8 +28,9 @@ from ..adaptive import HybridNorm
 from ..checkpoints import load_checkpoint
 from ..metrics import directional_cosine
 from ..store import RunStore
+from ..tables import markdown_table
 from .common import BatchRuns, final_value, load_spec, plot_margin_panels, run_batches
-from .report import Report, markdown_table
+from .report import Report
 from .verdicts import verify_markdown
 
 __all__ = [

@@ -336,7 +336,7 @@ def flavor_table(
     traces: Sequence[LinearTrace], norms: Sequence[str]
 ) -> tuple[dict[str, dict[str, float]], str]:
     """Final γ_N/γ*_N per algorithm (rows) and norm (columns); the best of each column in bold."""
-    from .report import markdown_table
+    from ..tables import markdown_table
 
     mat = {t.label: {n: t.final[n] for n in norms} for t in traces}
     best = {n: max(mat, key=lambda lab: mat[lab][n]) for n in norms}
@@ -446,8 +446,9 @@ def _loop_size(spec: dict[str, Any], size: str) -> dict[str, Any]:
 
 def run(size: str, out: Path, device: str | None = None) -> Report:
     """``steepest reproduce linear``: flavor matrix, time to margin, Adam ε drift, figures."""
+    from ..tables import markdown_table
     from .common import load_spec, run_batches
-    from .report import Report, markdown_table
+    from .report import Report
     from .verdicts import verify_markdown
 
     spec = load_spec("linear")

@@ -23,9 +23,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ..plots import save_figure  # noqa: E402
+from ..tables import markdown_table  # noqa: E402
 from .common import BatchRuns, final_value, load_spec, run_batches  # noqa: E402
 from .gronich_vardi import single_thread  # noqa: E402
-from .report import Report, markdown_table  # noqa: E402
+from .report import Report  # noqa: E402
 from .verdicts import verify_markdown  # noqa: E402
 
 __all__ = ["run", "margin_at", "increase_fraction", "LOSS_BASED", "CONSTANT", "TABLE_STEPS"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import Any
 from ..atomic import atomic_write_text
 from .verdicts import VerifySection, verify_line
 
-__all__ = ["Report", "markdown_table", "atomic_write_text", "verdict"]
+__all__ = ["Report", "verdict"]
 
 SMOKE_REASON = "smoke size: a pipeline check, too short to test the claim."
 
@@ -22,22 +21,6 @@ def verdict(size: str, reproduced: bool, reason: str) -> tuple[bool | None, str]
     if size == "smoke":
         return None, SMOKE_REASON
     return reproduced, reason
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        if math.isnan(v):
-            return "—"
-        if v != 0 and (abs(v) >= 1e4 or abs(v) < 1e-3):
-            return f"{v:.3e}"
-        return f"{v:.4g}"
-    return str(v)
-
-
-def markdown_table(headers: list[str], rows: list[list[Any]]) -> str:
-    out = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    out += ["| " + " | ".join(_fmt(c) for c in r) + " |" for r in rows]
-    return "\n".join(out)
 
 
 @dataclass

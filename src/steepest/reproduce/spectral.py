@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..tables import markdown_table
 from .adam import margin_at_log_loss, matched_level
 from .common import (
     BatchRuns,
@@ -24,7 +25,7 @@ from .common import (
     plot_margin_panels,
     run_batches,
 )
-from .report import Report, markdown_table
+from .report import Report
 from .verdicts import VerifySection, verify_markdown
 
 #: The KKT check of max-spectral runs is skipped: the verifier's nuclear-norm SDP over a
