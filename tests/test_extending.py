@@ -196,3 +196,53 @@ def test_a_registered_dataset_loads_by_name_and_refuses_what_its_loader_does_not
         steepest.register_dataset(name, loader)
     with pytest.raises(ValueError, match="already registered"):
         steepest.register_dataset("mnist", loader)
+
+
+def test_what_goes_wrong_with_objects_is_said_plainly(tmp_path):
+    from steepest.config import ConfigError
+    from steepest.data import as_dataset
+
+    X, y, net = _objects()
+    with pytest.raises(TypeError, match="takes a factory seed -> nn.Module"):
+        steepest.train(CFG, model=net(0), data=(X, y), db=tmp_path / "r.db")
+    with pytest.raises(ConfigError, match="model section can only name it; remove widths"):
+        steepest.train(
+            {**CFG, "model": {"widths": [8]}}, model=net, data=(X, y), db=tmp_path / "r.db"
+        )
+    # An image model on image data: the inputs arrive flat, and the error says so.
+    images = (torch.randn(20, 1, 4, 4, dtype=torch.float64), y[:20])
+
+    def conv(seed):
+        return torch.nn.Sequential(
+            torch.nn.Conv2d(1, 2, 3, bias=False),
+            torch.nn.Flatten(),
+            torch.nn.Linear(8, 1, bias=False),
+        ).double()
+
+    with pytest.raises(ValueError, match=r"\(20, 16\).*x\.view\(-1, 1, 4, 4\)"):
+        steepest.train(CFG, model=conv, data=images, db=tmp_path / "r.db")
+    with pytest.raises(ValueError, match="every class present"):
+        as_dataset((X, torch.ones(60, dtype=torch.int64) + (X[:, 0] > 0)))  # ids {1, 2}
+
+
+def test_resume_refuses_other_data(tmp_path):
+    """A batch trained on objects is interrupted (SIGINT, as Ctrl-C); resuming it with other
+    tensors is refused, since the config alone cannot tell them apart (its data is "user")."""
+    import os
+    import signal
+    import threading
+
+    from steepest.engine import Interrupted
+
+    X, y, net = _objects()
+    db = tmp_path / "runs.db"
+    cfg = {**CFG, "stop": {"steps": 10**6}}
+    timer = threading.Timer(1.5, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        with pytest.raises(Interrupted):
+            steepest.train(cfg, model=net, data=(X, y), db=db, progress=False)
+    finally:
+        timer.cancel()
+    with pytest.raises(ValueError, match="data passed now differ from the batch's"):
+        steepest.train(cfg, model=net, data=(X + 1e-9, y), db=db, resume=True, progress=False)

@@ -1,4 +1,4 @@
-"""Tests for steepest.losses: margins, log-space losses, smoothed margin (docs/theory.md §1.3, §3.2, §5.6)."""
+"""Tests for steepest.losses: margins, log-space losses, smoothed margin (docs/theory.md §1.3, §3.2, §5 items 5–6)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests for steepest.models: homogeneity, Euler's identity, structural checks (docs/theory.md §1.2, §5.3)."""
+"""Tests for steepest.models: homogeneity, Euler's identity, structural checks (docs/theory.md §1.2, §5 item 3)."""
 
 from __future__ import annotations
 
@@ -82,7 +82,7 @@ def test_declared_degree_and_scaling(name, build, d, expected):
     L = model.homogeneity_degree
     for c in SCALES:
         fc = functional_call(model, {k: c * p for k, p in params.items()}, (x,))
-        # Spec §1.2 unit test: |f(cθ) − c^L f(θ)| ≤ 1e-10 |c^L f|. Scaling changes only rounding
+        # docs/theory.md §1.2 unit test: |f(cθ) − c^L f(θ)| ≤ 1e-10 |c^L f|. Scaling changes only rounding
         # (~1e-16 per op, exact for c = 0.5, 2); 1e-10 leaves room for cancellation in sums.
         err = (fc - c**L * f).abs()
         assert torch.all(err <= 1e-10 * (c**L * f).abs()), (name, c, float(err.max()))

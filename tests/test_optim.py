@@ -53,7 +53,7 @@ def test_in_place_step_equals_the_pure_rule_for_every_registered_rule(name):
     pure_p = _params()
     pure_s = rule.init(pure_p)
     live_p = [p.clone() for p in pure_p]
-    live_s = {k: v for k, v in rule.init(live_p).items() if k not in rule.engine_only_state}
+    live_s = rule.optimizer_state(rule.init(live_p))
     worst = 0.0
     for t in range(50):
         grads = _grads(pure_p, t)
@@ -64,7 +64,7 @@ def test_in_place_step_equals_the_pure_rule_for_every_registered_rule(name):
         scale = max(float(p.abs().max()) for p in pure_p)
         diff = max(float((a - b).abs().max()) for a, b in zip(pure_p, live_p, strict=True))
         worst = max(worst, diff / scale)
-        assert set(live_s) == set(pure_s) - set(rule.engine_only_state)
+        assert set(live_s) == set(rule.optimizer_state(pure_s))
         assert float(live_s["step"]) == float(pure_s["step"]) == t + 1
     assert worst <= 1e-12, (name, worst)
 
@@ -149,7 +149,7 @@ def test_signum_equals_sign_of_torch_style_momentum():
     # m ← βm + g (torch's SGD momentum) is (1 − β)⁻¹ times m ← βm + (1 − β)g: same sign(m).
     params = _params(3)
     rule = algorithm("signum", momentum=0.9)
-    state = {k: v for k, v in rule.init(params).items() if k not in rule.engine_only_state}
+    state = rule.optimizer_state(rule.init(params))
     ref = [p.clone() for p in params]
     buf = [torch.zeros_like(p) for p in params]
     for t in range(30):
@@ -215,3 +215,67 @@ def test_cd_moves_one_coordinate_of_a_non_contiguous_parameter(dtype):
     rule.apply_([p], [g], {"step": torch.zeros((), dtype=F64)}, 0.5)
     assert float(p[2, 3]) == 0.5 and int((p != 0).sum()) == 1
     assert math.isclose(float(base[3, 2]), 0.5)
+
+
+@pytest.mark.parametrize("name", ["gd", "sign", "cd", "lp", "signum", "adam", "momentum"])
+def test_in_place_step_handles_empty_and_strided_parameters(name):
+    # A parameter with no entries, a transposed one and a channels-last kernel: the list forms
+    # must index by position, not by memory layout, and skip what holds nothing.
+    rule = algorithm(name, **OPTIONS.get(name, {}))
+    g = torch.Generator().manual_seed(5)
+    base = [
+        torch.randn(5, 4, generator=g, dtype=F64).t(),
+        torch.zeros(0, 3, dtype=F64),
+        torch.randn(2, 3, 4, 4, generator=g, dtype=F64).to(memory_format=torch.channels_last),
+    ]
+    pure_p, live_p = [p.clone() for p in base], [p.clone() for p in base]
+    pure_s, live_s = rule.init(pure_p), rule.optimizer_state(rule.init(live_p))
+    for _ in range(5):
+        grads = [
+            torch.randn(p.shape, generator=g, dtype=F64).to(memory_format=torch.channels_last)
+            if p.dim() == 4
+            else torch.randn(p.shape[::-1], generator=g, dtype=F64).t()
+            for p in base
+        ]
+        pure_p, pure_s = rule.update(pure_p, grads, pure_s, 0.05)
+        live_s = rule.apply_(live_p, grads, live_s, 0.05)
+    for a, b in zip(pure_p, live_p, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
+def test_a_subclass_that_changes_the_direction_steps_by_its_own_update():
+    # The in-place step re-spells SteepestDescentRule's arithmetic; a user's subclass that
+    # replaces it must not be stepped by the inherited fast path.
+    from steepest.algorithms import SteepestDescentRule
+
+    class HalfSign(SteepestDescentRule):
+        def step_direction(self, grads):
+            u, dual = super().step_direction(grads)
+            return [0.5 * x for x in u], dual
+
+    rule = HalfSign("linf")
+    assert not rule.in_place and algorithm("sign").in_place
+    p = [torch.zeros(3, dtype=F64)]
+    rule.apply_(p, [torch.tensor([1.0, -2.0, 0.0], dtype=F64)], rule.init(p), 1.0)
+    assert torch.equal(p[0], torch.tensor([-0.5, 0.5, 0.0], dtype=F64))
+
+
+def test_lr_schedulers_drive_the_optimizer():
+    # Schedulers add keys such as initial_lr to the param groups (not the rule's options), and
+    # OneCycleLR needs betas in the defaults: both work, and the schedule reaches the step.
+    p = torch.nn.Parameter(torch.zeros(3, dtype=F64))
+    opt = steepest.optimizer("sign", [p], lr=1.0)
+    sched = torch.optim.lr_scheduler.StepLR(opt, 1, gamma=0.5)
+    for _ in range(3):
+        p.grad = torch.ones(3, dtype=F64)
+        opt.step()
+        sched.step()
+    assert torch.equal(p.detach(), torch.full((3,), -1.75, dtype=F64))  # 1 + 0.5 + 0.25
+    adam = steepest.optimizer("adam", [p], lr=0.1)
+    assert adam.param_groups[0]["betas"] == (0.9, 0.999)
+    cycle = torch.optim.lr_scheduler.OneCycleLR(adam, max_lr=0.1, total_steps=10)
+    p.grad = torch.ones(3, dtype=F64)
+    adam.step()
+    cycle.step()
+    assert adam.param_groups[0]["betas"][0] != 0.9  # OneCycle moved beta1; the rule followed
+    assert adam.rule(adam.param_groups[0]).betas == tuple(adam.param_groups[0]["betas"])

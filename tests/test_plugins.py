@@ -164,3 +164,46 @@ def test_load_plugin_names_the_failure():
         load_plugin("no_such_plugin_module_either")
     with pytest.raises(PluginError, match="module name"):
         load_plugin("")
+
+
+def test_a_failing_entry_point_is_named_and_the_others_still_load(tmp_path, plugin_env):
+    # A second installed plug-in that breaks on import: the working one still registers (the
+    # config trains), and a config naming only unknown things gets an error naming the broken one.
+    root = Path(plugin_env["PYTHONPATH"].split(os.pathsep)[0])
+    (root / "steepest_broken").mkdir()
+    (root / "steepest_broken" / "__init__.py").write_text(
+        "raise RuntimeError('broken on purpose')\n"
+    )
+    info = root / "steepest_broken-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: steepest-broken\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[steepest.plugins]\nbroken = steepest_broken\n")
+    out = _run(["train", "plugin.yaml", "--db", str(tmp_path / "r.db")], plugin_env, tmp_path)
+    assert out.returncode == 2
+    assert "broken" in out.stderr and "broken on purpose" in out.stderr
+    assert "Traceback" not in out.stderr
+    code = (
+        "import steepest.plugins as p\n"
+        "try:\n    p.load_entry_points()\nexcept p.PluginError as e:\n    print('error', e)\n"
+        "import steepest\nprint('toy-gd' in steepest.algorithm_names())\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=plugin_env, timeout=120
+    )
+    assert "error" in run.stdout and run.stdout.strip().endswith("True"), run.stdout + run.stderr
+
+
+def test_a_plugin_norm_named_only_in_options_loads_its_plugin(tmp_path, plugin_env):
+    # The 'steepest' algorithm takes a norm by name: a plug-in's norm there loads the plug-in.
+    (tmp_path / "opt.yaml").write_text(
+        CONFIG.replace("algorithm: toy-gd,", "algorithm: steepest, options: {norm: toy-halved-l2},")
+    )
+    out = _run(["train", "opt.yaml", "--db", str(tmp_path / "r.db")], plugin_env, tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_a_plugin_that_raises_on_import_is_a_plugin_error(tmp_path, monkeypatch):
+    (tmp_path / "steepest_raises_mod.py").write_text("x = 1 / 0\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(PluginError, match="failed while importing: ZeroDivisionError"):
+        load_plugin("steepest_raises_mod")

@@ -424,6 +424,7 @@ class AdamRule(Algorithm):
         return self._apply(params, grads, state, lr, _per_run, dual)
 
     engine_only_state = ("grad_dual", "log_grad_scale")
+    in_place_of = ("update", "_apply")
 
     def apply_(self, params, grads, state, lr):
         """``update`` in place, in ``torch.optim.Adam``'s multi-tensor order (lerp for m,
@@ -431,6 +432,8 @@ class AdamRule(Algorithm):
         in ``update``; the last step is θ ← θ − (η/bc1)·(m/den) (not addcdiv: with β1 = β2 = 0,
         ε = 0 the ratio is ±1 exactly, so Adam equals sign descent bit for bit). The gradients
         are the raw ones (no log-space frame), so ε is used as given."""
+        if not self.in_place:
+            return super().apply_(params, grads, state, lr)
         b1, b2 = self.betas
         ps, ms, vs = list(params), state["exp_avg"], state["exp_avg_sq"]
         t = state["step"] + 1
@@ -508,17 +511,17 @@ class MomentumSteepestRule(Algorithm):
         }
 
     engine_only_state = ("grad_dual",)
-
-    def _update_direction(self, ms: list[Tensor]) -> list[Tensor]:
-        """U(m) for ``apply_``: the norm's multi-tensor form."""
-        return self.norm.update_direction(ms, True)
+    in_place_of = ("update", "_direction")
 
     def apply_(self, params, grads, state, lr):
         """``update`` in place: m ← lerp(m, g, 1 − β) (= βm + (1 − β)g, as pytorch-optimizer's
-        SignSGD), θ ← θ − η·U(m)."""
+        SignSGD), θ ← θ − η·U(m) with the norm's multi-tensor U. Muon, whose direction is its
+        own (an SVD per matrix, which dominates its step), steps through ``update``."""
+        if not self.in_place:
+            return super().apply_(params, grads, state, lr)
         ms = state["momentum_buffer"]
         torch._foreach_lerp_(ms, list(grads), 1.0 - self.momentum)
-        torch._foreach_add_(list(params), self._update_direction(ms), alpha=-float(lr))
+        torch._foreach_add_(list(params), self.norm.update_direction(ms, True), alpha=-float(lr))
         return {"step": state["step"] + 1, "momentum_buffer": ms}
 
 
@@ -569,8 +572,6 @@ class MuonRule(MomentumSteepestRule):
 
     def _direction(self, ms: list[Tensor]) -> list[Tensor]:
         return orthogonalize(ms, self.orthogonalize, self.ns_steps, self.ns_coefficients)
-
-    _update_direction = _direction
 
 
 # ----------------------------------------------------------------------------- Shampoo

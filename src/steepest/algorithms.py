@@ -20,6 +20,7 @@ predicted to maximize once the data are separated (docs/theory.md §3.1, §3.4).
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -35,6 +36,7 @@ __all__ = [
     "Algorithm",
     "SteepestDescentRule",
     "algorithm",
+    "algorithm_defaults",
     "algorithm_names",
     "register_algorithm",
 ]
@@ -67,21 +69,40 @@ class Algorithm:
         return {}
 
     #: State entries that only the engine reads (the flow-time clock ``grad_dual``, Adam's ε
-    #: frame); a rule whose :meth:`apply_` does not keep them names them here.
+    #: frame); a rule whose own :meth:`apply_` does not keep them names them here.
     engine_only_state: tuple[str, ...] = ()
+    #: The methods whose arithmetic a rule's own :meth:`apply_` spells again, in place. A
+    #: subclass that replaces one of them steps through its ``update`` instead (see ``in_place``).
+    in_place_of: tuple[str, ...] = ()
+
+    @functools.cached_property
+    def in_place(self) -> bool:
+        """Whether :meth:`apply_` is this rule's own in-place step: False for the default, and for
+        a subclass that replaced a method of ``in_place_of`` (a user's rule built on ours), whose
+        arithmetic the inherited in-place step would silently skip."""
+        owner = next(c for c in type(self).__mro__ if "apply_" in vars(c))
+        if owner is Algorithm:
+            return False
+        return all(getattr(type(self), n) is getattr(owner, n) for n in self.in_place_of)
+
+    def optimizer_state(self, state: State) -> State:
+        """``state`` as a ``torch.optim`` wrapper keeps it: without ``engine_only_state`` when
+        :meth:`apply_` is the rule's own in-place step (which does not need those entries)."""
+        drop = self.engine_only_state if self.in_place else ()
+        return {k: v for k, v in state.items() if k not in drop}
 
     def apply_(
         self, params: Sequence[Tensor], grads: Sequence[Tensor], state: State, lr: float | Tensor
     ) -> State:
         """The step in place, for ``torch.optim`` wrappers: moves ``params`` (the user's tensors)
-        where :meth:`update` would and returns the new state, without the entries in
-        ``engine_only_state``. The caller gives ``state`` away: its tensors may be updated in
-        place.
+        where :meth:`update` would and returns the new state (as :meth:`optimizer_state` keeps
+        it). The caller gives ``state`` away: its tensors may be updated in place.
 
         Default: :meth:`update`, then a copy into ``params``. Rules override it with multi-tensor
         in-place operations (``torch._foreach_*``, not ``vmap``-able, so :meth:`update` stays
-        the pure form the engine batches); tests/test_optim.py checks every registered rule's
-        ``apply_`` against its ``update``, step for step.
+        the pure form the engine batches) and name what they re-spell in ``in_place_of``;
+        tests/test_optim.py checks every registered rule's ``apply_`` against its ``update``,
+        step for step.
         """
         new_params, new_state = self.update(params, grads, state, lr)
         torch._foreach_copy_(list(params), list(new_params))
@@ -160,10 +181,13 @@ class SteepestDescentRule(Algorithm):
         return new_params, {"step": state["step"] + 1, "grad_dual": dual}
 
     engine_only_state = ("grad_dual",)
+    in_place_of = ("update", "step_direction")
 
     def apply_(self, params, grads, state, lr):
         """θ ← θ − η·Δ in place, Δ = :meth:`Norm.update_direction` (for ℓ2 unnormalized Δ = g:
         one ``_foreach_add_``, as ``torch.optim.SGD``). ‖g‖_* is not kept: the engine's clock."""
+        if not self.in_place:
+            return super().apply_(params, grads, state, lr)
         if isinstance(self.norm, LpNorm) and self.norm.p == 1.0:
             # Greedy coordinate descent moves one entry: write it, not a dense one-hot Δ.
             k, j, top = self.norm.top_coordinate(grads)
@@ -212,6 +236,20 @@ def register_algorithm(
     check_registration("algorithm", name, factory, name in _FACTORIES, replace)
     _FACTORIES[name] = factory
     _DOCS[name] = doc
+
+
+def algorithm_defaults(name: str) -> dict[str, Any]:
+    """The keyword options of the registered algorithm ``name`` that have defaults, with them
+    (``algorithm_defaults("adam")`` gives betas, eps and bias_correction)."""
+    if name not in _FACTORIES:
+        raise ValueError(f"unknown algorithm {name!r}; valid names: {', '.join(algorithm_names())}")
+    params = inspect.signature(_FACTORIES[name]).parameters.values()
+    return {
+        p.name: p.default
+        for p in params
+        if p.default is not inspect.Parameter.empty
+        and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    }
 
 
 def algorithm_names() -> list[str]:

@@ -131,11 +131,17 @@ class AlgorithmConfig(_Strict):
     @model_validator(mode="after")
     def _check(self) -> AlgorithmConfig:
         from .algorithms import algorithm
+        from .plugins import load_entry_points
 
         try:
             algo = algorithm(self.algorithm, **self.options)
         except (ValueError, TypeError) as exc:
-            raise ValueError(f"options: {exc}") from None
+            try:  # an option may name a plug-in's norm that has not been loaded yet
+                if not load_entry_points():
+                    raise exc
+                algo = algorithm(self.algorithm, **self.options)
+            except (ValueError, TypeError) as again:
+                raise ValueError(f"options: {again}") from None
         if self.schedule == "flow":
             if self.lr is not None:
                 raise ValueError(

@@ -39,6 +39,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import gzip
+import hashlib
 import math
 import operator
 from collections.abc import Callable, Sequence
@@ -708,9 +709,11 @@ def as_dataset(data: Any, name: str = USER_DATA, dtype: torch.dtype = torch.floa
     """A :class:`Dataset` from ``data``: a Dataset (returned as is), or tensors / arrays
     ``(X, y)`` or ``(X, y, X_test, y_test)``.
 
-    X is flattened to (n, d) (an image batch (n, C, H, W) keeps C, H, W as ``image_shape``). y
-    holds ±1 (binary) or class ids 0..k−1 (k ≥ 3, or k = 2 given as 0/1, which becomes ±1).
-    Without a test split the test set is empty.
+    X is flattened to (n, d): a model receives flat inputs (an image batch (n, C, H, W) records
+    C, H, W as ``image_shape``; the package's CNN reshapes with it, a user's model reshapes
+    itself). y holds ±1 (binary), or class ids 0..k−1, each present (k ≥ 3; k = 2 given as 0/1
+    becomes ±1). Without a test split the test set is empty. ``info["fingerprint"]`` hashes
+    the training tensors, so a resumed run can tell whether it was given the same data.
     """
     if isinstance(data, Dataset):
         return data
@@ -720,10 +723,10 @@ def as_dataset(data: Any, name: str = USER_DATA, dtype: torch.dtype = torch.floa
             f"(X, y, X_test, y_test); got {type(data).__name__}"
             + (f" of length {len(data)}" if isinstance(data, (tuple, list)) else "")
         )
-    X, y, Xt, yt = (
-        torch.as_tensor(np.asarray(v)) if not isinstance(v, torch.Tensor) else v
-        for v in (*data, *(() if len(data) == 4 else (data[0][:0], data[1][:0])))
+    X, y, *test = (
+        v if isinstance(v, torch.Tensor) else torch.as_tensor(np.asarray(v)) for v in data
     )
+    Xt, yt = test if test else (X[:0], y[:0])
     for what, A, b in (("", X, y), ("_test", Xt, yt)):
         if A.ndim < 2 or b.ndim != 1 or A.shape[0] != b.shape[0]:
             raise ValueError(
@@ -743,14 +746,15 @@ def as_dataset(data: Any, name: str = USER_DATA, dtype: torch.dtype = torch.floa
             return torch.where(v > 0, 1.0, -1.0).to(dtype)
 
         k = 2
-    elif all(v == int(v) and v >= 0 for v in as_set):
-        k = int(max(as_set)) + 1
+    elif as_set == set(map(float, range(len(as_set)))):
+        k = len(as_set)
 
         def lab(v: torch.Tensor) -> torch.Tensor:
             return v.to(torch.int64)
     else:
         raise ValueError(
-            f"data: y must hold ±1 (binary) or class ids 0, 1, 2, …; found {sorted(as_set)[:6]}"
+            "data: y must hold ±1 (binary) or class ids 0, 1, …, k−1 with every class present; "
+            f"found {sorted(as_set)[:6]}{' …' if len(as_set) > 6 else ''} (relabel them)"
         )
     ds = Dataset(
         name=name,
@@ -767,6 +771,10 @@ def as_dataset(data: Any, name: str = USER_DATA, dtype: torch.dtype = torch.floa
             "classes": sorted(int(v) if k > 2 else v for v in as_set),
         },
     )
+    digest = hashlib.sha256()
+    for t in (ds.X_train, ds.y_train):
+        digest.update(t.detach().to("cpu", torch.float64).contiguous().numpy().tobytes())
+    ds.info["fingerprint"] = digest.hexdigest()[:16]
     if not (bool(torch.isfinite(ds.X_train).all()) and bool(torch.isfinite(ds.X_test).all())):
         raise ValueError("data: X holds NaN or infinite entries")
     return ds

@@ -223,6 +223,22 @@ class Engine:
 
     def _check_degree(self) -> int | float | None:
         declared = getattr(self.template, "homogeneity_degree", None)
+        if self.model_factory is not None:  # a user's module: say what it was given if it fails
+            try:
+                with torch.no_grad():
+                    self.template(self.X[:2])
+            except Exception as exc:
+                hint = (
+                    f"; image data arrive flattened, reshape them in the model "
+                    f"(x.view(-1, {', '.join(map(str, self.data.image_shape))}))"
+                    if self.data.image_shape
+                    else ""
+                )
+                raise ValueError(
+                    f"model(seed) fails on the training inputs, a {tuple(self.X.shape)} "
+                    f"{str(self.dtype).replace('torch.', '')} tensor (n, d){hint}: "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
         try:
             measured = homogeneity_degree(self.template.double(), self.X[:64].double())
         except NotHomogeneousError as exc:
@@ -1049,17 +1065,17 @@ def config_with_objects(
                 f"{key}= was passed and the config names {key} {name!r}: leave the "
                 f"name out (or name it {reserved!r}) to use the object"
             )
-        if key == "data":
-            extra = sorted(
-                k
-                for k, v in section.items()
-                if k not in ("name", "seed") and v not in (None, {}, [])
+        # The object replaces the section: settings the object would ignore are refused.
+        allowed = ("name", "seed") if key == "data" else ("name",)
+        extra = sorted(
+            k for k, v in section.items() if k not in allowed and v not in (None, {}, [])
+        )
+        if extra:
+            hint = "subsample the tensors instead" if key == "data" else "set them in the factory"
+            raise ConfigError(
+                f"{key}= was passed: the config's {key} section can only name it; "
+                f"remove {', '.join(extra)} ({hint})"
             )
-            if extra:
-                raise ConfigError(
-                    f"data= was passed: the config's data section can only name it; "
-                    f"remove {', '.join(extra)} (subsample the tensors instead)"
-                )
         section["name"] = reserved
         raw[key] = section
     return load_config(raw)
@@ -1104,6 +1120,14 @@ def train(
     ``allow_inhomogeneous=True``: then it trains without margin columns and ``steepest verify``
     says its theorem checks are not applicable. ``resume`` with objects needs the same objects.
     """
+    if isinstance(model, torch.nn.Module):
+        raise TypeError(
+            "model= takes a factory seed -> nn.Module, called once per seed (the seeds' "
+            "initializations differ); got the module itself: pass a function that builds it, "
+            "e.g. model=lambda seed: MyNet()"
+        )
+    if model is not None and not callable(model):
+        raise TypeError(f"model= must be a callable seed -> nn.Module, got {type(model).__name__}")
     cfg = config_with_objects(config, model, data)
     if device is not None:
         cfg = cfg.model_copy(
@@ -1181,6 +1205,12 @@ def _train_batch(
     """Create (or find) the batch's rows, own it, train it, settle it: :func:`train`'s body."""
     if resume:
         records = _resumable(store, cfg, engine.K)
+        stored = (records[0].info.get("dataset") or {}).get("fingerprint")
+        if stored != dataset.info.get("fingerprint"):
+            raise ValueError(
+                "resume: the data passed now differ from the batch's (its fingerprint "
+                f"{stored}, now {dataset.info.get('fingerprint')}); pass the same data"
+            )
         run_ids = [r.id for r in records]
         batch = records[0].info["batch"]
         ckpt_dir = Path(records[0].info["checkpoint_dir"])

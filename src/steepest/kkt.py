@@ -1,6 +1,6 @@
 """Stationarity diagnostics: the Fenchel–Young gap and the KKT residual with optimized multipliers.
 
-The margin-maximization problem of a norm ‖·‖ (paper docs/theory.md §3.4) is
+The margin-maximization problem of a norm ‖·‖ (docs/theory.md §3.4) is
 
     (P)  minimize ½‖θ‖²  subject to  q_i(θ) = y_i f(θ; x_i) ≥ 1,  i = 1..n,
 

@@ -1,6 +1,6 @@
 """Margins and log-space losses: log 𝓛 = log Σ_i ℓ(q_i), never 𝓛 itself.
 
-Margins (paper docs/theory.md §1.3, §A.1):
+Margins (docs/theory.md §1.3, §A.1):
 
 * binary, y_i ∈ {−1, +1}: q_i = y_i f(x_i);
 * multiclass, y_i a class id: q_i = f_{y_i}(x_i) − max_{j≠y_i} f_j(x_i) (Lyu & Li).

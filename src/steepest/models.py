@@ -1,6 +1,6 @@
 """Homogeneous model builders and a numerical check of the homogeneity degree L.
 
-An L-homogeneous model satisfies ``f(cθ; x) = c^L f(θ; x)`` for every c > 0 (paper docs/theory.md §1.2).
+An L-homogeneous model satisfies ``f(cθ; x) = c^L f(θ; x)`` for every c > 0 (docs/theory.md §1.2).
 For a network without biases (or with a bias in the first weight layer only: a weight on a
 constant input, Lyu & Li's ``BiasMode.FIRST_LAYER``) whose activation is k-homogeneous, the
 degree after the first weight layer is 1 and ``d_{l+1} = 1 + k·d_l``:

@@ -5,7 +5,7 @@ A :class:`Norm` is the centre of the package. The same object gives
 * the optimizer: the unit steepest direction ``U(g) ∈ argmax_{‖u‖≤1} ⟨g, u⟩`` and the
   unnormalized step (duality map) ``J(g) = ‖g‖_* · U(g)``;
 * the measurement: the margin ``q_min / ‖θ‖^L`` that steepest descent w.r.t. this norm
-  maximizes (paper docs/theory.md §2.1–§2.3, §3.1).
+  maximizes (docs/theory.md §2.1–§2.3, §3.1).
 
 Every method takes a *list* of tensors (a model's parameters, seen as one vector or as
 blocks) and is written in pure torch: no in-place edits of inputs, no ``.item()``, no Python
@@ -277,11 +277,14 @@ class LpNorm(Norm):
             return list(torch._foreach_mul(gs, torch.where(n > 0, 1.0 / n, torch.zeros_like(n))))
         if self.p == 1.0:
             k, j, top = self.top_coordinate(gs)
-            u = [torch.zeros_like(g) for g in gs]
+            # Contiguous zeros (zeros_like keeps a transposed or channels-last layout, which
+            # view(-1) cannot flatten); j is the row-major index.
+            u = [torch.zeros(g.shape, dtype=g.dtype, device=g.device) for g in gs]
             u[k].view(-1)[j] = torch.sign(top) * (1.0 if normalized else top.abs())
             return u
         absg = torch._foreach_abs(gs)
-        maxes = torch.stack(torch._foreach_max(absg))
+        zero = torch.zeros((), dtype=gs[0].dtype, device=gs[0].device)
+        maxes = torch.stack([a.amax() if a.numel() else zero for a in absg])
         m = maxes.amax()
         q = self.q
         # |a|, a = g/‖g‖_∞:
@@ -310,9 +313,12 @@ class LpNorm(Norm):
         then argmax over the few row maxima: no |g| copy and no flat argmax (a single-threaded
         scan, 8x slower than row maxima on a 784 × 256 matrix).
         """
-        rows = [g.reshape(g.shape[0], -1) if g.dim() >= 2 else g.reshape(1, -1) for g in gs]
-        row_max = [torch.maximum(x.amax(1), -x.amin(1)) for x in rows]
-        k = int(torch.argmax(torch.stack([m.amax() for m in row_max])))
+        if not any(g.numel() for g in gs):
+            raise ValueError("top_coordinate: the tensors hold no coordinates")
+        rows = [g.reshape(max(g.shape[0], 1), -1) if g.dim() >= 2 else g.reshape(1, -1) for g in gs]
+        row_max = [torch.maximum(x.amax(1), -x.amin(1)) if x.numel() else None for x in rows]
+        lowest = torch.tensor(-math.inf, dtype=gs[0].dtype, device=gs[0].device)
+        k = int(torch.argmax(torch.stack([lowest if m is None else m.amax() for m in row_max])))
         r = int(torch.argmax(row_max[k]))
         c = int(torch.argmax(rows[k][r].abs()))
         return k, r * rows[k].shape[1] + c, rows[k][r, c]

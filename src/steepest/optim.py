@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .algorithms import Algorithm, SteepestDescentRule, algorithm
+from .algorithms import Algorithm, SteepestDescentRule, algorithm, algorithm_defaults
 from .norms import Norm
 
 __all__ = ["AlgorithmOptimizer", "SteepestDescent", "optimizer"]
@@ -66,14 +66,16 @@ class AlgorithmOptimizer(torch.optim.Optimizer):
         return self._rule(group)[0]
 
     def _rule(self, group: dict[str, Any]) -> tuple[Algorithm, dict[str, bool]]:
-        key = tuple((k, _frozen(v)) for k, v in group.items() if k not in ("params", "lr"))
+        # The rule's hyper-parameters are the keys the optimizer was built with; other keys
+        # (a scheduler's initial_lr or max_lr) are not the rule's.
+        hp = {k: group[k] for k in self.defaults if k != "lr" and k in group}
+        key = tuple((k, _frozen(v)) for k, v in hp.items())
         cached = self._rules.get(id(group))
         if cached is not None and cached[0] == key:
             return cached[1], cached[2]
-        algo = self._build(**{k: v for k, v in group.items() if k not in ("params", "lr")})
+        algo = self._build(**hp)
         template = algo.init(list(group["params"]))
-        kept = [k for k in template if k not in algo.engine_only_state]
-        layout = {k: isinstance(template[k], list) for k in kept}
+        layout = {k: isinstance(v, list) for k, v in algo.optimizer_state(template).items()}
         self._rules[id(group)] = (key, algo, layout)
         return algo, layout
 
@@ -132,6 +134,8 @@ def optimizer(name: str, params, lr: float = 1e-3, **kwargs: Any) -> AlgorithmOp
     def build(**hp: Any) -> Algorithm:
         return algorithm(name, **hp)
 
-    opt = AlgorithmOptimizer(params, build, lr=lr, **kwargs)
+    # Every option in the param groups, defaults included (as torch.optim's optimizers do), so
+    # that schedulers such as OneCycleLR find betas or momentum.
+    opt = AlgorithmOptimizer(params, build, lr=lr, **{**algorithm_defaults(name), **kwargs})
     opt.algorithm_name = name  # type: ignore[attr-defined]
     return opt

@@ -44,14 +44,18 @@ def load_plugin(module: str) -> ModuleType:
         mod = importlib.import_module(module)
     except ImportError as exc:
         raise PluginError(f"plug-in {module!r} cannot be imported: {exc}") from exc
+    except Exception as exc:  # the plug-in's own code failed while importing
+        raise PluginError(
+            f"plug-in {module!r} failed while importing: {type(exc).__name__}: {exc}"
+        ) from exc
     if module not in _loaded_modules:
-        _loaded_modules.add(module)
         register = getattr(mod, "register", None)
         if callable(register):
             try:
                 register()
             except Exception as exc:
                 raise PluginError(f"plug-in {module!r}: register() failed: {exc}") from exc
+        _loaded_modules.add(module)  # only once register() went through
     return mod
 
 
@@ -63,14 +67,16 @@ def load_entry_points() -> list[str]:
     if _loaded_entry_points is not None:
         return []
     _loaded_entry_points = []
+    failed = []
     for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
         try:
             obj = ep.load()
             if callable(obj) and not isinstance(obj, ModuleType):
                 obj()
-        except Exception as exc:
-            raise PluginError(
-                f"plug-in entry point {ep.name!r} ({ep.value}) failed to load: {exc}"
-            ) from exc
+        except Exception as exc:  # the others still load; the failures are named together
+            failed.append(f"{ep.name!r} ({ep.value}): {type(exc).__name__}: {exc}")
+            continue
         _loaded_entry_points.append(ep.name)
+    if failed:
+        raise PluginError(f"plug-in entry points failed to load: {'; '.join(failed)}")
     return list(_loaded_entry_points)

@@ -1,7 +1,7 @@
 """Theorem checks over stored runs (``steepest verify``) and over a user's own checkpoints.
 
 For every run, each check gets a verdict "pass", "fail" or "not applicable", a reason, and the
-numbers it rests on (paper docs/theory.md §3.3–§3.6, §5 items 8–10 and 15).
+numbers it rests on (docs/theory.md §3.3–§3.6, §5 items 8–10 and 15).
 
 Preconditions (checked first; when one is unmet every prediction is "not applicable", never a
 guess: a run that never separated is not a failure of the theory; docs/theory.md §1.4):

@@ -1,6 +1,6 @@
 """Flavors of Margin, F2: Adam ↔ sign descent (ℓ∞ margin) and Adam's ε-drift toward ℓ2.
 
-Spec §2.4, §4.1 F2, §4.2, §5 item 11, A.3, A.6. The engine batch trains GD, sign descent and
+docs/theory.md §2.4, §4.1 F2, §4.2, §5 item 11, A.3, A.6. The engine batch trains GD, sign descent and
 Adam variants from a common separated state; a separate single-run loop (:func:`adam_drift_trace`)
 re-runs Adam with the engine's own step (:func:`steepest.step.run_steps`: the rule is fed
 ∇log𝓛 = ∇𝓛/𝓛 and ``rescale_state(state, log𝓛_prev − log𝓛)``) and a hook that reads the rule's

@@ -1,6 +1,6 @@
 """Gronich & Vardi (GV1): momentum / adaptive methods each maximize the margin of their own norm.
 
-Spec §4.4, A.3, §5 items 12 and 15. One batch per activation (squared ReLU, L = 3, the smooth
+docs/theory.md §4.4, A.3, §5 items 12 and 15. One batch per activation (squared ReLU, L = 3, the smooth
 setting of the theory; ReLU, L = 2, their ablation), each training NGD, MomentumGD, Signum,
 Adam (ε = 1e-20), Muon and Muon–Adam on MNIST odd vs even with η_t = η0·t^-0.8 for a fixed
 step budget. The paper stops each run when the mean logistic loss reaches 1e-8; that is early in
@@ -192,8 +192,9 @@ def _analyse(batch: BatchRuns, db: Path, target: float) -> dict[str, Any]:
     ids = batch.result.run_ids
     at_stop = {rid: first_step_at(batch.metrics[i], target) for i, rid in enumerate(ids)}
     reached = all(s is not None for s in at_stop.values())
+    reached_ids = [r for r, s in at_stop.items() if s is not None]  # the others have no T*
     cos_stop = directional_cosines(
-        db, ids, fractions=(0.5,), ends={r: s for r, s in at_stop.items() if s is not None}
+        db, reached_ids, fractions=(0.5,), ends={r: at_stop[r] for r in reached_ids}
     )
     per_label: dict[str, dict[str, float]] = {}
     groups = batch.by_label()
@@ -314,10 +315,12 @@ def run(size: str, out: Path, device: str | None = None) -> Report:
             )
             numbers[batch.name] = res
             notes.append(_secondary_note(batch.name, res["per_label"]))
+            per = res["per_label"].items()
+            unreached = [lab for lab, r in per if np.isnan(r["T_stop"])]
             early = [
                 lab
-                for lab, r in res["per_label"].items()
-                if not r["cos_half_stop"] > COSINE_THRESHOLD
+                for lab, r in per
+                if lab not in unreached and r["cos_half_stop"] <= COSINE_THRESHOLD
             ]
             notes.append(
                 f"{batch.name}: at the paper's stopping loss (log 𝓛 ≤ {target:.3g}, step T*) "
@@ -326,6 +329,7 @@ def run(size: str, out: Path, device: str | None = None) -> Report:
                     if early
                     else f"every cos(θ_T*/2, θ_T*) > {COSINE_THRESHOLD}"
                 )
+                + (f" ({', '.join(unreached)} never reached it)" if unreached else "")
                 + "; the verdict reads the cosines at the last step T, deeper in the late phase."
             )
             if not res["reached_target"]:

@@ -1,6 +1,6 @@
 """Lyu & Li (LL1, reduced): the loss-based schedule keeps increasing the normalized ℓ2 margin.
 
-Spec §4.3, A.1, §5 item 13. A bias-free CNN (L = number of weight layers) is trained by full-batch
+docs/theory.md §4.3, A.1, §5 item 13. A bias-free CNN (L = number of weight layers) is trained by full-batch
 GD from a common separated state with (i) Lyu & Li's loss-based schedule η_t = α_t·𝓛₀/𝓛(θ_t) and
 (ii) the constant lr 0.01 (on the mean loss). The measured quantity is the normalized margin
 

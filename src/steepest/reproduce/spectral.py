@@ -1,6 +1,6 @@
 """Flavors of Margin, F3: spectral descent / Shampoo (β = 0) / Muon and the max-spectral margin.
 
-Spec §2.3-§2.4, §4.1 F3, §4.2, §5 item 12, A.3. Every run's γ_sp = q_min/(max_k σ_max(W_k))^L
+docs/theory.md §2.3-§2.4, §4.1 F3, §4.2, §5 item 12, A.3. Every run's γ_sp = q_min/(max_k σ_max(W_k))^L
 is the engine's ``margin_spectral`` column. Two batches: the MNIST one-hidden-layer protocol
 (where the output layer is a single row, so its spectral norm is its ℓ2 norm and GD can be close
 on ‖·‖_msp, as Gronich & Vardi note), and a two-hidden-layer net on the 8×8 digits, whose hidden
