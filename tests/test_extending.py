@@ -246,3 +246,35 @@ def test_resume_refuses_other_data(tmp_path):
         timer.cancel()
     with pytest.raises(ValueError, match="data passed now differ from the batch's"):
         steepest.train(cfg, model=net, data=(X + 1e-9, y), db=db, resume=True, progress=False)
+
+
+def test_a_user_norm_gets_margins_and_verify_says_the_kkt_check_needs_a_program(tmp_path):
+    """The norm is the one dispatch point: a norm with only value, dual and direction gets its
+    margin, smoothed margin and alignment columns (named by ``Norm.column``), the trajectory
+    checks, and a KKT check that says what it lacks instead of failing."""
+    from steepest.store import RunStore
+    from steepest.verify import verify_runs
+
+    steepest.register_algorithm(
+        "test-extending-scaled-gd", lambda: SteepestDescentRule(ScaledL2()), replace=True
+    )
+    X, y, net = _objects()
+    cfg = {
+        **CFG,
+        "seeds": [0],
+        "algorithms": [{**CFG["algorithms"][0], "algorithm": "test-extending-scaled-gd"}],
+    }
+    db = tmp_path / "runs.db"
+    res = steepest.train(cfg, model=net, data=(X, y), db=db, progress=False)
+    with RunStore(db, create=False) as store:
+        info = store.get_run(res.run_ids[0]).info
+        report = verify_runs(store, res.run_ids, kkt=True)
+    assert info["own_norm"] == "user-scaled-l2" and info["own_norm_column"] == ScaledL2().column
+    final = res.final[0]
+    # ‖θ‖ = 2‖θ‖₂, so the own margin is the ℓ2 margin over 2^L = 4, and the alignment is ℓ2's.
+    assert final["margin_own"] == pytest.approx(final["margin_l2"] / 4, rel=1e-10)
+    assert final["beta_own"] == pytest.approx(final["beta_l2"], rel=1e-10)
+    run = report.runs[0]
+    assert run.get("margin_monotone").verdict == "pass"
+    kkt = run.get("kkt")
+    assert kkt.verdict == "not applicable" and "has no KKT program" in kkt.reason, kkt

@@ -226,7 +226,7 @@ def test_errors():
     X, y, w = _teacher_data(seed=4, n=10, d=12)
     with pytest.raises(NotSeparatedError, match="q_min"):
         kkt_residual(_linear(-w), X, y, "l2")
-    with pytest.raises(ValueError, match="valid norms"):
+    with pytest.raises(ValueError, match="has no KKT program.*norms with one: l1, l2"):
         kkt_residual(_linear(w), X, y, "layer-l2")
     with pytest.raises(ValueError, match="tau"):
         kkt_residual(_linear(w), X, y, "l2", tau=-1)

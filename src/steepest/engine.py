@@ -49,7 +49,7 @@ from .losses import log_loss as _log_loss
 from .losses import margins as _margins
 from .losses import per_sample_log_losses, smoothed_margin_numerator
 from .models import USER_MODEL, NotHomogeneousError, build_model, homogeneity_degree
-from .norms import LpNorm, Norm, Spectral, flat_params, get_norm
+from .norms import METRIC_NORM_NAMES, LpNorm, Norm, Spectral, flat_params, get_norm
 from .schedules import BatchedSchedule
 from .stacked import gather_runs, scatter_runs, tree_map
 from .step import FIELDS as STEP_FIELDS
@@ -68,7 +68,8 @@ __all__ = [
 ]
 
 #: Norms every run's margins are measured in (column suffixes of the metric names).
-METRIC_NORMS: dict[str, str] = {"l1": "l1", "l2": "l2", "linf": "linf", "spectral": "max-spectral"}
+#: Metric-column suffix -> norm name of the margins every run logs (from the norms themselves).
+METRIC_NORMS: dict[str, str] = {get_norm(n).column: n for n in METRIC_NORM_NAMES}
 CHECKPOINT_VERSION = 1
 
 
@@ -164,7 +165,7 @@ class Engine:
         self.metric_norms: dict[str, Norm] = {k: get_norm(v) for k, v in METRIC_NORMS.items()}
         for name in cfg.logging.extra_norms:
             N = get_norm(name)
-            self.metric_norms.setdefault(N.name.replace(".", "_"), N)
+            self.metric_norms.setdefault(N.column, N)
         self._build_groups()
         self.schedule = BatchedSchedule.of([sp.schedule for sp in self.specs], self.device)
         self._grad = vmap(grad_and_value(self._loss_fn, has_aux=True), in_dims=(0, None, None))
@@ -1238,6 +1239,8 @@ def _train_batch(
                 "schedule": sp.schedule,
                 "options": sp.options,
                 "own_norm": engine.own_norms[sp.index].name,
+                "own_norm_column": engine.own_norms[sp.index].column,
+                "own_norm_kkt_program": engine.own_norms[sp.index].kkt_program,
                 "degree": engine.L,
                 "not_homogeneous": engine.not_homogeneous,
                 "loss": cfg.loss,

@@ -53,7 +53,7 @@ from torch.func import functional_call, jacrev
 
 from .losses import margins
 from .metrics import alignment_gradient, model_degree
-from .norms import LpNorm, Norm, Spectral, get_norm, inner
+from .norms import LpNorm, Norm, get_norm, inner
 
 __all__ = [
     "KKTResult",
@@ -199,20 +199,15 @@ def fenchel_young_gap(
 
 
 def norm_kind(N: Norm) -> tuple[str, float | None]:
-    """Which KKT program a norm needs: ("l2"|"linf"|"l1"|"lp"|"spectral", p or None)."""
-    if isinstance(N, LpNorm):
-        if N.p == 2.0:
-            return "l2", 2.0
-        if N.p == 1.0:
-            return "l1", 1.0
-        if math.isinf(N.p):
-            return "linf", math.inf
-        return "lp", N.p
-    if isinstance(N, Spectral):
-        return "spectral", None
-    raise ValueError(
-        f"kkt_residual: norm {N.name!r} is not supported; valid norms: {', '.join(KKT_NORMS)}"
-    )
+    """Which KKT program a norm needs, as the norm says (``Norm.kkt_program``): ("l2" | "linf"
+    | "l1" | "lp" | "spectral", p or None)."""
+    kind = getattr(N, "kkt_program", None)
+    if kind is None:
+        raise ValueError(
+            f"kkt_residual: norm {N.name!r} has no KKT program (Norm.kkt_program is None); "
+            f"norms with one: {', '.join(KKT_NORMS)}"
+        )
+    return kind, (float(N.p) if isinstance(N, LpNorm) else None)
 
 
 def _count_kinks(model: nn.Module, pdict: dict[str, Tensor], X: Tensor) -> int:

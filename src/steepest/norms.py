@@ -52,6 +52,7 @@ __all__ = [
     "inner",
     "one_lapack_thread",
     "NORM_ALIASES",
+    "METRIC_NORM_NAMES",
 ]
 
 Tensors = Sequence[Tensor]
@@ -128,6 +129,14 @@ class Norm:
     """
 
     name: str = "norm"
+    #: The KKT program of docs/theory.md §3.6 that :func:`steepest.kkt.kkt_residual` solves for
+    #: this norm ("l2", "l1", "linf", "lp", "spectral"), or None: no KKT residual.
+    kkt_program: str | None = None
+
+    @property
+    def column(self) -> str:
+        """The suffix of this norm's metric columns (``margin_<column>``, ``beta_<column>``)."""
+        return self.name.replace(".", "_")
 
     def __call__(self, xs: Tensors) -> Tensor:  # pragma: no cover - abstract
         """The norm ‖x‖ as a 0-dim tensor."""
@@ -225,6 +234,7 @@ class LpNorm(Norm):
         self.p = p
         self.q = math.inf if p == 1.0 else (1.0 if math.isinf(p) else p / (p - 1.0))
         self.name = _lp_name(p)
+        self.kkt_program = {2.0: "l2", 1.0: "l1", math.inf: "linf"}.get(p, "lp")
 
     @staticmethod
     def vec_norm(v: Tensor, p: float, *, nonneg: bool = False) -> Tensor:
@@ -447,6 +457,8 @@ class Spectral(Norm):
     """
 
     name = "max-spectral"
+    kkt_program = "spectral"
+    column = "spectral"  # type: ignore[assignment]  # margin_spectral, not margin_max-spectral
 
     def __init__(self, rank_rtol: float | None = None):
         self.rank_rtol = rank_rtol
@@ -744,6 +756,10 @@ NORM_ALIASES = {
     "euclidean": "l2",
 }
 _LP = re.compile(r"^l(\d+(\.\d+)?)$")
+
+
+#: The norms whose margins every run logs (besides its own and ``logging.extra_norms``).
+METRIC_NORM_NAMES: tuple[str, ...] = ("l1", "l2", "linf", "max-spectral")
 
 
 def register_norm(name: str, factory: Callable[[], Norm], *, replace: bool = False) -> None:

@@ -7,8 +7,8 @@ Each param group is one "vector" for the norm: ℓ1 moves one coordinate of the 
 spectral takes the max over the group's layers, and so on. A parameter whose ``.grad`` is
 ``None`` is treated as having a zero gradient (it still belongs to the norm's vector).
 
-The rule's state (a dict of tensors and per-parameter lists, without the entries only the
-engine reads, ``Algorithm.engine_only_state``) is stored the torch way, per parameter in
+The rule's state (a dict of tensors and per-parameter lists, as ``Algorithm.optimizer_state``
+keeps it: without what only the engine reads) is stored the torch way, per parameter in
 ``self.state[p]`` (scalars such as ``step`` are replicated in every parameter's entry, as
 ``torch.optim.Adam`` does), so ``state_dict()``/``load_state_dict()`` round-trip with torch's
 own machinery.
@@ -40,7 +40,9 @@ class AlgorithmOptimizer(torch.optim.Optimizer):
     """Runs a pure :class:`~steepest.algorithms.Algorithm` as a ``torch.optim.Optimizer``.
 
     ``build(**group_hyperparams) -> Algorithm`` builds the rule from a param group's plain
-    hyperparameters, so param groups may differ (per-group norms, betas, …). The rule is built
+    hyperparameters, so param groups may differ (per-group norms, betas, …). They are the
+    group's values of the optimizer's own keys (``defaults``, less ``lr``): like torch's
+    optimizers, it ignores other keys, such as a scheduler's ``initial_lr``. The rule is built
     once per group and rebuilt only when the group's hyperparameters change. Each step calls
     the rule's in-place form :meth:`~steepest.algorithms.Algorithm.apply_` (multi-tensor
     operations on the parameters and the state, as ``torch.optim``'s foreach implementations).

@@ -82,7 +82,7 @@ from .losses import log_loss as _log_loss
 from .losses import margins as _margins
 from .metrics import alignment_gradient, dual_alignment_from
 from .models import NotHomogeneousError, homogeneity_degree
-from .norms import Norm, get_norm
+from .norms import METRIC_NORM_NAMES, Norm, get_norm
 from .store import RunRecord, RunStore
 from .tables import format_value, markdown_table, text_table
 
@@ -127,15 +127,19 @@ _LOSS_SCOPE: dict[str, tuple[str, ...]] = {
 }
 #: log ℓ(0): the separation threshold on log 𝓛 (docs/theory.md §1.4).
 _LOG_LOSS_AT_ZERO = {"exponential": 0.0, "logistic": math.log(math.log(2.0))}
-#: Own-norm names → the engine's metric-column suffix (margin_<suffix>).
-_COLUMN_OF_NORM = {
-    "l1": "l1",
-    "l2": "l2",
-    "linf": "linf",
-    "max-spectral": "spectral",
-    "spectral": "spectral",
-}
-_CROSS_NORMS = {"l1": "l1", "l2": "l2", "linf": "linf", "spectral": "max-spectral"}
+#: Metric-column suffix -> norm name of the margins every run logs (the flavor matrix).
+_CROSS_NORMS = {get_norm(n).column: n for n in METRIC_NORM_NAMES}
+
+
+def _own_column(info: Mapping[str, Any]) -> str | None:
+    """The metric column of a run's own norm: stored with the run since 2026-12-05, else asked
+    of the norm rebuilt from its name; None when the name does not rebuild one."""
+    if info.get("own_norm_column"):
+        return str(info["own_norm_column"])
+    try:
+        return get_norm(str(info.get("own_norm"))).column
+    except (ValueError, TypeError):
+        return None
 
 
 @dataclass(frozen=True)
@@ -757,8 +761,8 @@ def _flavor(
         if "flavor" not in _LOSS_SCOPE.get(rec.info.get("loss", ""), ()):
             rv.checks.append(_na("flavor", f"not covered for the {rec.info.get('loss')} loss"))
             continue
-        col = _COLUMN_OF_NORM.get(str(rec.info.get("own_norm")))
-        if col is None:
+        col = _own_column(rec.info)
+        if col not in _CROSS_NORMS:
             rv.checks.append(
                 _na(
                     "flavor",
@@ -777,9 +781,7 @@ def _flavor(
         rivals = [
             r
             for r in batch_cache[key]
-            if r.id != rec.id
-            and r.seed == rec.seed
-            and _COLUMN_OF_NORM.get(str(r.info.get("own_norm"))) != col
+            if r.id != rec.id and r.seed == rec.seed and _own_column(r.info) != col
         ]
         if not rivals:
             rv.checks.append(
@@ -864,7 +866,17 @@ def verify_runs(
         unavailable = None
         if degree is None:
             not_hom = info.get("not_homogeneous") or "no homogeneity degree stored with the run"
-        if kkt and degree is not None:
+        if (
+            kkt
+            and degree is not None
+            and "own_norm_kkt_program" in info
+            and info["own_norm_kkt_program"] is None
+        ):
+            unavailable = (
+                f"KKT residual unavailable: the own norm {own!r} has no KKT program "
+                "(Norm.kkt_program is None); the trajectory checks need only its value, dual and direction"
+            )
+        elif kkt and degree is not None:
             try:
                 kind, _ = norm_kind(get_norm(own))
                 n_params = sum(int(math.prod(v)) for v in _param_shapes(rec, shape_cache))
