@@ -279,3 +279,21 @@ def test_lr_schedulers_drive_the_optimizer():
     cycle.step()
     assert adam.param_groups[0]["betas"][0] != 0.9  # OneCycle moved beta1; the rule followed
     assert adam.rule(adam.param_groups[0]).betas == tuple(adam.param_groups[0]["betas"])
+
+
+def test_the_optimizer_classes_take_their_options_from_the_rules_factory():
+    # One copy of each option's default: the factory's. The class shows it in its signature,
+    # puts it in the param groups, and refuses an option the factory does not take.
+    import inspect
+
+    from steepest.adaptive import Adam, Muon
+
+    sig = inspect.signature(Adam)
+    assert sig.parameters["betas"].default == (0.9, 0.999) and sig.parameters["eps"].default == 1e-8
+    assert inspect.signature(Muon).parameters["orthogonalize"].default == "svd"
+    p = torch.nn.Parameter(torch.zeros(3, dtype=F64))
+    opt = Adam([p], lr=0.1, eps=0.0)
+    assert isinstance(opt, torch.optim.Optimizer) and type(opt).__name__ == "Adam"
+    assert opt.param_groups[0]["eps"] == 0.0 and opt.param_groups[0]["betas"] == (0.9, 0.999)
+    with pytest.raises(ValueError, match="does not take 'beta'; valid options: betas"):
+        Adam([p], lr=0.1, beta=0.9)

@@ -51,7 +51,7 @@ from torch import Tensor
 
 from .algorithms import Algorithm, register_algorithm
 from .norms import BlockMax, LpNorm, Norm, Spectral, weighted_max
-from .optim import AlgorithmOptimizer
+from .optim import optimizer_class
 
 __all__ = [
     "NS_COEFFICIENTS",
@@ -1021,159 +1021,28 @@ register_algorithm(
 # ----------------------------------------------------------------------------- torch.optim wrappers
 
 
-class Adam(AlgorithmOptimizer):
-    """``torch.optim``-style :class:`AdamRule` (ε may be 0; see the rule for the 0/0 convention)."""
-
-    def __init__(
-        self,
-        params,
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        bias_correction: bool = True,
-    ):
-        _adam(betas, eps, bias_correction)  # validate now, not at the first step
-        super().__init__(
-            params,
-            _adam,
-            lr=lr,
-            betas=tuple(float(b) for b in betas),
-            eps=float(eps),
-            bias_correction=bias_correction,
-        )
-
-
-class MomentumGD(AlgorithmOptimizer):
-    """Normalized momentum gradient descent: θ ← θ − lr·m/‖m‖₂ (:class:`MomentumSteepestRule`)."""
-
-    def __init__(self, params, lr: float = 1e-3, momentum: float = 0.9):
-        _momentum(momentum)
-        super().__init__(params, _momentum, lr=lr, momentum=float(momentum))
-
-
-class Signum(AlgorithmOptimizer):
-    """Signum: θ ← θ − lr·sign(m) (:class:`MomentumSteepestRule` with ℓ∞)."""
-
-    def __init__(self, params, lr: float = 1e-3, momentum: float = 0.9):
-        _signum(momentum)
-        super().__init__(params, _signum, lr=lr, momentum=float(momentum))
-
-
-class Muon(AlgorithmOptimizer):
-    """Muon: θ ← θ − lr·polar(m) per tensor (:class:`MuonRule`)."""
-
-    def __init__(
-        self,
-        params,
-        lr: float = 1e-3,
-        momentum: float = 0.9,
-        orthogonalize: str = "svd",
-        ns_steps: int = 5,
-        ns_coefficients: tuple[float, float, float] = NS_COEFFICIENTS,
-    ):
-        _muon(momentum, orthogonalize, ns_steps, ns_coefficients)
-        super().__init__(
-            params,
-            _muon,
-            lr=lr,
-            momentum=float(momentum),
-            orthogonalize=orthogonalize,
-            ns_steps=ns_steps,
-            ns_coefficients=tuple(float(c) for c in ns_coefficients),
-        )
-
-
-class Shampoo(AlgorithmOptimizer):
-    """Shampoo: θ ← θ − lr·(L+εI)^{−1/r} G (R+εI)^{−1/r} (:class:`ShampooRule`)."""
-
-    def __init__(
-        self,
-        params,
-        lr: float = 1e-3,
-        accumulation: float = 0.0,
-        eps: float = 1e-20,
-        root: float = 4.0,
-    ):
-        _shampoo(accumulation, eps, root)
-        super().__init__(
-            params,
-            _shampoo,
-            lr=lr,
-            accumulation=float(accumulation),
-            eps=float(eps),
-            root=float(root),
-        )
-
-
-class MuonSignum(AlgorithmOptimizer):
-    """Muon on hidden matrices (lr), Signum on the rest (lr_ratio·lr) (:class:`MuonSignumRule`)."""
-
-    def __init__(
-        self,
-        params,
-        lr: float = 1e-3,
-        momentum: float = 0.9,
-        lr_ratio: float = 1.0,
-        muon_params: Sequence[int] | None = None,
-        orthogonalize: str = "svd",
-        ns_steps: int = 5,
-        ns_coefficients: tuple[float, float, float] = NS_COEFFICIENTS,
-    ):
-        mp = _check_muon_params(muon_params)
-        _muon_signum(momentum, lr_ratio, mp, orthogonalize, ns_steps, ns_coefficients)
-        super().__init__(
-            params,
-            _muon_signum,
-            lr=lr,
-            momentum=float(momentum),
-            lr_ratio=float(lr_ratio),
-            muon_params=mp,
-            orthogonalize=orthogonalize,
-            ns_steps=ns_steps,
-            ns_coefficients=tuple(float(c) for c in ns_coefficients),
-        )
-
-
-class MuonAdam(AlgorithmOptimizer):
-    """Muon on hidden matrices (lr), Adam on the rest (lr_ratio·lr) (:class:`MuonAdamRule`)."""
-
-    def __init__(
-        self,
-        params,
-        lr: float = 1e-3,
-        momentum: float = 0.9,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        bias_correction: bool = True,
-        lr_ratio: float = 1.0,
-        muon_params: Sequence[int] | None = None,
-        orthogonalize: str = "svd",
-        ns_steps: int = 5,
-        ns_coefficients: tuple[float, float, float] = NS_COEFFICIENTS,
-    ):
-        mp = _check_muon_params(muon_params)
-        _muon_adam(
-            momentum,
-            betas,
-            eps,
-            bias_correction,
-            lr_ratio,
-            mp,
-            orthogonalize,
-            ns_steps,
-            ns_coefficients,
-        )
-        super().__init__(
-            params,
-            _muon_adam,
-            lr=lr,
-            momentum=float(momentum),
-            betas=tuple(float(b) for b in betas),
-            eps=float(eps),
-            bias_correction=bias_correction,
-            lr_ratio=float(lr_ratio),
-            muon_params=mp,
-            orthogonalize=orthogonalize,
-            ns_steps=ns_steps,
-            ns_coefficients=tuple(float(c) for c in ns_coefficients),
-        )
+# One class per rule, its options and defaults read from the rule's factory above.
+Adam = optimizer_class(
+    "adam",
+    "``torch.optim``-style :class:`AdamRule` (ε may be 0; see the rule for the 0/0 convention).",
+)
+MomentumGD = optimizer_class(
+    "momentum",
+    "Normalized momentum gradient descent: θ ← θ − lr·m/‖m‖₂ (:class:`MomentumSteepestRule`).",
+    class_name="MomentumGD",
+)
+Signum = optimizer_class(
+    "signum", "Signum: θ ← θ − lr·sign(m) (:class:`MomentumSteepestRule` with ℓ∞)."
+)
+Muon = optimizer_class("muon", "Muon: θ ← θ − lr·polar(m) per tensor (:class:`MuonRule`).")
+Shampoo = optimizer_class(
+    "shampoo", "Shampoo: θ ← θ − lr·(L+εI)^{−1/r} G (R+εI)^{−1/r} (:class:`ShampooRule`)."
+)
+MuonSignum = optimizer_class(
+    "muon-signum",
+    "Muon on hidden matrices (lr), Signum on the rest (lr_ratio·lr) (:class:`MuonSignumRule`).",
+)
+MuonAdam = optimizer_class(
+    "muon-adam",
+    "Muon on hidden matrices (lr), Adam on the rest (lr_ratio·lr) (:class:`MuonAdamRule`).",
+)

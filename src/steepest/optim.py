@@ -16,6 +16,7 @@ own machinery.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -25,7 +26,7 @@ from torch import Tensor
 from .algorithms import Algorithm, SteepestDescentRule, algorithm, algorithm_defaults
 from .norms import Norm
 
-__all__ = ["AlgorithmOptimizer", "SteepestDescent", "optimizer"]
+__all__ = ["AlgorithmOptimizer", "SteepestDescent", "optimizer", "optimizer_class"]
 
 
 def _frozen(value: Any) -> Any:
@@ -131,13 +132,52 @@ def optimizer(name: str, params, lr: float = 1e-3, **kwargs: Any) -> AlgorithmOp
     ``steepest.optimizer("lp", params, lr=0.01, p=3)``. Unknown names or options raise
     ``ValueError`` listing the valid ones.
     """
-    algorithm(name, **kwargs)  # validate eagerly: a bad name fails here, not at the first step
+    return optimizer_class(name)(params, lr, **kwargs)
 
-    def build(**hp: Any) -> Algorithm:
-        return algorithm(name, **hp)
 
-    # Every option in the param groups, defaults included (as torch.optim's optimizers do), so
-    # that schedulers such as OneCycleLR find betas or momentum.
-    opt = AlgorithmOptimizer(params, build, lr=lr, **{**algorithm_defaults(name), **kwargs})
-    opt.algorithm_name = name  # type: ignore[attr-defined]
-    return opt
+def optimizer_class(
+    name: str, doc: str | None = None, class_name: str | None = None
+) -> type[AlgorithmOptimizer]:
+    """A ``torch.optim``-style class for the registered algorithm ``name``:
+    ``cls(params, lr=1e-3, **options)``. The options and their defaults are the algorithm
+    factory's (its signature is the class's), so they are written once, in the factory; every
+    option goes into the param groups, defaults included (as torch's optimizers do, so that
+    schedulers such as OneCycleLR find betas or momentum)."""
+    algorithm_defaults(name)  # an unknown name fails here
+
+    def __init__(self, params, lr: float = 1e-3, **options: Any) -> None:
+        algorithm(name, **options)  # validate eagerly: a bad option fails here, not at a step
+
+        def build(**hp: Any) -> Algorithm:
+            return algorithm(name, **hp)
+
+        AlgorithmOptimizer.__init__(
+            self, params, build, lr=lr, **{**algorithm_defaults(name), **options}
+        )
+        self.algorithm_name = name
+
+    options = [
+        inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=v)
+        for k, v in algorithm_defaults(name).items()
+    ]
+    __init__.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [
+            inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+            inspect.Parameter("params", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+            inspect.Parameter("lr", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=1e-3),
+            *options,
+        ]
+    )
+    title = class_name or "".join(
+        part.capitalize() for part in name.replace("[", "-").replace("]", "").split("-")
+    )
+    return type(
+        title,
+        (AlgorithmOptimizer,),
+        {
+            "__init__": __init__,
+            "__doc__": doc
+            or f"``torch.optim``-style optimizer for the registered algorithm {name!r}.",
+            "__module__": __name__,
+        },
+    )
