@@ -297,3 +297,52 @@ def test_the_optimizer_classes_take_their_options_from_the_rules_factory():
     assert opt.param_groups[0]["eps"] == 0.0 and opt.param_groups[0]["betas"] == (0.9, 0.999)
     with pytest.raises(ValueError, match="does not take 'beta'; valid options: betas"):
         Adam([p], lr=0.1, beta=0.9)
+
+
+def test_optimizer_classes_take_positional_options_pickle_and_keep_plain_values(tmp_path):
+    # Adam(params, lr, betas) as torch's Adam; one class per name (optimizer("adam") is an
+    # adaptive.Adam); pickling keeps what is needed to step again; numpy and range options are
+    # stored as plain values, so the state_dict loads with weights_only=True.
+    import pickle
+
+    import numpy as np
+
+    from steepest.adaptive import Adam, MuonSignum
+
+    p = torch.nn.Parameter(torch.zeros(2, 3, dtype=F64))
+    opt = Adam([p], 1e-2, (0.8, np.float64(0.99)))
+    assert opt.param_groups[0]["betas"] == (0.8, 0.99)
+    assert type(opt.param_groups[0]["betas"][1]) is float
+    assert isinstance(steepest.optimizer("adam", [p]), Adam)
+    with pytest.raises(TypeError, match="got option 'betas' twice"):
+        Adam([p], 1e-2, (0.8, 0.9), betas=(0.5, 0.9))
+    p.grad = torch.ones_like(p)
+    opt.step()
+    clone = pickle.loads(pickle.dumps(opt))
+    q = clone.param_groups[0]["params"][0]
+    q.grad = torch.ones_like(q)
+    clone.step()  # the builder came along: the copy steps
+    ms = MuonSignum([p], lr=0.1, muon_params=range(1))
+    ms.step()
+    path = tmp_path / "opt.pt"
+    torch.save(ms.state_dict(), path)
+    torch.load(path, weights_only=True)
+
+
+def test_muon_steps_in_place_with_its_own_direction_and_loads_earlier_states():
+    # Muon's rule replaces the direction, not the update: its in-place step runs, with the
+    # polar factors, and keeps no grad_dual (a state saved before it was kept loads and steps).
+    from steepest.adaptive import Muon
+
+    rule = algorithm("muon")
+    assert rule.in_place and "grad_dual" not in rule.optimizer_state(rule.init(_params()))
+    p = torch.nn.Parameter(torch.randn(4, 3, dtype=F64))
+    p.grad = torch.randn(4, 3, dtype=F64)
+    opt = Muon([p], lr=0.1)
+    opt.step()
+    sd = opt.state_dict()
+    for entry in sd["state"].values():
+        entry.pop("grad_dual", None)
+    opt2 = Muon([p], lr=0.1)
+    opt2.load_state_dict(sd)
+    opt2.step()

@@ -207,3 +207,26 @@ def test_a_plugin_that_raises_on_import_is_a_plugin_error(tmp_path, monkeypatch)
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(PluginError, match="failed while importing: ZeroDivisionError"):
         load_plugin("steepest_raises_mod")
+
+
+def test_a_broken_plugin_does_not_hide_the_real_error(monkeypatch):
+    # A config error caught before the plug-ins were loaded keeps its own message; the plug-in
+    # failure is added to it, not put in its place.
+    import steepest.plugins as plugins
+    from steepest.config import ConfigError, load_config
+
+    class Broken:
+        name, value = "broken", "nowhere:register"
+
+        def load(self):
+            raise RuntimeError("boom")
+
+    monkeypatch.setattr(plugins, "_loaded_entry_points", None)
+    monkeypatch.setattr(plugins.metadata, "entry_points", lambda group: [Broken()])
+    cfg = {
+        "name": "x",
+        "data": {"name": "digits"},
+        "algorithms": [{"algorithm": "adam", "lr": 0.1, "options": {"beta": 0.9}}],
+    }
+    with pytest.raises(ConfigError, match="does not take 'beta'.*also, plug-in entry points"):
+        load_config(cfg)

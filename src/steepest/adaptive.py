@@ -511,17 +511,21 @@ class MomentumSteepestRule(Algorithm):
         }
 
     engine_only_state = ("grad_dual",)
-    in_place_of = ("update", "_direction")
+    in_place_of = ("update",)
 
     def apply_(self, params, grads, state, lr):
         """``update`` in place: m ← lerp(m, g, 1 − β) (= βm + (1 − β)g, as pytorch-optimizer's
-        SignSGD), θ ← θ − η·U(m) with the norm's multi-tensor U. Muon, whose direction is its
-        own (an SVD per matrix, which dominates its step), steps through ``update``."""
+        SignSGD), θ ← θ − η·U(m), U the norm's multi-tensor map, or the rule's own
+        ``_direction`` where a subclass gives one (Muon's polar factors)."""
         if not self.in_place:
             return super().apply_(params, grads, state, lr)
         ms = state["momentum_buffer"]
         torch._foreach_lerp_(ms, list(grads), 1.0 - self.momentum)
-        torch._foreach_add_(list(params), self.norm.update_direction(ms, True), alpha=-float(lr))
+        if type(self)._direction is MomentumSteepestRule._direction:
+            u = self.norm.update_direction(ms, True)
+        else:
+            u = self._direction(ms)
+        torch._foreach_add_(list(params), list(u), alpha=-float(lr))
         return {"step": state["step"] + 1, "momentum_buffer": ms}
 
 
@@ -1025,24 +1029,34 @@ register_algorithm(
 Adam = optimizer_class(
     "adam",
     "``torch.optim``-style :class:`AdamRule` (ε may be 0; see the rule for the 0/0 convention).",
+    module=__name__,
 )
 MomentumGD = optimizer_class(
     "momentum",
     "Normalized momentum gradient descent: θ ← θ − lr·m/‖m‖₂ (:class:`MomentumSteepestRule`).",
     class_name="MomentumGD",
+    module=__name__,
 )
 Signum = optimizer_class(
-    "signum", "Signum: θ ← θ − lr·sign(m) (:class:`MomentumSteepestRule` with ℓ∞)."
+    "signum",
+    "Signum: θ ← θ − lr·sign(m) (:class:`MomentumSteepestRule` with ℓ∞).",
+    module=__name__,
 )
-Muon = optimizer_class("muon", "Muon: θ ← θ − lr·polar(m) per tensor (:class:`MuonRule`).")
+Muon = optimizer_class(
+    "muon", "Muon: θ ← θ − lr·polar(m) per tensor (:class:`MuonRule`).", module=__name__
+)
 Shampoo = optimizer_class(
-    "shampoo", "Shampoo: θ ← θ − lr·(L+εI)^{−1/r} G (R+εI)^{−1/r} (:class:`ShampooRule`)."
+    "shampoo",
+    "Shampoo: θ ← θ − lr·(L+εI)^{−1/r} G (R+εI)^{−1/r} (:class:`ShampooRule`).",
+    module=__name__,
 )
 MuonSignum = optimizer_class(
     "muon-signum",
     "Muon on hidden matrices (lr), Signum on the rest (lr_ratio·lr) (:class:`MuonSignumRule`).",
+    module=__name__,
 )
 MuonAdam = optimizer_class(
     "muon-adam",
     "Muon on hidden matrices (lr), Adam on the rest (lr_ratio·lr) (:class:`MuonAdamRule`).",
+    module=__name__,
 )

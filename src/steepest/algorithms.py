@@ -190,6 +190,8 @@ class SteepestDescentRule(Algorithm):
             return super().apply_(params, grads, state, lr)
         if isinstance(self.norm, LpNorm) and self.norm.p == 1.0:
             # Greedy coordinate descent moves one entry: write it, not a dense one-hot Δ.
+            if not any(g.numel() for g in grads):
+                return {"step": state["step"] + 1}
             k, j, top = self.norm.top_coordinate(grads)
             p = params[k]
             at = []

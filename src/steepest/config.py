@@ -56,20 +56,18 @@ class DataConfig(_Strict):
     @classmethod
     def _known(cls, v: str) -> str:
         from .data import USER_DATA, dataset_names
-        from .plugins import load_entry_points
+        from .plugins import retry_after_plugins
 
         key = v.lower().replace("-", "_")
-        if key == USER_DATA:
+        if key == USER_DATA or key in dataset_names():
             return v
-        if key not in dataset_names() and load_entry_points() and key in dataset_names():
+        err = ValueError(
+            f"unknown dataset {v!r}; allowed: {', '.join(dataset_names())} "
+            f"(or {USER_DATA!r} with steepest.train(config, data=...))"
+        )
+        if retry_after_plugins(err) and key in dataset_names():
             return v  # named by a plug-in that had not been loaded yet
-        names = dataset_names()
-        if key not in names:
-            raise ValueError(
-                f"unknown dataset {v!r}; allowed: {', '.join(names)} "
-                f"(or {USER_DATA!r} with steepest.train(config, data=...))"
-            )
-        return v
+        raise err
 
 
 class ModelConfig(BaseModel):
@@ -83,16 +81,17 @@ class ModelConfig(BaseModel):
     @classmethod
     def _known(cls, v: str) -> str:
         from .models import USER_MODEL, model_names
-        from .plugins import load_entry_points
+        from .plugins import retry_after_plugins
 
         if v == USER_MODEL or v in model_names():
             return v
-        if load_entry_points() and v in model_names():
-            return v  # named by a plug-in that had not been loaded yet
-        raise ValueError(
+        err = ValueError(
             f"unknown model {v!r}; allowed: {', '.join(model_names())} "
             f"(or {USER_MODEL!r} with steepest.train(config, model=...))"
         )
+        if retry_after_plugins(err) and v in model_names():
+            return v  # named by a plug-in that had not been loaded yet
+        raise err
 
     def kwargs(self) -> dict[str, Any]:
         extra = dict(self.model_extra or {})
@@ -122,22 +121,25 @@ class AlgorithmConfig(_Strict):
     @classmethod
     def _known(cls, v: str) -> str:
         from .algorithms import algorithm_names
-        from .plugins import load_entry_points
+        from .plugins import retry_after_plugins
 
-        if v not in algorithm_names() and not (load_entry_points() and v in algorithm_names()):
-            raise ValueError(f"unknown algorithm {v!r}; allowed: {', '.join(algorithm_names())}")
-        return v
+        if v in algorithm_names():
+            return v
+        err = ValueError(f"unknown algorithm {v!r}; allowed: {', '.join(algorithm_names())}")
+        if retry_after_plugins(err) and v in algorithm_names():
+            return v  # named by a plug-in that had not been loaded yet
+        raise err
 
     @model_validator(mode="after")
     def _check(self) -> AlgorithmConfig:
         from .algorithms import algorithm
-        from .plugins import load_entry_points
+        from .plugins import retry_after_plugins
 
         try:
             algo = algorithm(self.algorithm, **self.options)
         except (ValueError, TypeError) as exc:
             try:  # an option may name a plug-in's norm that has not been loaded yet
-                if not load_entry_points():
+                if not retry_after_plugins(exc):
                     raise exc
                 algo = algorithm(self.algorithm, **self.options)
             except (ValueError, TypeError) as again:
@@ -209,13 +211,13 @@ class LoggingConfig(_Strict):
     @classmethod
     def _known_norms(cls, v: list[str]) -> list[str]:
         from .norms import get_norm
-        from .plugins import load_entry_points
+        from .plugins import retry_after_plugins
 
         for name in v:
             try:
                 get_norm(name)  # raises ValueError listing the valid names
-            except ValueError:
-                if not load_entry_points():
+            except ValueError as exc:
+                if not retry_after_plugins(exc):
                     raise
                 get_norm(name)  # named by a plug-in that had not been loaded yet
         return v

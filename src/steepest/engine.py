@@ -1207,7 +1207,7 @@ def _train_batch(
     if resume:
         records = _resumable(store, cfg, engine.K)
         stored = (records[0].info.get("dataset") or {}).get("fingerprint")
-        if stored != dataset.info.get("fingerprint"):
+        if stored is not None and stored != dataset.info.get("fingerprint"):
             raise ValueError(
                 "resume: the data passed now differ from the batch's (its fingerprint "
                 f"{stored}, now {dataset.info.get('fingerprint')}); pass the same data"

@@ -53,7 +53,7 @@ from torch.func import functional_call, jacrev
 
 from .losses import margins
 from .metrics import alignment_gradient, model_degree
-from .norms import LpNorm, Norm, get_norm, inner
+from .norms import Norm, get_norm, inner
 
 __all__ = [
     "KKTResult",
@@ -207,7 +207,8 @@ def norm_kind(N: Norm) -> tuple[str, float | None]:
             f"kkt_residual: norm {N.name!r} has no KKT program (Norm.kkt_program is None); "
             f"norms with one: {', '.join(KKT_NORMS)}"
         )
-    return kind, (float(N.p) if isinstance(N, LpNorm) else None)
+    p = getattr(N, "p", None)
+    return kind, (float(p) if p is not None else None)
 
 
 def _count_kinks(model: nn.Module, pdict: dict[str, Tensor], X: Tensor) -> int:

@@ -286,6 +286,8 @@ class LpNorm(Norm):
             n = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(gs, 2)))
             return list(torch._foreach_mul(gs, torch.where(n > 0, 1.0 / n, torch.zeros_like(n))))
         if self.p == 1.0:
+            if not any(g.numel() for g in gs):
+                return [torch.zeros(g.shape, dtype=g.dtype, device=g.device) for g in gs]
             k, j, top = self.top_coordinate(gs)
             # Contiguous zeros (zeros_like keeps a transposed or channels-last layout, which
             # view(-1) cannot flatten); j is the row-major index.
@@ -458,7 +460,11 @@ class Spectral(Norm):
 
     name = "max-spectral"
     kkt_program = "spectral"
-    column = "spectral"  # type: ignore[assignment]  # margin_spectral, not margin_max-spectral
+
+    @property
+    def column(self) -> str:
+        # margin_spectral, not margin_max-spectral; a subclass with its own name keeps it
+        return "spectral" if self.name == Spectral.name else super().column
 
     def __init__(self, rank_rtol: float | None = None):
         self.rank_rtol = rank_rtol

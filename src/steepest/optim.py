@@ -16,10 +16,12 @@ own machinery.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -62,6 +64,20 @@ class AlgorithmOptimizer(torch.optim.Optimizer):
         # id(group) -> (hyperparameter key, rule, {state key: is it per parameter}).
         self._rules: dict[int, tuple[tuple, Algorithm, dict[str, bool]]] = {}
         super().__init__(params, dict(lr=lr, **hyperparams))
+
+    def __getstate__(self) -> dict[str, Any]:
+        # torch keeps defaults, state and param_groups; the builder is needed to step again
+        # (picklable for the classes of optimizer_class and SteepestDescent), the rule cache
+        # is rebuilt.
+        return {**super().__getstate__(), "_build": self._build}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # Also called by torch's load_state_dict with the new state and groups only.
+        state = dict(state)
+        if "_build" in state:
+            self._build = state.pop("_build")
+        self._rules = {}
+        super().__setstate__(state)
 
     def rule(self, group: dict[str, Any]) -> Algorithm:
         """The rule that steps ``group`` (one of ``param_groups``), as its hyper-parameters
@@ -130,54 +146,83 @@ def optimizer(name: str, params, lr: float = 1e-3, **kwargs: Any) -> AlgorithmOp
 
     ``steepest.optimizer("sign", model.parameters(), lr=1e-3)``;
     ``steepest.optimizer("lp", params, lr=0.01, p=3)``. Unknown names or options raise
-    ``ValueError`` listing the valid ones.
+    ``ValueError`` listing the valid ones. The optimizer is an instance of
+    ``optimizer_class(name)`` (for "adam" that is :class:`steepest.adaptive.Adam`).
     """
     return optimizer_class(name)(params, lr, **kwargs)
 
 
+def _plain(value: Any) -> Any:
+    """An option as a plain Python value (numpy scalars, ranges, lists become floats, ints,
+    tuples), so that ``state_dict`` loads with ``weights_only=True``."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value)
+    if isinstance(value, (list, tuple, range)):
+        return tuple(_plain(v) for v in value)
+    return value
+
+
+#: name -> its class; one class per algorithm, whoever asks first names its module.
+_CLASSES: dict[str, type[AlgorithmOptimizer]] = {}
+
+
 def optimizer_class(
-    name: str, doc: str | None = None, class_name: str | None = None
+    name: str, doc: str | None = None, class_name: str | None = None, module: str | None = None
 ) -> type[AlgorithmOptimizer]:
-    """A ``torch.optim``-style class for the registered algorithm ``name``:
-    ``cls(params, lr=1e-3, **options)``. The options and their defaults are the algorithm
-    factory's (its signature is the class's), so they are written once, in the factory; every
-    option goes into the param groups, defaults included (as torch's optimizers do, so that
-    schedulers such as OneCycleLR find betas or momentum)."""
-    algorithm_defaults(name)  # an unknown name fails here
+    """The ``torch.optim``-style class of the registered algorithm ``name``:
+    ``cls(params, lr=1e-3, *options, **options)``. The options and their defaults are the
+    algorithm factory's, in its order (its signature is the class's), so they are written
+    once, in the factory; every option goes into the param groups as a plain value, defaults
+    included (as torch's optimizers do, so that schedulers such as OneCycleLR find betas or
+    momentum). One class per name: the first call makes it (``module``: where it is bound,
+    for pickling), later calls return it."""
+    if name in _CLASSES:
+        return _CLASSES[name]
+    defaults = algorithm_defaults(name)  # an unknown name fails here
+    order = list(defaults)
 
-    def __init__(self, params, lr: float = 1e-3, **options: Any) -> None:
+    def __init__(self, params, lr: float = 1e-3, *args: Any, **options: Any) -> None:
+        if len(args) > len(order):
+            raise TypeError(
+                f"{type(self).__name__} takes at most {len(order)} positional "
+                f"options ({', '.join(order)}), got {len(args)}"
+            )
+        for k, v in zip(order, args, strict=False):
+            if k in options:
+                raise TypeError(f"{type(self).__name__} got option {k!r} twice")
+            options[k] = v
         algorithm(name, **options)  # validate eagerly: a bad option fails here, not at a step
-
-        def build(**hp: Any) -> Algorithm:
-            return algorithm(name, **hp)
-
-        AlgorithmOptimizer.__init__(
-            self, params, build, lr=lr, **{**algorithm_defaults(name), **options}
-        )
+        hp = {k: _plain(v) for k, v in {**defaults, **options}.items()}
+        AlgorithmOptimizer.__init__(self, params, functools.partial(algorithm, name), lr=lr, **hp)
         self.algorithm_name = name
 
-    options = [
-        inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=v)
-        for k, v in algorithm_defaults(name).items()
-    ]
     __init__.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
         [
             inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
             inspect.Parameter("params", inspect.Parameter.POSITIONAL_OR_KEYWORD),
             inspect.Parameter("lr", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=1e-3),
-            *options,
+            *(
+                inspect.Parameter(k, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=v)
+                for k, v in defaults.items()
+            ),
         ]
     )
     title = class_name or "".join(
         part.capitalize() for part in name.replace("[", "-").replace("]", "").split("-")
     )
-    return type(
+    cls = type(
         title,
         (AlgorithmOptimizer,),
         {
             "__init__": __init__,
             "__doc__": doc
             or f"``torch.optim``-style optimizer for the registered algorithm {name!r}.",
-            "__module__": __name__,
+            "__module__": module or __name__,
         },
     )
+    _CLASSES[name] = cls
+    return cls

@@ -22,7 +22,13 @@ import importlib
 from importlib import metadata
 from types import ModuleType
 
-__all__ = ["ENTRY_POINT_GROUP", "PluginError", "load_entry_points", "load_plugin"]
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "PluginError",
+    "load_entry_points",
+    "load_plugin",
+    "retry_after_plugins",
+]
 
 #: The entry-point group that installed plug-ins declare.
 ENTRY_POINT_GROUP = "steepest.plugins"
@@ -80,3 +86,14 @@ def load_entry_points() -> list[str]:
     if failed:
         raise PluginError(f"plug-in entry points failed to load: {'; '.join(failed)}")
     return list(_loaded_entry_points)
+
+
+def retry_after_plugins(error: Exception) -> bool:
+    """For a lookup that just failed with ``error``: load the installed plug-ins (once per
+    process) and say whether any loaded, i.e. whether the lookup is worth retrying. A plug-in
+    that fails to load does not hide ``error``: its failure is added to it, and ``error`` is
+    raised."""
+    try:
+        return bool(load_entry_points())
+    except PluginError as exc:
+        raise type(error)(f"{error} (also, {exc})") from exc
