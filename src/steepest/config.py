@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -43,6 +44,20 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _require_registered(
+    kind: str, name: str, key: str, names: Callable[[], list[str]], hint: str = ""
+) -> None:
+    """Raise a ValueError listing the valid names unless ``key`` is in ``names()``, once the
+    installed plug-ins have had their chance to register it (they load on the first miss)."""
+    from .plugins import retry_after_plugins
+
+    if key in names():
+        return
+    err = ValueError(f"unknown {kind} {name!r}; allowed: {', '.join(names())}{hint}")
+    if not (retry_after_plugins(err) and key in names()):
+        raise err
+
+
 class DataConfig(_Strict):
     name: str
     classes: list[int] | None = None
@@ -56,18 +71,12 @@ class DataConfig(_Strict):
     @classmethod
     def _known(cls, v: str) -> str:
         from .data import USER_DATA, dataset_names
-        from .plugins import retry_after_plugins
 
         key = v.lower().replace("-", "_")
-        if key == USER_DATA or key in dataset_names():
-            return v
-        err = ValueError(
-            f"unknown dataset {v!r}; allowed: {', '.join(dataset_names())} "
-            f"(or {USER_DATA!r} with steepest.train(config, data=...))"
-        )
-        if retry_after_plugins(err) and key in dataset_names():
-            return v  # named by a plug-in that had not been loaded yet
-        raise err
+        if key != USER_DATA:
+            hint = f" (or {USER_DATA!r} with steepest.train(config, data=...))"
+            _require_registered("dataset", v, key, dataset_names, hint)
+        return v
 
 
 class ModelConfig(BaseModel):
@@ -81,17 +90,11 @@ class ModelConfig(BaseModel):
     @classmethod
     def _known(cls, v: str) -> str:
         from .models import USER_MODEL, model_names
-        from .plugins import retry_after_plugins
 
-        if v == USER_MODEL or v in model_names():
-            return v
-        err = ValueError(
-            f"unknown model {v!r}; allowed: {', '.join(model_names())} "
-            f"(or {USER_MODEL!r} with steepest.train(config, model=...))"
-        )
-        if retry_after_plugins(err) and v in model_names():
-            return v  # named by a plug-in that had not been loaded yet
-        raise err
+        if v != USER_MODEL:
+            hint = f" (or {USER_MODEL!r} with steepest.train(config, model=...))"
+            _require_registered("model", v, v, model_names, hint)
+        return v
 
     def kwargs(self) -> dict[str, Any]:
         extra = dict(self.model_extra or {})
@@ -121,14 +124,9 @@ class AlgorithmConfig(_Strict):
     @classmethod
     def _known(cls, v: str) -> str:
         from .algorithms import algorithm_names
-        from .plugins import retry_after_plugins
 
-        if v in algorithm_names():
-            return v
-        err = ValueError(f"unknown algorithm {v!r}; allowed: {', '.join(algorithm_names())}")
-        if retry_after_plugins(err) and v in algorithm_names():
-            return v  # named by a plug-in that had not been loaded yet
-        raise err
+        _require_registered("algorithm", v, v, algorithm_names)
+        return v
 
     @model_validator(mode="after")
     def _check(self) -> AlgorithmConfig:

@@ -31,11 +31,18 @@ from .norms import Norm
 __all__ = ["AlgorithmOptimizer", "SteepestDescent", "optimizer", "optimizer_class"]
 
 
-def _frozen(value: Any) -> Any:
-    """A hashable, comparable stand-in for a hyperparameter value (lists from a loaded
-    state_dict compare equal to the tuples they were)."""
-    if isinstance(value, (list, tuple)):
-        return tuple(_frozen(v) for v in value)
+def _plain(value: Any) -> Any:
+    """An option as a plain Python value (numpy scalars, ranges, lists become floats, ints,
+    tuples): what the param groups store, so that ``state_dict`` loads with
+    ``weights_only=True``, and a hashable key that a loaded group's lists compare equal to."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value)
+    if isinstance(value, (list, tuple, range)):
+        return tuple(_plain(v) for v in value)
     return value
 
 
@@ -88,7 +95,7 @@ class AlgorithmOptimizer(torch.optim.Optimizer):
         # The rule's hyper-parameters are the keys the optimizer was built with; other keys
         # (a scheduler's initial_lr or max_lr) are not the rule's.
         hp = {k: group[k] for k in self.defaults if k != "lr" and k in group}
-        key = tuple((k, _frozen(v)) for k, v in hp.items())
+        key = tuple((k, _plain(v)) for k, v in hp.items())
         cached = self._rules.get(id(group))
         if cached is not None and cached[0] == key:
             return cached[1], cached[2]
@@ -150,20 +157,6 @@ def optimizer(name: str, params, lr: float = 1e-3, **kwargs: Any) -> AlgorithmOp
     ``optimizer_class(name)`` (for "adam" that is :class:`steepest.adaptive.Adam`).
     """
     return optimizer_class(name)(params, lr, **kwargs)
-
-
-def _plain(value: Any) -> Any:
-    """An option as a plain Python value (numpy scalars, ranges, lists become floats, ints,
-    tuples), so that ``state_dict`` loads with ``weights_only=True``."""
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return float(value)
-    if isinstance(value, (list, tuple, range)):
-        return tuple(_plain(v) for v in value)
-    return value
 
 
 #: name -> its class; one class per algorithm, whoever asks first names its module.
