@@ -328,6 +328,27 @@ def test_norm_names_and_objects():
             max_margin(X, y, bad)
 
 
+def test_a_norm_object_names_its_oracle_and_its_name_is_not_parsed():
+    """A user's norm says which oracle norm it is (Norm.oracle_norm); its name is free."""
+    from steepest.norms import LpNorm, Norm
+
+    class Cube(LpNorm):  # ℓ∞ under another name
+        def __init__(self) -> None:
+            super().__init__(math.inf)
+            self.name = "my-cube"
+
+    class Opaque(Norm):
+        name = "l2"  # a misleading name must not buy an oracle
+
+    X, y = _separable(15, 12, 4)
+    assert canonical_norm_name(Cube()) == "linf"
+    assert max_margin(X, y, Cube()).gamma == pytest.approx(
+        max_margin(X, y, "linf").gamma, rel=1e-12
+    )
+    with pytest.raises(ValueError, match="has no exact max-margin oracle"):
+        max_margin(X, y, Opaque())
+
+
 def test_bad_arguments():
     X, y = _separable(14, 10, 3)
     with pytest.raises(ValueError, match="method"):

@@ -132,6 +132,11 @@ class Norm:
     #: The KKT program of docs/theory.md §3.6 that :func:`steepest.kkt.kkt_residual` solves for
     #: this norm ("l2", "l1", "linf", "lp", "spectral"), or None: no KKT residual.
     kkt_program: str | None = None
+    #: The norm the exact max-margin oracles solve for a linear model with this norm
+    #: (:func:`steepest.oracles.max_margin`, :func:`steepest.implicit.implicit_flow`): an ℓp
+    #: exponent p ≥ 1 (``math.inf`` for ℓ∞), a matrix-norm name ("spectral", "nuclear",
+    #: "frobenius", "max"), or None: no oracle.
+    oracle_norm: float | str | None = None
 
     @property
     def column(self) -> str:
@@ -235,6 +240,7 @@ class LpNorm(Norm):
         self.q = math.inf if p == 1.0 else (1.0 if math.isinf(p) else p / (p - 1.0))
         self.name = _lp_name(p)
         self.kkt_program = {2.0: "l2", 1.0: "l1", math.inf: "linf"}.get(p, "lp")
+        self.oracle_norm = p
 
     @staticmethod
     def vec_norm(v: Tensor, p: float, *, nonneg: bool = False) -> Tensor:
@@ -460,6 +466,7 @@ class Spectral(Norm):
 
     name = "max-spectral"
     kkt_program = "spectral"
+    oracle_norm = "spectral"  # one weight matrix: max over layers = σ_max(W)
 
     @property
     def column(self) -> str:

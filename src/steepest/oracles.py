@@ -53,6 +53,8 @@ __all__ = [
     "margins_linear",
     "max_margin",
     "norm_value",
+    "resolve_norm",
+    "cvxpy_norm",
 ]
 
 # Relative tolerance of the self-consistency check γ(w) vs 1/optimal value.
@@ -206,21 +208,24 @@ def _parse_p(p: float) -> tuple[str, float]:
     return f"l{p:g}", float(p)
 
 
-def _resolve_norm(norm: Any) -> tuple[str, float | None]:
+def resolve_norm(norm: Any) -> tuple[str, float | None]:
     """(canonical name, exact p) of ``norm``; p is None for the matrix norms.
 
-    p is kept separately because the name prints it with ``%g`` ("l1.33333" for p = 4/3).
+    ``norm`` is a name, a number p, or a :class:`steepest.norms.Norm`, which names its oracle
+    norm itself (``Norm.oracle_norm``; a user's norm without one gets a clear error). p is kept
+    separately because the name prints it with ``%g`` ("l1.33333" for p = 4/3).
     """
+    if hasattr(norm, "oracle_norm") and not isinstance(norm, str):
+        # a steepest.norms.Norm says which oracle norm it is; its name is not parsed
+        key = norm.oracle_norm
+        if key is None:
+            raise ValueError(
+                f"norm {getattr(norm, 'name', norm)!r} has no exact max-margin oracle (its "
+                "oracle_norm is None); valid norms: " + _VALID_NAMES
+            )
+        return resolve_norm(key)
     if hasattr(norm, "name") and not isinstance(norm, str):
-        p_attr = getattr(norm, "p", None)
-        name, p = _resolve_norm(norm.name)
-        if (
-            p is not None
-            and isinstance(p_attr, (int, float))
-            and _parse_p(float(p_attr))[0] == name
-        ):
-            p = float(p_attr)  # e.g. steepest.norms.LpNorm(4/3): exact p behind the rounded name
-        return name, p
+        return resolve_norm(norm.name)
     if isinstance(norm, (int, float, np.integer, np.floating)) and not isinstance(norm, bool):
         return _parse_p(float(norm))
     if not isinstance(norm, str):
@@ -244,12 +249,43 @@ def canonical_norm_name(norm: Any) -> str:
     "nuclear", "frobenius", "max". Aliases: "l_inf", "inf" → "linf"; "fro" → "frobenius";
     "nuc" → "nuclear"; "max-spectral" (the package's Spectral norm) → "spectral".
     """
-    return _resolve_norm(norm)[0]
+    return resolve_norm(norm)[0]
+
+
+def cvxpy_norm(w: Any, name: str, p: float | None, shape: tuple[int, ...] | None = None) -> Any:
+    """The cvxpy expression ‖w‖ of a norm given by :func:`resolve_norm`'s (name, p).
+
+    ``w`` is a cvxpy vector; a matrix norm (p is None) reads it as W of ``shape`` (k, d), row
+    major. ℓ1, ℓ2 and ℓ∞ use cvxpy's LP/SOCP atoms; other p use ``pnorm`` (cvxpy represents p
+    by a close rational number). Shared by the oracles and :mod:`steepest.implicit`.
+    """
+    import cvxpy as cp
+
+    if p is None:
+        if shape is None or len(shape) != 2:
+            raise ValueError(f"the {name} norm needs a matrix shape (k, d), got {shape}")
+        W = cp.reshape(w, shape, order="C")
+        if name == "spectral":
+            return cp.sigma_max(W)
+        if name == "nuclear":
+            return cp.normNuc(W)
+        if name == "frobenius":
+            return cp.norm(W, "fro")
+        if name == "max":
+            return cp.max(cp.abs(W))
+        raise ValueError(f"unknown matrix norm {name!r}; valid norms: {_VALID_NAMES}")
+    if p == 1:
+        return cp.norm1(w)
+    if p == 2:
+        return cp.norm(w, 2)
+    if math.isinf(p):
+        return cp.norm_inf(w)
+    return cp.pnorm(w, p)
 
 
 def norm_value(w: Any, norm: Any) -> float:
     """‖w‖ in float64; vector norms act on vec(w) for a matrix, matrix norms need a 2-D w."""
-    name, p = _resolve_norm(norm)
+    name, p = resolve_norm(norm)
     return _norm_value(_to_numpy(w, "w").astype(np.float64), name, p)
 
 
@@ -383,28 +419,13 @@ def _solve_cvxpy(
 
     D = A.shape[1]
     w = cp.Variable(D)
-    W = cp.reshape(w, shape, order="C") if len(shape) == 2 else w
     squared = False
-    if name == "spectral":
-        obj = cp.sigma_max(W)
-    elif name == "nuclear":
-        obj = cp.normNuc(W)
-    elif name == "frobenius":
-        obj = cp.norm(W, "fro")
-    elif name == "max":
-        obj = cp.max(cp.abs(W))
+    if p is not None and method == "qp":
+        obj, squared = cp.sum_squares(w), True
+    elif p is not None and method == "pnorm":
+        obj = cp.pnorm(w, p)
     else:
-        assert p is not None
-        if method == "qp":
-            obj, squared = cp.sum_squares(w), True
-        elif method == "socp" or (method == "cvxpy" and p == 2):
-            obj = cp.norm(w, 2)
-        elif method == "cvxpy" and p == 1:
-            obj = cp.norm1(w)
-        elif method == "cvxpy" and math.isinf(p):
-            obj = cp.norm_inf(w)
-        else:  # "pnorm", or "cvxpy" for 1 < p < ∞, p ≠ 2
-            obj = cp.pnorm(w, p)
+        obj = cvxpy_norm(w, name, p, shape)
     prob = None
     try:
         for opts in _CLARABEL_ATTEMPTS:
@@ -494,7 +515,7 @@ def max_margin(X: Any, y: Any, norm: Any = "l2", *, method: str | None = None) -
         NotSeparableError: no w separates the data through the origin.
         ValueError: bad shapes, labels, norm or method.
     """
-    name, p = _resolve_norm(norm)
+    name, p = resolve_norm(norm)
     Xn = _check_X(X)
     yn = _check_y(y, Xn.shape[0])
     n, d = Xn.shape
@@ -617,7 +638,7 @@ def diagonal_max_margin(X: Any, y: Any, *, depth: int = 2, norm: Any = "l2") -> 
     if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)) or depth < 1:
         raise ValueError(f"depth must be an integer >= 1, got {depth!r}")
     L = int(depth)
-    name, p = _resolve_norm(norm)
+    name, p = resolve_norm(norm)
     if p is None:
         raise ValueError(
             f"norm {name!r}: diagonal networks take a vector norm on θ = [u; v]; "
