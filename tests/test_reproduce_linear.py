@@ -39,6 +39,15 @@ def test_smoke_report(tmp_path):
         for v in row.values():
             # γ_N/γ*_N is finite and never above 1: γ* is the maximum (1e-9: oracle rounding)
             assert math.isfinite(v) and v <= 1 + 1e-9
+    # The flows themselves, by implicit steps: each reaches 0.999 of its exact max margin (on
+    # the smoke size's 20 x 30 data too) with its smoothed margin rising at every step.
+    flows = rep.numbers["implicit_flow"]
+    assert set(flows) == {"l1", "l2", "linf", "l3"}
+    for n, f in flows.items():
+        assert f["steps_0.999"] is not None and f["final"] <= 1 + 1e-9, n
+        assert f["smoothed_margin_monotone"], n
+    assert all(rep.numbers["flow_0.999_within_10k"].values())
+    assert any(c.startswith("The steepest flows, integrated by implicit") for c in captions)
     res = json.loads((tmp_path / "results.json").read_text())
     assert res["name"] == "linear" and res["size"] == "smoke"
     assert "Theorem checks" in (tmp_path / "report.md").read_text()

@@ -32,6 +32,7 @@ _LAZY = (
     "data",
     "devices",
     "engine",
+    "implicit",
     "kkt",
     "oracles",
     "plots",
