@@ -6,7 +6,8 @@ default: sparse teacher, n = 40, d = 60, or ``--n/--d``), θ₀ = 0, through
 Includes the anchors' way (constant-step unnormalized GD with η = 1/σ_max(X)², as Soudry et al.
 and Gunasekar et al. ran it; Lyu & Li's loss-based GD), decaying normalized steps η₀t^-a,
 steps proportional to ‖θ‖ (``norm_scaled``) and progressive norm rescaling (PRGD, Wang, Min & Wu
-2023; loop only: the engine cannot rescale θ).
+2023; loop only: the engine cannot rescale θ). Then two fixed relative steps of sign descent
+(deep, and off the flow) and the flows themselves by implicit steps (``steepest.implicit``).
 
     python benchmarks/bench_time_to_margin.py            # 10^4 steps per run (anchors 2·10^5), ~2-4 min
     python benchmarks/bench_time_to_margin.py --quick    # 2,000 steps per run
@@ -21,7 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import header, parse_args  # noqa: E402  (puts src/ on the path, sets threads)
 
 from steepest.reproduce.linear import (  # noqa: E402
+    IMPLICIT_HEADERS,
     TTM_HEADERS,
+    implicit_flow_rows,
     make_data,
     oracles,
     run_entries,
@@ -141,6 +144,37 @@ def main() -> None:
             f"{n}: {'met at ' + str(s) if s is not None and s <= 10_000 else 'not met'}"
             for n, s in goal.items()
         ),
+    )
+    # Depth is not the limit: fixed relative steps (η = α‖θ‖∞) go far deeper and end far from
+    # γ*_∞, because past the stability edge (α ≳ c/Q) the steps leave the flow.
+    fixed = run_entries(
+        X,
+        y,
+        [
+            {
+                "label": f"sign, η = {a:g}·‖θ‖",
+                "algorithm": "sign",
+                "schedule": "norm_scaled",
+                "lr": a,
+                "a": 0.0,
+            }
+            for a in (1e-3, 3e-3)
+        ],
+        steps,
+        gam,
+    )
+    print(
+        markdown_table(
+            ["explicit, fixed relative step", "final log 𝓛", "final γ_∞/γ*_∞"],
+            [[t.label, f"{t.log_loss[-1]:.4g}", f"{t.final['linf']:.4f}"] for t in fixed],
+        )
+    )
+    # The flows themselves, by implicit steps (steepest.implicit).
+    rows, flows = implicit_flow_rows(X, y, orc, {"norms": NORMS, "until_log_loss": -1e4})
+    print(markdown_table(IMPLICIT_HEADERS, rows))
+    print(
+        "the flows (implicit steps) reach 0.999 γ*_N in:",
+        ", ".join(f"{n}: {f['steps_0.999']} steps" for n, f in flows.items()),
     )
 
 

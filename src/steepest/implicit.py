@@ -4,7 +4,7 @@ Explicit steps cannot go deep into the late phase *and* stay on the flow: the fl
 ascends a soft-min of the margins whose temperature is 1/Q (Q = −log 𝓛), so a relative step r
 must stay below about c/Q, and log 𝓛 falls by a bounded amount per step (docs/late_phase.md,
 "Why not −10³ in 2,000 steps"). Steps beyond that bound leave the flow: sign descent on the
-linear sparse teacher with a fixed relative step of 0.003 reached Q ≈ 3·10⁸ at 0.29 of γ*_∞.
+linear sparse teacher with a fixed relative step of 0.003 reached Q = 4·10⁹ at 0.29 of γ*_∞.
 That is the stability limit of an explicit method on a stiff problem; an implicit method has
 none.
 
