@@ -122,7 +122,14 @@ def test_f2_smoke(tmp_path):
         "Adam eps=0",
         "Adam eps=1e-4",
         "Adam b1=b2=0 eps=0",
+        "Adam b1=b2=0.8 eps=0",
     }
+    # The deep-level table has a cell per algorithm and level; at smoke size nothing gets to
+    # log-loss −50, so every cell must say so rather than show a number from shallower rows.
+    deep = res["deep_levels"]
+    assert set(deep) == set(mat) and all(set(v) == {"-50.0", "-100.0"} for v in deep.values())
+    assert all(math.isnan(x) for v in deep.values() for x in v.values())
+    assert "not reached" in md
     # Adam(β1 = β2 = 0, ε = 0) is sign descent step for step (same η, same start): equal up to rounding.
     for n in ("l2", "linf", "spectral"):
         assert mat["Adam b1=b2=0 eps=0"][n][0] == pytest.approx(mat["sign (linf)"][n][0], rel=1e-9)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,14 @@ from .common import (  # noqa: E402
 from .report import Report  # noqa: E402
 from .verdicts import verify_markdown  # noqa: E402
 
-__all__ = ["run_f2", "margin_at_log_loss", "matched_level", "adam_drift_trace", "crossing_step"]
+__all__ = [
+    "run_f2",
+    "margin_at_log_loss",
+    "matched_level",
+    "adam_drift_trace",
+    "adam_drift_traces",
+    "crossing_step",
+]
 
 SIGN, GD = "sign (linf)", "GD (l2)"
 ADAM_EPS0, ADAM_B0, ADAM_DEFAULT = "Adam eps=0", "Adam b1=b2=0 eps=0", "Adam eps=1e-8"
@@ -111,32 +119,56 @@ def adam_drift_trace(
     steps: int = 1000,
     seed: int = 0,
 ) -> dict[str, np.ndarray]:
-    """One Adam run from the config's warm start, logging the true √v̂ against ε.
+    """One Adam run from the config's warm start, logging the true √v̂ against ε
+    (:func:`adam_drift_traces` with one ε)."""
+    return adam_drift_traces(cfg, eps=[eps], betas=betas, lr=lr, a=a, steps=steps, seed=seed)[
+        float(eps)
+    ]
+
+
+def adam_drift_traces(
+    cfg: dict[str, Any],
+    *,
+    eps: Sequence[float],
+    betas: tuple[float, float] = (0.9, 0.999),
+    lr: float = 0.002,
+    a: float = 0.5,
+    steps: int = 1000,
+    seed: int = 0,
+) -> dict[float, dict[str, np.ndarray]]:
+    """Adam runs, one per ε, from the config's warm start, logging the true √v̂ against ε.
 
     ``cfg`` is an engine config (data, model, loss, warm_start); its algorithms are replaced by
-    Adam(betas, eps) with η_t = lr·t^{−a}, seed ``seed``. The steps are the engine's
-    (:func:`steepest.step.step`: g = ∇log𝓛, the state rescaled to the frame of the current
-    log 𝓛, a non-finite step rolled back and retried with half the step).
+    Adam(betas, ε) with η_t = lr·t^{−a}, seed ``seed``, one run per ε, stepped together as one
+    batch from one warm start. The steps are the engine's (:func:`steepest.step.step`:
+    g = ∇log𝓛, the state rescaled to the frame of the current log 𝓛, a non-finite step rolled
+    back and retried with half the step).
     Columns (at log-spaced steps): step, log_loss, log10_sqrt_vhat = log10 of the median over
     coordinates with v > 0 of √v̂_true = √(v/(1−β2^t))·e^{−s}, frac_below_eps (share of those
     coordinates with √v̂_true < ε), margin_linf, margin_l2, margin_spectral (engine metrics).
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1; got {steps!r}")
-    entry = {
-        "algorithm": "adam",
-        "label": f"Adam eps={eps:g}",
-        "schedule": "power",
-        "lr": lr,
-        "a": a,
-        "options": {"betas": [float(betas[0]), float(betas[1])], "eps": float(eps)},
-    }
+    eps = [float(e) for e in eps]
+    if not eps or len(set(eps)) != len(eps):
+        raise ValueError(f"eps must be distinct values, at least one; got {eps!r}")
+    entries = [
+        {
+            "algorithm": "adam",
+            "label": f"Adam eps={e:g}",
+            "schedule": "power",
+            "lr": lr,
+            "a": a,
+            "options": {"betas": [float(betas[0]), float(betas[1])], "eps": e},
+        }
+        for e in eps
+    ]
     ecfg = load_config(
         {
             **cfg,
             "name": f"{cfg.get('name', 'f2')}/drift",
             "seeds": [seed],
-            "algorithms": [entry],
+            "algorithms": entries,
             "stop": {"steps": steps},
         }
     )
@@ -148,51 +180,62 @@ def adam_drift_trace(
     b2 = float(betas[1])
     state = initial_state(engine, engine.groups, params)
     when = _record_steps(steps)
-    rows: dict[str, list[float]] = {
-        k: []
-        for k in (
-            "step",
-            "log_loss",
-            "log10_sqrt_vhat",
-            "frac_below_eps",
-            "margin_linf",
-            "margin_l2",
-            "margin_spectral",
-        )
+    columns = (
+        "step",
+        "log_loss",
+        "log10_sqrt_vhat",
+        "frac_below_eps",
+        "margin_linf",
+        "margin_l2",
+        "margin_spectral",
+    )
+    rows: list[dict[str, list[float]]] = [{k: [] for k in columns} for _ in eps]
+    # run k is ε = eps[k] (the config's order); each ε is its own rule group (its options differ)
+    where = {
+        k: (gi, grp.indices.index(k)) for gi, grp in enumerate(engine.groups) for k in grp.indices
     }
 
-    def record(st: StepState) -> None:
-        t = int(st.t[0])
-        met = engine.metrics(st.params, st.g, st.ll, st.out)
-        adam = st.algo_states[0]
-        v = torch.cat([x[0].reshape(-1) for x in adam["exp_avg_sq"]])
+    def record(st: StepState, met: dict[str, Any], k: int) -> None:
+        t = int(st.t[k])
+        gi, j = where[k]
+        adam = st.algo_states[gi]
+        v = torch.cat([x[j].reshape(-1) for x in adam["exp_avg_sq"]])
         bc2 = 1.0 - b2 ** max(t, 1) if t > 0 else 1.0
         pos = v > 0
+        e = eps[k]
         if bool(pos.any()):
             # log √v̂_true = ½ log(v/bc2) − s, in log space: v_fed ~ e^{2s} v_true can be huge.
-            log_sv = 0.5 * (torch.log(v[pos]) - math.log(bc2)) - adam["log_grad_scale"][0]
+            log_sv = 0.5 * (torch.log(v[pos]) - math.log(bc2)) - adam["log_grad_scale"][j]
             med = float(torch.median(log_sv)) / math.log(10.0)
-            frac = float((log_sv < math.log(eps)).double().mean()) if eps > 0 else 0.0
+            frac = float((log_sv < math.log(e)).double().mean()) if e > 0 else 0.0
         else:
             med, frac = float("nan"), float("nan")
-        for k, val in (
+        for name, val in (
             ("step", t),
-            ("log_loss", float(st.ll[0])),
+            ("log_loss", float(st.ll[k])),
             ("log10_sqrt_vhat", med),
             ("frac_below_eps", frac),
-            ("margin_linf", float(met["margin_linf"][0])),
-            ("margin_l2", float(met["margin_l2"][0])),
-            ("margin_spectral", float(met["margin_spectral"][0])),
+            ("margin_linf", float(met["margin_linf"][k])),
+            ("margin_l2", float(met["margin_l2"][k])),
+            ("margin_spectral", float(met["margin_spectral"][k])),
         ):
-            rows[k].append(float(val))
+            rows[k][name].append(float(val))
 
     def on_step(st: StepState, what: StepOutcome) -> None:
-        if bool(what.accepted[0]) and int(st.t[0]) in when:
-            record(st)
+        due = [k for k in range(len(eps)) if bool(what.accepted[k]) and int(st.t[k]) in when]
+        if due:
+            met = engine.metrics(st.params, st.g, st.ll, st.out)
+            for k in due:
+                record(st, met, k)
 
-    record(state)
+    met0 = engine.metrics(state.params, state.g, state.ll, state.out)
+    for k in range(len(eps)):
+        record(state, met0, k)
     run_steps(state, engine, engine.groups, engine.schedule, steps, on_step=on_step)
-    return {k: np.asarray(v, dtype=float) for k, v in rows.items()}
+    return {
+        e: {name: np.asarray(v, dtype=float) for name, v in rows[k].items()}
+        for k, e in enumerate(eps)
+    }
 
 
 def plot_drift(
@@ -276,22 +319,61 @@ def run_f2(size: str, out: Path, device: str | None = None) -> Report:
         )
     )
 
+    # --- deep in the late phase: the same comparison at fixed log-loss levels (issue 11).
+    # Adam with β2 = 0.999 cannot get there within the quick budget (its late phase lowers
+    # log𝓛 by at most (1 − β2)/2 per step; REPRODUCTION.md), so those cells say "not reached".
+    deep_levels = [float(v) for v in spec.get("deep_levels", [])]
+    deep: dict[str, dict[str, Any]] = {}
+    if deep_levels:
+        drows_deep = []
+        # sign's mean where all its seeds got there, else NaN ("—" in the ratio column)
+        sign_deep = {
+            lv: float(
+                np.mean(
+                    [margin_at_log_loss(batch.metrics[i], "margin_linf", lv) for i in groups[SIGN]]
+                )
+            )
+            for lv in deep_levels
+        }
+        for lab, idx in groups.items():
+            row: list[Any] = [lab]
+            deep[lab] = {}
+            for lv in deep_levels:
+                vals = [margin_at_log_loss(batch.metrics[i], "margin_linf", lv) for i in idx]
+                reached = all(math.isfinite(v) for v in vals)
+                mean = float(np.mean(vals)) if reached else float("nan")
+                deep[lab][str(lv)] = mean
+                row += (
+                    [f"{mean:.4g}", f"{mean / sign_deep[lv]:.3f}"]
+                    if reached and math.isfinite(sign_deep[lv])
+                    else ["not reached", "—"]
+                )
+            drows_deep.append(row)
+        tables.append(
+            (
+                "γ_∞ deep in the late phase, at fixed log𝓛 levels (mean over seeds; a run that never got there: "
+                "not reached)",
+                markdown_table(
+                    ["algorithm"]
+                    + [h for lv in deep_levels for h in (f"γ_∞ at {lv:g}", f"/ sign's at {lv:g}")],
+                    drows_deep,
+                ),
+            )
+        )
+
     # --- the ε drift trace (own Adam loop, seed 0)
     dr = spec["drift"]
     cfg = batch_configs(spec, size)[batch.name]
     dsteps = dr["steps"][size]
-    traces = {
-        float(e): adam_drift_trace(
-            cfg,
-            eps=float(e),
-            betas=tuple(dr["betas"]),
-            lr=dr["lr"],
-            a=dr["a"],
-            steps=dsteps,
-            seed=dr["seed"],
-        )
-        for e in dr["eps"]
-    }
+    traces = adam_drift_traces(
+        cfg,
+        eps=[float(e) for e in dr["eps"]],
+        betas=tuple(dr["betas"]),
+        lr=dr["lr"],
+        a=dr["a"],
+        steps=dsteps,
+        seed=dr["seed"],
+    )
     gd0 = batch.metrics[groups[GD][0]] if GD in groups else None
     drows, drift_num = [], {}
     ref = traces.get(0.0)
@@ -419,6 +501,7 @@ def run_f2(size: str, out: Path, device: str | None = None) -> Report:
         "matrix": {lab: {n: list(v) for n, v in r.items()} for lab, r in mat.items()},
         "matched_level": level,
         "at_level": at_level,
+        "deep_levels": deep,
         "drift": drift_num,
         "checks": checks,
         "degree": L,
