@@ -17,6 +17,7 @@ from . import adaptive, algorithms, losses, metrics, models, norms, optim
 from .algorithms import Algorithm, algorithm, algorithm_names, register_algorithm
 from .data import register_dataset
 from .engine import train
+from .fingerprints import Fingerprint, fingerprint
 from .models import homogeneity_degree, register_model
 from .norms import Norm, norm, norm_names, register_norm
 from .optim import SteepestDescent, optimizer
@@ -62,12 +63,15 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "Algorithm",
+    "Fingerprint",
     "adaptive",
     "Norm",
     "SteepestDescent",
     "algorithm",
     "algorithm_names",
     "algorithms",
+    "fingerprint",
+    "fingerprints",
     "homogeneity_degree",
     "losses",
     "metrics",

@@ -370,6 +370,53 @@ def reproduce(
     typer.echo(f"report: {folder / 'report.md'} ({len(report.figures)} figures)")
 
 
+@app.command()
+@_user_errors
+def fingerprint(
+    optimizer: Annotated[
+        str,
+        typer.Argument(
+            help="import path module:Name (torch.optim:Adam, pytorch_optimizer:Lion) or "
+            "steepest:NAME (a registered rule)"
+        ),
+    ],
+    options: Annotated[
+        str, typer.Option(help='keyword options as JSON, e.g. \'{"lr": 0.001, "eps": 0}\'')
+    ] = "{}",
+    out: Annotated[
+        Path | None, typer.Option(help="write report.md, results.json and profile.png here")
+    ] = None,
+    steps: Annotated[int | None, typer.Option(help="steps per problem (default 6000)")] = None,
+    c: Annotated[
+        float, typer.Option(help="step rule: relative steps c/(-log L); 0: the optimizer's own lr")
+    ] = 0.1,
+) -> None:
+    """Which margin does an optimizer maximize? Runs it on separable problems whose max-margin
+    solutions differ by norm and prints γ_N/γ*_N for every norm, with the verdict."""
+    import json
+
+    from . import fingerprints as fpm
+
+    try:
+        opts = json.loads(options)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--options is not valid JSON ({exc.msg}): {options!r}") from None
+    if not isinstance(opts, dict):
+        raise ValueError(f"--options must be a JSON object, got {options!r}")
+    if c < 0:
+        raise ValueError(f"--c must be >= 0 (0: the optimizer's own lr), got {c}")
+    make = fpm.load_optimizer(optimizer, opts)
+    rule = fpm.ConstantSteps() if c == 0 else fpm.LossScaledSteps(c)
+    fp = fpm.fingerprint(make, name=make.__name__, steps=steps or fpm.DEFAULT_STEPS, step_rule=rule)
+    typer.echo(fp.table())
+    for line in fp.failures():
+        typer.echo(f"not ok: {line}")
+    typer.echo(f"\n{fp.verdict}")
+    if out is not None:
+        paths = fpm.write_report(fp, out)
+        typer.echo(f"report: {paths[1]}")
+
+
 DEMO_CONFIG: dict[str, Any] = {
     "name": "demo",
     "data": {"name": "mnist", "classes": [2, 7], "n_train": 100, "n_test": 200},

@@ -1,0 +1,709 @@
+"""Implicit-bias fingerprint of any optimizer: which margin does it maximize?
+
+Every steepest-descent method maximizes the margin of its own norm (docs/theory.md §3.3–§3.4,
+§3.7): on separable data a linear model trained by it converges in direction to the max-margin
+separator of that norm, γ_N(θ_t) → γ*_N. :func:`fingerprint` runs any ``torch.optim``
+optimizer on a fixed family of separable problems whose max-margin solutions differ clearly
+from norm to norm, and reads γ_N(θ_T)/γ*_N for every norm N of two families, with γ*_N exact
+(:func:`steepest.oracles.max_margin`):
+
+* vector problems (binary, w ∈ R^d): ℓp for p ∈ {1, 1.25, 1.5, 2, 3, 4, 8, ∞};
+* matrix problems (a multiclass linear model W ∈ R^{k×d}, Lyu & Li's multiclass margin):
+  spectral, Frobenius, nuclear, entrywise max (ℓ∞) and entrywise ℓ1.
+
+The norm whose ratio is largest is the optimizer's; where no ratio reaches
+:data:`VERDICT_RATIO` the verdict is "no single norm", an honest outcome and not a failure.
+
+**The runs.** The optimizer minimizes log 𝓛 (the package's convention, docs/theory.md §3.8):
+∇log𝓛 = ∇𝓛/𝓛 stays O(1) however small 𝓛 gets, so the run can go far into the late phase in
+float64. The step size is the optimizer's own lr times a multiplier that a step rule sets
+after every step from what it measured (:class:`StepRule`). The default,
+:class:`LossScaledSteps`, holds the step's relative length ‖θ_{t+1} − θ_t‖₂/‖θ_t‖₂ at c/Q with
+Q = −log 𝓛: deep in the late phase a relative step past about 1/Q leaves the flow
+(docs/late_phase.md), and c/Q keeps the drop of log 𝓛 per step about constant. It only scales
+the step; the direction is the optimizer's. Measured on the default problems: gd, sign, cd and
+lp(3) land on ℓ2, ℓ∞, ℓ1 and ℓ3 with ratios 0.98–0.999 (docs/fingerprints.md).
+
+**Reliability.** A run that produces NaN or inf, diverges (log 𝓛 above its start by
+:data:`DIVERGED_RISE`), raises, or never separates the data is reported as such in its
+:class:`ProblemResult`; the other problems still run.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .losses import log_loss, margins
+from .oracles import max_margin, norm_value
+
+__all__ = [
+    "VECTOR_NORMS",
+    "MATRIX_NORMS",
+    "VERDICT_RATIO",
+    "DEFAULT_STEPS",
+    "DIVERGED_RISE",
+    "Problem",
+    "problems",
+    "StepRule",
+    "LossScaledSteps",
+    "ConstantSteps",
+    "ProblemResult",
+    "Fingerprint",
+    "fingerprint",
+    "load_optimizer",
+    "write_report",
+]
+
+#: ℓp norms of the vector problems, p = 1 … ∞ (names as :func:`steepest.oracles.max_margin`'s).
+VECTOR_NORMS: tuple[str, ...] = ("l1", "l1.25", "l1.5", "l2", "l3", "l4", "l8", "linf")
+#: Norms of W ∈ R^{k×d}: spectral σ_max, Frobenius, nuclear Σσ_i, entrywise max and ℓ1.
+MATRIX_NORMS: tuple[str, ...] = ("spectral", "frobenius", "nuclear", "max", "l1")
+#: A norm is the optimizer's only if its mean ratio γ_N/γ*_N reaches this ("ratio < 0.97 for all
+#: norms": no single norm).
+VERDICT_RATIO = 0.97
+#: Steps per problem by default: 6,000 keep one optimizer under 60 s on a 2-core CPU.
+DEFAULT_STEPS = 6000
+#: A run whose log 𝓛 rises this far above its start has diverged.
+DIVERGED_RISE = 50.0
+
+
+# ------------------------------------------------------------------------------------ problems
+@dataclass(frozen=True)
+class Problem:
+    """One separable problem: X (n, d), labels y (±1 for a vector problem, class ids 0..k−1
+    for a matrix one), and the exact max margins γ*_N and unit directions of its norms."""
+
+    name: str
+    kind: str  # "vector" or "matrix"
+    description: str
+    X: np.ndarray
+    y: np.ndarray
+    classes: int  # 1 for a binary problem (w is (1, d)), k for a multiclass one (W is (k, d))
+    gamma: dict[str, float]
+    directions: dict[str, np.ndarray]
+
+    @property
+    def norms(self) -> tuple[str, ...]:
+        return VECTOR_NORMS if self.kind == "vector" else MATRIX_NORMS
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.classes, self.X.shape[1])
+
+    def ratios(self, W: np.ndarray) -> dict[str, float]:
+        """γ_N(W)/γ*_N for every norm of the problem (q_min/‖W‖_N over the exact maximum)."""
+        q = self.margins(W).min()
+        out = {}
+        for n in self.norms:
+            size = norm_value(W if self.kind == "matrix" else W.reshape(-1), n)
+            out[n] = float(q / size / self.gamma[n]) if size > 0 else float("nan")
+        return out
+
+    def margins(self, W: np.ndarray) -> np.ndarray:
+        out = self.X @ W.reshape(self.shape).T
+        if self.kind == "vector":
+            return self.y * out[:, 0]
+        return margins(torch.as_tensor(out), torch.as_tensor(self.y)).numpy()
+
+    def cross_ratios(self) -> dict[str, dict[str, float]]:
+        """How distinct the norms' solutions are: cross[N][M] = γ_M(w*_N)/γ*_M, the ratio in M of
+        an optimizer that converged to N's max-margin direction. Near 1 off the diagonal: this
+        problem cannot tell N from M."""
+        return {n: self.ratios(self.directions[n]) for n in self.norms}
+
+    def distinctness(self) -> dict[str, float]:
+        """Per norm N, the largest cross[N][M] over M ≠ N: the ratio the closest other norm's
+        solution reaches in N. A fingerprint that lands on N with a ratio above this beats it."""
+        cross = self.cross_ratios()
+        return {n: max(cross[m][n] for m in self.norms if m != n) for n in self.norms}
+
+
+def _vector_problem(name: str, description: str, X: np.ndarray, y: np.ndarray) -> Problem:
+    res = {n: max_margin(X, y, n) for n in VECTOR_NORMS}
+    return Problem(
+        name,
+        "vector",
+        description,
+        X,
+        y,
+        1,
+        {n: r.gamma for n, r in res.items()},
+        {n: np.asarray(r.w).reshape(1, -1) for n, r in res.items()},
+    )
+
+
+def _matrix_problem(name: str, description: str, X: np.ndarray, y: np.ndarray, k: int) -> Problem:
+    res = {n: max_margin(X, y, n) for n in MATRIX_NORMS}
+    for n, r in res.items():
+        if np.asarray(r.w).shape != (k, X.shape[1]):  # pragma: no cover - oracle contract
+            raise RuntimeError(f"oracle for {n} returned shape {np.asarray(r.w).shape}")
+    return Problem(
+        name,
+        "matrix",
+        description,
+        X,
+        y,
+        k,
+        {n: r.gamma for n, r in res.items()},
+        {n: np.asarray(r.w) for n, r in res.items()},
+    )
+
+
+def _draw_binary(
+    rng: np.random.Generator, w: np.ndarray, n: int, gap: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """n points x ~ N(0, I) with |⟨w, x⟩| ≥ gap·‖w‖₂, labelled by sign⟨w, x⟩."""
+    X, y = [], []
+    while len(X) < n:
+        x = rng.standard_normal(w.shape[0])
+        s = float(x @ w) / float(np.linalg.norm(w))
+        if abs(s) >= gap:
+            X.append(x)
+            y.append(1.0 if s > 0 else -1.0)
+    return np.asarray(X), np.asarray(y)
+
+
+def _draw_multiclass(
+    rng: np.random.Generator, W: np.ndarray, n: int, gap: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """n points x ~ N(0, I) labelled by argmax W x, kept where the top two scores differ by ≥
+    gap; every class occurs."""
+    k = W.shape[0]
+    while True:
+        X, y = [], []
+        while len(X) < n:
+            x = rng.standard_normal(W.shape[1])
+            s = np.sort(W @ x)
+            if s[-1] - s[-2] >= gap:
+                X.append(x)
+                y.append(int(np.argmax(W @ x)))
+        if len(set(y)) == k:
+            return np.asarray(X), np.asarray(y, dtype=np.int64)
+
+
+_PROBLEMS: dict[int, list[Problem]] = {}
+
+
+def problems(seed: int = 0) -> list[Problem]:
+    """The fixed, seeded family (built once per seed; the oracles take a few seconds).
+
+    * ``sparse-teacher``: n = 30 < d = 50, y = sign⟨w*, x⟩ with a 3-sparse w*;
+    * ``dense-teacher``: n = 30 < d = 50, w* Gaussian (dense);
+    * ``sparse-teacher-wide``: n = 20 < d = 60, 2-sparse w*;
+    * ``multiclass-low-rank``: k = 4, d = 12, n = 40, W* of rank 1 plus a small dense part;
+    * ``multiclass-dense``: k = 4, d = 12, n = 40, W* Gaussian.
+
+    n < d keeps the ℓ1, ℓ2 and ℓ∞ solutions apart (sparse vs dense directions); the cross ratios
+    (:meth:`Problem.distinctness`) say how far apart, per problem.
+    """
+    if seed in _PROBLEMS:
+        return _PROBLEMS[seed]
+    rng = np.random.default_rng(np.random.SeedSequence([17, seed]))
+    out = []
+    w = np.zeros(50)
+    w[rng.choice(50, 3, replace=False)] = rng.standard_normal(3)
+    X, y = _draw_binary(rng, w, 30, 0.1)
+    out.append(_vector_problem("sparse-teacher", "binary, n=30, d=50, 3-sparse teacher", X, y))
+    X, y = _draw_binary(rng, rng.standard_normal(50), 30, 0.1)
+    out.append(_vector_problem("dense-teacher", "binary, n=30, d=50, dense teacher", X, y))
+    w = np.zeros(60)
+    w[rng.choice(60, 2, replace=False)] = rng.standard_normal(2)
+    X, y = _draw_binary(rng, w, 20, 0.1)
+    out.append(_vector_problem("sparse-teacher-wide", "binary, n=20, d=60, 2-sparse teacher", X, y))
+    W = np.outer(rng.standard_normal(4), rng.standard_normal(12)) + 0.2 * rng.standard_normal(
+        (4, 12)
+    )
+    X, y = _draw_multiclass(rng, W, 40, 0.1)
+    out.append(
+        _matrix_problem(
+            "multiclass-low-rank", "k=4 classes, n=40, d=12, rank-1 teacher + noise", X, y, 4
+        )
+    )
+    X, y = _draw_multiclass(rng, rng.standard_normal((4, 12)), 40, 0.1)
+    out.append(
+        _matrix_problem("multiclass-dense", "k=4 classes, n=40, d=12, dense teacher", X, y, 4)
+    )
+    _PROBLEMS[seed] = out
+    return out
+
+
+# ----------------------------------------------------------------------------------- step rules
+class StepRule:
+    """Sets the lr multiplier m (the optimizer's lr is its own lr × m) after every step.
+
+    ``__call__(t, log_loss, relative_step, m) -> m'``: t the steps taken, log_loss the loss
+    before the step, relative_step ‖θ_{t+1} − θ_t‖₂/‖θ_t‖₂ of the step just taken with m.
+    """
+
+    def __call__(
+        self, t: int, log_loss: float, relative_step: float, m: float
+    ) -> float:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def describe(self) -> str:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class LossScaledSteps(StepRule):
+    """Relative steps c/max(Q, 1) with Q = −log 𝓛: m ← m·clip(target/relative_step, ½, 2).
+
+    Deep in the late phase the flow's soft-min has temperature 1/Q, and an explicit relative
+    step past about 1/Q leaves the flow (docs/late_phase.md). c/Q keeps each step's drop of
+    log 𝓛 about c·L. Measured on the default problems (6,000 steps): c = 0.1 lands gd, sign, cd
+    and lp(3) on their own norms; c = 0.3 put sign on ℓ4 and cd on ℓ1.25.
+    """
+
+    c: float = 0.1
+
+    def __post_init__(self) -> None:
+        if not (self.c > 0 and math.isfinite(self.c)):
+            raise ValueError(f"LossScaledSteps: c must be a positive number, got {self.c!r}")
+
+    def __call__(self, t: int, log_loss: float, relative_step: float, m: float) -> float:
+        if not (relative_step > 0 and math.isfinite(relative_step)):
+            return m
+        target = self.c / max(-log_loss, 1.0)
+        return m * min(2.0, max(0.5, target / relative_step))
+
+    def describe(self) -> str:
+        return f"relative steps c/max(−log 𝓛, 1), c = {self.c:g} (the optimizer's lr rescaled after each step)"
+
+
+@dataclass(frozen=True)
+class ConstantSteps(StepRule):
+    """The optimizer's own lr, unchanged (its own schedule, if it has one, still applies)."""
+
+    def __call__(self, t: int, log_loss: float, relative_step: float, m: float) -> float:
+        return m
+
+    def describe(self) -> str:
+        return "the optimizer's own lr, constant"
+
+
+# ------------------------------------------------------------------------------------- results
+@dataclass
+class ProblemResult:
+    """One optimizer on one problem. ``status``: "ok", or why the run stopped or is unusable
+    ("NaN at step t", "diverged at step t", "error: …", "never separated the data").
+    ``ratios``: γ_N/γ*_N at the end (NaN unless ok). ``trajectory``: step, log_loss and one
+    ratio column per norm, at log-spaced steps."""
+
+    problem: str
+    kind: str
+    status: str
+    ratios: dict[str, float]
+    trajectory: dict[str, list[float]]
+    steps: int
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+@dataclass
+class Fingerprint:
+    """Which margin an optimizer maximizes.
+
+    ``norm`` / ``matrix_norm``: the best-matching vector / matrix norm, or "no single norm"
+    (every mean ratio below :data:`VERDICT_RATIO`), or None (no problem of that family ran to
+    the end). ``ratios``: norm → (mean, spread = max − min) over the family's problems that
+    ended ok. ``gap`` / ``matrix_gap``: best mean ratio minus the second best.
+    """
+
+    optimizer: str
+    norm: str | None
+    matrix_norm: str | None
+    ratios: dict[str, tuple[float, float]]
+    gap: float
+    matrix_gap: float
+    results: list[ProblemResult]
+    steps: int
+    step_rule: str
+    seconds: float
+    distinctness: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    @property
+    def verdict(self) -> str:
+        parts = []
+        for kind, best, gap in (
+            ("vector", self.norm, self.gap),
+            ("matrix", self.matrix_norm, self.matrix_gap),
+        ):
+            fam = f"{kind} problems"
+            if best is None:
+                parts.append(f"{fam}: no run finished")
+            elif best == NO_SINGLE_NORM:
+                parts.append(f"{fam}: no single norm (every ratio < {VERDICT_RATIO})")
+            else:
+                mean = self.ratios[_key(kind, best)][0]
+                parts.append(f"{fam}: {best} (ratio {mean:.4f}, {gap:.4f} ahead of the next)")
+        return f"{self.optimizer}: " + "; ".join(parts)
+
+    def failures(self) -> list[str]:
+        """One line per problem that did not end ok."""
+        return [f"{r.problem}: {r.status}" for r in self.results if not r.ok]
+
+    def table(self) -> str:
+        """Markdown, one table per family: a row per norm with the mean ratio γ_N/γ*_N, its
+        spread, and each problem's ratio (or why that run has none); the verdict's norm in bold."""
+        from .tables import markdown_table
+
+        parts = []
+        for kind, norms, best in (
+            ("vector", VECTOR_NORMS, self.norm),
+            ("matrix", MATRIX_NORMS, self.matrix_norm),
+        ):
+            res = [r for r in self.results if r.kind == kind]
+            if not res:
+                continue
+            rows = []
+            for n in norms:
+                mean, spread = self.ratios.get(_key(kind, n), (float("nan"), float("nan")))
+                rows.append(
+                    [f"**{n}**" if n == best else n, _fmt(mean), _fmt(spread)]
+                    + [_fmt(r.ratios[n]) if r.ok else "—" for r in res]
+                )
+            head = ["norm", "mean γ_N/γ*_N", "spread"] + [r.problem for r in res]
+            parts.append(f"{kind} problems\n\n" + markdown_table(head, rows))
+        return "\n\n".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "optimizer": self.optimizer,
+            "norm": self.norm,
+            "matrix_norm": self.matrix_norm,
+            "verdict": self.verdict,
+            "ratios": {k: list(v) for k, v in self.ratios.items()},
+            "gap": self.gap,
+            "matrix_gap": self.matrix_gap,
+            "steps": self.steps,
+            "step_rule": self.step_rule,
+            "seconds": self.seconds,
+            "distinctness": self.distinctness,
+            "results": [
+                {
+                    "problem": r.problem,
+                    "kind": r.kind,
+                    "status": r.status,
+                    "ratios": r.ratios,
+                    "steps": r.steps,
+                    "seconds": r.seconds,
+                    "trajectory": r.trajectory,
+                }
+                for r in self.results
+            ],
+        }
+
+
+NO_SINGLE_NORM = "no single norm"
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.4f}" if math.isfinite(x) else "—"
+
+
+def _key(kind: str, norm: str) -> str:
+    """Matrix-family keys are prefixed: "l1" is a vector norm and an entrywise matrix norm."""
+    return norm if kind == "vector" else f"matrix:{norm}"
+
+
+# ----------------------------------------------------------------------------------------- runs
+def _record_steps(steps: int, per_decade: int = 10) -> set[int]:
+    out = {0, steps}
+    if steps > 0:
+        for v in np.logspace(0, math.log10(steps), per_decade * max(1, int(math.log10(steps))) + 1):
+            out.add(int(round(v)))
+    return out
+
+
+def _run_one(
+    make_optimizer: Callable[[list[torch.Tensor]], torch.optim.Optimizer],
+    prob: Problem,
+    steps: int,
+    rule: StepRule,
+    seed: int,
+) -> ProblemResult:
+    t0 = time.perf_counter()
+    X = torch.as_tensor(prob.X, dtype=torch.float64)
+    y = torch.as_tensor(prob.y, dtype=torch.float64 if prob.kind == "vector" else torch.long)
+    loss_kind = "exponential" if prob.kind == "vector" else "cross_entropy"
+    gen = torch.Generator().manual_seed(seed)
+    W = torch.randn(prob.shape, generator=gen, dtype=torch.float64) / math.sqrt(prob.shape[1])
+    W = torch.nn.Parameter(W)
+    traj: dict[str, list[float]] = {"step": [], "log_loss": []} | {n: [] for n in prob.norms}
+    when = _record_steps(steps)
+
+    def objective() -> torch.Tensor:
+        out = X @ W.T
+        return log_loss(out[:, 0] if prob.kind == "vector" else out, y, loss_kind, validate=False)
+
+    def record(t: int, ll: float) -> None:
+        traj["step"].append(t)
+        traj["log_loss"].append(ll)
+        for n, v in prob.ratios(W.detach().numpy()).items():
+            traj[n].append(v)
+
+    def result(status: str, t: int) -> ProblemResult:
+        ratios = prob.ratios(W.detach().numpy()) if status == "ok" else {}
+        return ProblemResult(
+            prob.name, prob.kind, status, ratios, traj, t, time.perf_counter() - t0
+        )
+
+    try:
+        opt = make_optimizer([W])
+    except Exception as exc:  # the factory is the caller's code: report, do not crash the sweep
+        return result(f"error building the optimizer: {type(exc).__name__}: {exc}", 0)
+    base = [g["lr"] for g in opt.param_groups]
+    m, start, t = 1.0, None, 0
+    with torch.no_grad():
+        ll0 = float(objective())
+    record(0, ll0)
+    try:
+        for t in range(1, steps + 1):
+            for g, b in zip(opt.param_groups, base, strict=True):
+                g["lr"] = b * m
+            opt.zero_grad(set_to_none=True)
+            ll = objective()
+            ll.backward()
+            llf = float(ll.detach())
+            if start is None:
+                start = llf
+            before = W.detach().clone()
+
+            def closure() -> torch.Tensor:  # for optimizers that re-evaluate (L-BFGS, SAM, …)
+                opt.zero_grad(set_to_none=True)
+                value = objective()
+                value.backward()
+                return value
+
+            opt.step(closure)
+            if not bool(torch.isfinite(W).all()):
+                return result(f"NaN or inf in the parameters at step {t}", t)
+            rel = float((W.detach() - before).norm() / before.norm().clamp_min(1e-300))
+            m = rule(t, llf, rel, m)
+            if not (math.isfinite(m) and m > 0):
+                return result(f"the step rule gave lr multiplier {m} at step {t}", t)
+            if t in when:
+                with torch.no_grad():
+                    now = float(objective())
+                if not math.isfinite(now):
+                    return result(f"NaN or inf in log 𝓛 at step {t}", t)
+                if now > start + DIVERGED_RISE:
+                    return result(f"diverged at step {t} (log 𝓛 {now:.3g} from {start:.3g})", t)
+                record(t, now)
+    except Exception as exc:  # a third-party optimizer failing on this problem
+        return result(f"error at step {t}: {type(exc).__name__}: {exc}", t)
+    if prob.margins(W.detach().numpy()).min() <= 0:
+        return result(
+            f"never separated the data (log 𝓛 {traj['log_loss'][-1]:.3g} after {t} steps)", t
+        )
+    return result("ok", t)
+
+
+def fingerprint(
+    make_optimizer: Callable[[list[torch.Tensor]], torch.optim.Optimizer],
+    *,
+    name: str | None = None,
+    steps: int = DEFAULT_STEPS,
+    step_rule: StepRule | None = None,
+    family: Sequence[Problem] | None = None,
+    seed: int = 0,
+) -> Fingerprint:
+    """Fingerprint the optimizer ``make_optimizer(params) -> torch.optim.Optimizer``.
+
+    Runs it for ``steps`` steps on every problem of ``family`` (default :func:`problems`),
+    from a seeded N(0, 1/d) start, under ``step_rule`` (default :class:`LossScaledSteps`), and
+    returns a :class:`Fingerprint`. A run that fails is reported in its result; the other
+    problems still run.
+    """
+    if not callable(make_optimizer):
+        raise TypeError(
+            "make_optimizer must be a callable params -> torch.optim.Optimizer, e.g. "
+            "lambda ps: torch.optim.Adam(ps, lr=1e-3)"
+        )
+    if not (isinstance(steps, int) and steps >= 1):
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    rule = step_rule if step_rule is not None else LossScaledSteps()
+    if not isinstance(rule, StepRule):
+        raise TypeError(f"step_rule must be a steepest.fingerprint.StepRule, got {type(rule)}")
+    fam = list(family) if family is not None else problems(seed=0)
+    t0 = time.perf_counter()
+    results = [_run_one(make_optimizer, p, steps, rule, seed) for p in fam]
+    ratios: dict[str, tuple[float, float]] = {}
+    best: dict[str, tuple[str | None, float]] = {}
+    for kind, norms in (("vector", VECTOR_NORMS), ("matrix", MATRIX_NORMS)):
+        ok = [r for r in results if r.kind == kind and r.ok]
+        if not ok:
+            best[kind] = (None, float("nan"))
+            continue
+        means = {}
+        for n in norms:
+            vals = [r.ratios[n] for r in ok]
+            means[n] = float(np.mean(vals))
+            ratios[_key(kind, n)] = (means[n], float(np.max(vals) - np.min(vals)))
+        order = sorted(means, key=means.get, reverse=True)
+        gap = means[order[0]] - means[order[1]]
+        best[kind] = (order[0] if means[order[0]] >= VERDICT_RATIO else NO_SINGLE_NORM, gap)
+    label = name or getattr(make_optimizer, "__name__", None) or "optimizer"
+    return Fingerprint(
+        optimizer=label,
+        norm=best["vector"][0],
+        matrix_norm=best["matrix"][0],
+        ratios=ratios,
+        gap=best["vector"][1],
+        matrix_gap=best["matrix"][1],
+        results=results,
+        steps=steps,
+        step_rule=rule.describe(),
+        seconds=time.perf_counter() - t0,
+        distinctness={p.name: p.distinctness() for p in fam},
+    )
+
+
+# ------------------------------------------------------------------------- loading, reporting
+def load_optimizer(
+    path: str, options: dict[str, Any] | None = None
+) -> Callable[[list[torch.Tensor]], torch.optim.Optimizer]:
+    """A factory ``params -> optimizer`` from an import path and keyword options.
+
+    ``"torch.optim:Adam"``, ``"pytorch_optimizer:Lion"``, ``"my_pkg.opt:MyOpt"``: the class (or
+    any callable taking params first) at that path; ``"steepest:NAME"``: the package's
+    registered rule NAME (:func:`steepest.optimizer`). The factory is built once on a dummy
+    parameter here, so that a bad option fails now, with its name, and not inside a run.
+    """
+    import importlib
+
+    options = dict(options or {})
+    if not isinstance(path, str) or ":" not in path:
+        raise ValueError(
+            f"optimizer {path!r}: give an import path module:Name, e.g. torch.optim:Adam, "
+            "pytorch_optimizer:Lion or steepest:sign"
+        )
+    module_name, _, attr = path.partition(":")
+    if module_name == "steepest":
+        from . import optimizer as steepest_optimizer
+        from .algorithms import algorithm_defaults
+
+        algorithm_defaults(attr)  # an unknown name fails here, listing the registered ones
+
+        def make(params: list[torch.Tensor]) -> torch.optim.Optimizer:
+            return steepest_optimizer(attr, params, **options)
+
+    else:
+        try:
+            obj: Any = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise ImportError(f"optimizer {path!r}: cannot import {module_name!r} ({exc})") from exc
+        for part in attr.split("."):
+            if not hasattr(obj, part):
+                import difflib
+
+                close = difflib.get_close_matches(part, dir(obj), n=3)
+                hint = f"; did you mean {', '.join(close)}?" if close else ""
+                raise ValueError(f"optimizer {path!r}: {module_name} has no {attr!r}{hint}")
+            obj = getattr(obj, part)
+        if not callable(obj):
+            raise ValueError(f"optimizer {path!r} is not a class or a callable")
+        target = obj
+
+        def make(params: list[torch.Tensor]) -> torch.optim.Optimizer:
+            return target(params, **options)
+
+    dummy = [torch.nn.Parameter(torch.zeros(2, 2, dtype=torch.float64))]
+    try:
+        made = make(dummy)
+    except TypeError as exc:
+        raise ValueError(f"optimizer {path!r} with options {options}: {exc}") from exc
+    if not isinstance(made, torch.optim.Optimizer):
+        raise ValueError(
+            f"optimizer {path!r} built a {type(made).__name__}, not a torch.optim.Optimizer"
+        )
+    make.__name__ = path + (f" {options}" if options else "")
+    return make
+
+
+def write_report(fp: Fingerprint, out: str | Path) -> list[Path]:
+    """Write report.md, results.json and profile.png (ratio against p, and the matrix norms) to
+    ``out``; every file atomically. Returns the paths."""
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .atomic import atomic_write_text
+    from .plots import save_figure
+    from .tables import markdown_table
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8), gridspec_kw={"width_ratios": [3, 2]})
+    x = np.arange(len(VECTOR_NORMS))
+    for r in fp.results:
+        if r.kind == "vector" and r.ok:
+            ax1.plot(x, [r.ratios[n] for n in VECTOR_NORMS], "o-", lw=1, alpha=0.6, label=r.problem)
+    means = [fp.ratios.get(n, (float("nan"), 0))[0] for n in VECTOR_NORMS]
+    ax1.plot(x, means, "k-", lw=2.5, label="mean")
+    ax1.set_xticks(x, [n.replace("l", "") if n != "linf" else "∞" for n in VECTOR_NORMS])
+    ax1.set_xlabel("p of the ℓp norm")
+    ax1.set_ylabel("γ_N(θ_T) / γ*_N")
+    ax1.axhline(VERDICT_RATIO, color="gray", ls="--", lw=0.8)
+    ax1.set_title("vector problems")
+    ax1.legend(fontsize=7)
+    mm = [fp.ratios.get(_key("matrix", n), (float("nan"), 0)) for n in MATRIX_NORMS]
+    ax2.bar(np.arange(len(MATRIX_NORMS)), [m[0] for m in mm], yerr=[m[1] for m in mm], color="C1")
+    ax2.set_xticks(np.arange(len(MATRIX_NORMS)), list(MATRIX_NORMS), rotation=20)
+    ax2.axhline(VERDICT_RATIO, color="gray", ls="--", lw=0.8)
+    ax2.set_ylim(max(0.0, min([m[0] for m in mm if math.isfinite(m[0])] + [1.0]) - 0.05), 1.01)
+    ax2.set_title("matrix problems (multiclass W)")
+    fig.suptitle(fp.optimizer, fontsize=10)
+    paths = [save_figure(fig, out / "profile.png")]
+
+    dist_rows = [
+        [p] + [_fmt(v) for v in d.values()] for p, d in fp.distinctness.items() if len(d) == 8
+    ]
+    dist_mrows = [
+        [p] + [_fmt(v) for v in d.values()] for p, d in fp.distinctness.items() if len(d) == 5
+    ]
+    lines = [
+        f"# Implicit-bias fingerprint: {fp.optimizer}",
+        "",
+        f"**Verdict.** {fp.verdict}",
+        "",
+        f"Budget: {fp.steps} steps per problem; step rule: {fp.step_rule}; "
+        f"{fp.seconds:.1f} s in all. Ratios are γ_N(θ_T)/γ*_N with γ*_N exact "
+        "(steepest.oracles); a norm is the optimizer's only if its mean ratio reaches "
+        f"{VERDICT_RATIO}.",
+        "",
+        fp.table(),
+        "",
+    ]
+    if fp.failures():
+        lines += ["**Runs that did not end ok:**", ""] + [f"- {f}" for f in fp.failures()] + [""]
+    lines += [
+        "**How distinct the problems' norms are:** for each norm N, the largest ratio in N that "
+        "another norm's exact max-margin direction reaches (1 would mean N cannot be told apart).",
+        "",
+        markdown_table(["problem", *VECTOR_NORMS], dist_rows) if dist_rows else "",
+        "",
+        markdown_table(["problem", *MATRIX_NORMS], dist_mrows) if dist_mrows else "",
+        "",
+        "![profile](profile.png)",
+        "",
+    ]
+    paths.append(atomic_write_text(out / "report.md", "\n".join(lines)))
+    paths.append(
+        atomic_write_text(out / "results.json", json.dumps(fp.to_dict(), indent=1, default=float))
+    )
+    return paths
