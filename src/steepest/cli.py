@@ -389,7 +389,7 @@ def fingerprint(
     steps: Annotated[int | None, typer.Option(help="steps per problem (default 6000)")] = None,
     c: Annotated[
         float, typer.Option(help="step rule: relative steps c/(-log L); 0: the optimizer's own lr")
-    ] = 0.1,
+    ] = 0.05,
 ) -> None:
     """Which margin does an optimizer maximize? Runs it on separable problems whose max-margin
     solutions differ by norm and prints γ_N/γ*_N for every norm, with the verdict."""
@@ -407,7 +407,8 @@ def fingerprint(
         raise ValueError(f"--c must be >= 0 (0: the optimizer's own lr), got {c}")
     make = fpm.load_optimizer(optimizer, opts)
     rule = fpm.ConstantSteps() if c == 0 else fpm.LossScaledSteps(c)
-    fp = fpm.fingerprint(make, name=make.__name__, steps=steps or fpm.DEFAULT_STEPS, step_rule=rule)
+    n_steps = steps if steps is not None else fpm.DEFAULT_STEPS
+    fp = fpm.fingerprint(make, name=make.__name__, steps=n_steps, step_rule=rule)
     typer.echo(fp.table())
     for line in fp.failures():
         typer.echo(f"not ok: {line}")
