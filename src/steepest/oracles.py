@@ -225,7 +225,15 @@ def resolve_norm(norm: Any) -> tuple[str, float | None]:
             )
         return resolve_norm(key)
     if hasattr(norm, "name") and not isinstance(norm, str):
-        return resolve_norm(norm.name)
+        p_attr = getattr(norm, "p", None)
+        name, p = resolve_norm(norm.name)
+        if (
+            p is not None
+            and isinstance(p_attr, (int, float))
+            and _parse_p(float(p_attr))[0] == name
+        ):
+            p = float(p_attr)  # an ℓp-like object: its exact p behind the rounded name
+        return name, p
     if isinstance(norm, (int, float, np.integer, np.floating)) and not isinstance(norm, bool):
         return _parse_p(float(norm))
     if not isinstance(norm, str):
@@ -502,7 +510,8 @@ def max_margin(X: Any, y: Any, norm: Any = "l2", *, method: str | None = None) -
             or any labels when a matrix norm is requested → multiclass W ∈ R^{k×d},
             q_i = (W x_i)_{y_i} − max_{j≠y_i}(W x_i)_j (±1 labels then use rows 0 for −1, 1 for +1).
         norm: "l1", "l2", "linf", "l<p>" (p ≥ 1), "spectral", "nuclear", "frobenius", "max", a
-            number p, or an object with ``.name`` (steepest.norms). Vector norms on a multiclass W
+            number p, a :class:`steepest.norms.Norm` (which names its oracle norm in
+            ``oracle_norm``), or another object with a ``.name``. Vector norms on a multiclass W
             act on vec(W).
         method: "lp" (HiGHS; default for ℓ1/ℓ∞), "qp" (default for ℓ2), "socp" (ℓ2), "pnorm"
             (cvxpy ``pnorm(w, p)``; default for other p), "cvxpy" (the cvxpy formulation: norm1 /

@@ -343,11 +343,11 @@ def run_f2(size: str, out: Path, device: str | None = None) -> Report:
                 reached = all(math.isfinite(v) for v in vals)
                 mean = float(np.mean(vals)) if reached else float("nan")
                 deep[lab][str(lv)] = mean
-                row += (
-                    [f"{mean:.4g}", f"{mean / sign_deep[lv]:.3f}"]
-                    if reached and math.isfinite(sign_deep[lv])
-                    else ["not reached", "—"]
-                )
+                if not reached:
+                    row += ["not reached", "—"]
+                else:  # the ratio needs every sign seed at this level too
+                    ok = math.isfinite(sign_deep[lv])
+                    row += [f"{mean:.4g}", f"{mean / sign_deep[lv]:.3f}" if ok else "—"]
             drows_deep.append(row)
         tables.append(
             (

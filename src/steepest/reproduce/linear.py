@@ -428,17 +428,23 @@ def implicit_flow_rows(
     monotone" checks −log𝓛/‖w‖_N at every accepted step (docs/theory.md §3.3: it rises along the
     flow; the integrator never looks at it)."""
     rows, numbers = [], {}
+    missing = [n for n in opts["norms"] if n not in orc]
+    if missing:
+        raise ValueError(
+            f"implicit: norms {missing} have no oracle result here; the loop's norms are "
+            f"{sorted(orc)}"
+        )
     for n in opts["norms"]:
         tr = implicit_flow(
             X,
             y,
-            NORMS[n],
+            n,
             steps=int(opts.get("steps", 1000)),
             tol=float(opts.get("tol", IMPLICIT_TOL)),
             until_log_loss=opts.get("until_log_loss"),
         )
         ratio = np.asarray(tr.margin) / orc[n].gamma
-        smoothed = -np.asarray(tr.log_loss) / np.array([norm_value(w, NORMS[n]) for w in tr.path])
+        smoothed = -np.asarray(tr.log_loss) / np.array([norm_value(w, n) for w in tr.path])
         sep = int(np.argmax(np.asarray(tr.log_loss) < 0))  # first separated iterate
         mono = bool(np.all(np.diff(smoothed[sep:]) >= 0))
         hit = {th: next((k for k, r in enumerate(ratio) if r >= th), None) for th in THRESHOLDS}
