@@ -6,6 +6,7 @@ where the table says otherwise. Writes a markdown table and a JSON file.
 
     python benchmarks/fingerprint_study.py --out /tmp/study            # ~5 min, 2 workers
     python benchmarks/fingerprint_study.py --only "torch SGD" "Lion"   # a few rows
+    python benchmarks/fingerprint_study.py --network 2000               # the network flavor matrix
 """
 
 from __future__ import annotations
@@ -143,12 +144,64 @@ def table(rows: list[dict]) -> str:
     return markdown_table(head, out)
 
 
+# The surprises of the linear study, on the network, beside GD, sign and CD (docs/fingerprints.md).
+NETWORK: list[tuple[str, str, dict]] = [
+    ("GD (steepest:ngd)", "steepest:ngd", {"lr": 0.1}),
+    ("sign (steepest:sign)", "steepest:sign", {"lr": 1e-3}),
+    ("CD (steepest:cd)", "steepest:cd", {"lr": 1e-3}),
+    ("torch Adam", "torch.optim:Adam", {}),
+    ("MADGRAD", "pytorch_optimizer:MADGRAD", {}),
+    ("torch Rprop", "torch.optim:Rprop", {}),
+    ("AdaBelief", "pytorch_optimizer:AdaBelief", {}),
+    ("ADOPT", "pytorch_optimizer:ADOPT", {}),
+    ("Muon (pytorch-optimizer)", "pytorch_optimizer:Muon", {"group": {"use_muon": True}}),
+    ("SOAP", "pytorch_optimizer:SOAP", {}),
+]
+
+
+def network_table(steps: int) -> str:
+    from steepest.fingerprints import load_optimizer, network_flavor_matrix
+    from steepest.tables import markdown_table
+
+    runs = network_flavor_matrix(
+        {label: load_optimizer(path, opts) for label, path, opts in NETWORK}, steps=steps
+    )
+    best = {
+        n: max((r.margins[n] for r in runs if r.status == "ok"), default=None)
+        for n in ("l1", "l2", "linf")
+    }
+    rows = []
+    for r in runs:
+        cells = []
+        for n in ("l1", "l2", "linf"):
+            v = r.margins.get(n)
+            cells.append("—" if v is None else (f"**{v:.4g}**" if v == best[n] else f"{v:.4g}"))
+        rows.append([r.optimizer, *cells, f"{r.log_loss:.4g}", r.status, f"{r.seconds:.0f}"])
+    return markdown_table(["optimizer", "γ_ℓ1", "γ_ℓ2", "γ_ℓ∞", "final log 𝓛", "status", "s"], rows)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=None, help="write study.md and study.json here")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--only", nargs="*", default=None, help="labels to run")
+    ap.add_argument(
+        "--network",
+        type=int,
+        default=None,
+        metavar="STEPS",
+        help="instead: the network flavor matrix (MNIST 2 vs 7, width 64) with STEPS steps",
+    )
     args = ap.parse_args()
+    if args.network is not None:
+        t0 = time.perf_counter()
+        text = network_table(args.network)
+        print(text)
+        print(f"\n{len(NETWORK)} optimizers, {time.perf_counter() - t0:.0f} s")
+        if args.out is not None:
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / "network.md").write_text(text + "\n")
+        return
     rows = [r for r in STUDY if args.only is None or r[0] in args.only]
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     t0 = time.perf_counter()

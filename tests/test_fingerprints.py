@@ -139,6 +139,29 @@ def test_a_factory_that_returns_no_optimizer_or_one_without_lr_does_not_stop_the
     assert fp.results[0].ok, fp.results[0].status  # the binary problem separates in 200 steps
 
 
+def test_the_network_flavor_matrix_puts_each_rule_first_in_its_own_column():
+    """MNIST 2 vs 7, one hidden layer: after 300 steps from the common warm start, GD has the
+    largest ℓ2 margin and sign descent the largest ℓ∞ margin (flavors-f1's diagonal); a broken
+    optimizer is one row with its reason."""
+    from steepest.fingerprints import network_flavor_matrix
+
+    runs = network_flavor_matrix(
+        {
+            "gd": _rule("ngd", lr=0.1),
+            "sign": _rule("sign"),
+            "broken": lambda ps: None,
+        },
+        steps=300,
+        width=16,
+        n_train=60,
+    )
+    gd, sign, broken = runs
+    assert gd.status == sign.status == "ok" and gd.log_loss < -2 and sign.log_loss < -2
+    assert gd.margins["l2"] > sign.margins["l2"]
+    assert sign.margins["linf"] > gd.margins["linf"]
+    assert "returned a NoneType" in broken.status and broken.margins == {}
+
+
 def test_no_single_norm_is_an_outcome_not_an_error(small):
     # 100 steps of sign descent: separated, still far from every max-margin direction
     fp = fingerprint(_rule("sign", lr=1e-2), steps=100, family=small)

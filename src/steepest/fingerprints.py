@@ -60,6 +60,8 @@ __all__ = [
     "fingerprint",
     "load_optimizer",
     "write_report",
+    "NetworkRun",
+    "network_flavor_matrix",
 ]
 
 #: ℓp norms of the vector problems, p = 1 … ∞ (names as :func:`steepest.oracles.max_margin`'s).
@@ -432,50 +434,37 @@ def _record_steps(steps: int, per_decade: int = 10) -> set[int]:
     return out
 
 
-def _run_one(
+def _optimize(
     make_optimizer: Callable[[list[torch.Tensor]], torch.optim.Optimizer],
-    prob: Problem,
+    params: list[torch.nn.Parameter],
+    objective: Callable[[], torch.Tensor],
     steps: int,
     rule: StepRule,
-    seed: int,
-) -> ProblemResult:
-    t0 = time.perf_counter()
-    X = torch.as_tensor(prob.X, dtype=torch.float64)
-    y = torch.as_tensor(prob.y, dtype=torch.float64 if prob.kind == "vector" else torch.long)
-    loss_kind = "exponential" if prob.kind == "vector" else "cross_entropy"
-    gen = torch.Generator().manual_seed(seed)
-    W = torch.randn(prob.shape, generator=gen, dtype=torch.float64) / math.sqrt(prob.shape[1])
-    W = torch.nn.Parameter(W)
-    traj: dict[str, list[float]] = {"step": [], "log_loss": []} | {n: [] for n in prob.norms}
+    record: Callable[[int, float], None],
+) -> tuple[str, int]:
+    """The stepping loop shared by the linear problems and the networks: minimize
+    ``objective()`` (log 𝓛) for ``steps`` steps under ``rule``, calling ``record(t, log 𝓛)`` at
+    log-spaced steps. Returns (status, steps taken); status is "ok" or one line saying why the
+    run stopped. Never raises for the optimizer's faults."""
     when = _record_steps(steps)
-
-    def objective() -> torch.Tensor:
-        out = X @ W.T
-        return log_loss(out[:, 0] if prob.kind == "vector" else out, y, loss_kind, validate=False)
-
-    def record(t: int, ll: float) -> None:
-        traj["step"].append(t)
-        traj["log_loss"].append(ll)
-        for n, v in prob.ratios(W.detach().numpy()).items():
-            traj[n].append(v)
-
-    def result(status: str, t: int) -> ProblemResult:
-        ratios = prob.ratios(W.detach().numpy()) if status == "ok" else {}
-        return ProblemResult(
-            prob.name, prob.kind, status, ratios, traj, t, time.perf_counter() - t0
-        )
-
     try:
-        opt = make_optimizer([W])
+        opt = make_optimizer(params)
     except Exception as exc:  # the factory is the caller's code: report, do not crash the sweep
-        return result(f"error building the optimizer: {type(exc).__name__}: {exc}", 0)
+        return f"error building the optimizer: {type(exc).__name__}: {exc}", 0
     if not isinstance(opt, torch.optim.Optimizer):
-        return result(
+        return (
             f"error building the optimizer: the factory returned a {type(opt).__name__}, "
             "not a torch.optim.Optimizer",
             0,
         )
     t = 0
+
+    def finite() -> bool:
+        return all(bool(torch.isfinite(p).all()) for p in params)
+
+    def flat() -> torch.Tensor:
+        return torch.cat([p.detach().reshape(-1) for p in params])
+
     try:
         # A closure only where step() requires one (L-BFGS, SAM-style): torch's Adam and most
         # others call a closure they are given, which would evaluate every step twice.
@@ -499,7 +488,7 @@ def _run_one(
         with torch.no_grad():
             ll0 = float(objective())
         if not math.isfinite(ll0):
-            return result("NaN or inf in log 𝓛 at the start", 0)
+            return "NaN or inf in log 𝓛 at the start", 0
         record(0, ll0)
         for t in range(1, steps + 1):
             for g, b in zip(opt.param_groups, base, strict=True):
@@ -511,7 +500,7 @@ def _run_one(
             llf = float(ll.detach())
             if start is None:
                 start = llf
-            before = W.detach().clone()
+            before = flat()
 
             def closure() -> torch.Tensor:
                 opt.zero_grad(set_to_none=True)
@@ -523,31 +512,60 @@ def _run_one(
                 opt.step(closure)
             else:
                 opt.step()
-            if not bool(torch.isfinite(W).all()):
-                return result(f"NaN or inf in the parameters at step {t}", t)
-            rel = float((W.detach() - before).norm() / before.norm().clamp_min(1e-300))
+            if not finite():
+                return f"NaN or inf in the parameters at step {t}", t
+            rel = float((flat() - before).norm() / before.norm().clamp_min(1e-300))
             m = rule(t, llf, rel, m)
             if not (math.isfinite(m) and m > 0):
-                return result(f"the step rule gave lr multiplier {m} at step {t}", t)
+                return f"the step rule gave lr multiplier {m} at step {t}", t
             if t in when:
                 with torch.no_grad():
                     now = float(objective())
                 if not math.isfinite(now):
-                    return result(f"NaN or inf in log 𝓛 at step {t}", t)
+                    return f"NaN or inf in log 𝓛 at step {t}", t
                 if now > start + DIVERGED_RISE:
-                    return result(f"diverged at step {t} (log 𝓛 {now:.3g} from {start:.3g})", t)
+                    return f"diverged at step {t} (log 𝓛 {now:.3g} from {start:.3g})", t
                 record(t, now)
         if modal:
             opt.eval()
-            if not bool(torch.isfinite(W).all()):
-                return result(f"NaN or inf in the parameters after eval() at step {t}", t)
+            if not finite():
+                return f"NaN or inf in the parameters after eval() at step {t}", t
     except Exception as exc:  # a third-party optimizer failing on this problem
-        return result(f"error at step {t}: {type(exc).__name__}: {exc}", t)
-    if prob.margins(W.detach().numpy()).min() <= 0:
-        return result(
-            f"never separated the data (log 𝓛 {traj['log_loss'][-1]:.3g} after {t} steps)", t
-        )
-    return result("ok", t)
+        return f"error at step {t}: {type(exc).__name__}: {exc}", t
+    return "ok", t
+
+
+def _run_one(
+    make_optimizer: Callable[[list[torch.Tensor]], torch.optim.Optimizer],
+    prob: Problem,
+    steps: int,
+    rule: StepRule,
+    seed: int,
+) -> ProblemResult:
+    t0 = time.perf_counter()
+    X = torch.as_tensor(prob.X, dtype=torch.float64)
+    y = torch.as_tensor(prob.y, dtype=torch.float64 if prob.kind == "vector" else torch.long)
+    loss_kind = "exponential" if prob.kind == "vector" else "cross_entropy"
+    gen = torch.Generator().manual_seed(seed)
+    W = torch.randn(prob.shape, generator=gen, dtype=torch.float64) / math.sqrt(prob.shape[1])
+    W = torch.nn.Parameter(W)
+    traj: dict[str, list[float]] = {"step": [], "log_loss": []} | {n: [] for n in prob.norms}
+
+    def objective() -> torch.Tensor:
+        out = X @ W.T
+        return log_loss(out[:, 0] if prob.kind == "vector" else out, y, loss_kind, validate=False)
+
+    def record(t: int, ll: float) -> None:
+        traj["step"].append(t)
+        traj["log_loss"].append(ll)
+        for n, v in prob.ratios(W.detach().numpy()).items():
+            traj[n].append(v)
+
+    status, t = _optimize(make_optimizer, [W], objective, steps, rule, record)
+    if status == "ok" and prob.margins(W.detach().numpy()).min() <= 0:
+        status = f"never separated the data (log 𝓛 {traj['log_loss'][-1]:.3g} after {t} steps)"
+    ratios = prob.ratios(W.detach().numpy()) if status == "ok" else {}
+    return ProblemResult(prob.name, prob.kind, status, ratios, traj, t, time.perf_counter() - t0)
 
 
 def fingerprint(
@@ -608,6 +626,89 @@ def fingerprint(
         seconds=time.perf_counter() - t0,
         distinctness={p.name: p.distinctness() for p in fam},
     )
+
+
+# ------------------------------------------------------------------------------------ networks
+@dataclass
+class NetworkRun:
+    """One optimizer on the network: final normalized margins γ_N = q_min/‖θ‖_N^L for ℓ1, ℓ2
+    and ℓ∞ (NaN unless ``status`` is "ok"), the final log 𝓛, and the steps taken."""
+
+    optimizer: str
+    status: str
+    margins: dict[str, float]
+    log_loss: float
+    steps: int
+    seconds: float
+
+
+def network_flavor_matrix(
+    optimizers: dict[str, Callable[[list[torch.Tensor]], torch.optim.Optimizer]],
+    *,
+    steps: int = 2000,
+    width: int = 64,
+    n_train: int = 200,
+    classes: tuple[int, int] = (2, 7),
+    seed: int = 0,
+    step_rule: StepRule | None = None,
+) -> list[NetworkRun]:
+    """Final ℓ1, ℓ2, ℓ∞ margins of each optimizer on a bias-free ReLU MLP (one hidden layer,
+    L = 2) on MNIST ``classes`` (the bundled digits; flavors-f1's data and net at quick size).
+
+    Every optimizer starts from the same separated point: normalized GD (lr 0.05) from the
+    seeded init until log 𝓛 ≤ −2, as flavors-f1's warm start. Then ``steps`` steps of the
+    optimizer under ``step_rule`` (default :class:`LossScaledSteps`), through the same loop as
+    the linear problems, so a failing optimizer is one row, not a crash. There are no exact
+    max margins here: compare the rows, column by column (docs/fingerprints.md).
+    """
+    import copy
+
+    from .data import load_dataset
+    from .metrics import normalized_margin
+    from .models import build_model
+    from .optim import optimizer as steepest_optimizer
+
+    rule = step_rule if step_rule is not None else LossScaledSteps()
+    ds = load_dataset("mnist", classes=list(classes), n_train=n_train, n_test=2, seed=0)
+    X = ds.X_train.to(torch.float64).reshape(ds.X_train.shape[0], -1)
+    y = ds.y_train.to(torch.float64)
+    model0 = build_model("mlp", d=X.shape[1], widths=[width], init_scale=0.05, seed=seed)
+
+    def objective_of(model: torch.nn.Module) -> Callable[[], torch.Tensor]:
+        return lambda: log_loss(model(X).reshape(-1), y, "exponential", validate=False)
+
+    warm = steepest_optimizer("ngd", list(model0.parameters()), lr=0.05)
+    f = objective_of(model0)
+    for _ in range(5000):
+        warm.zero_grad()
+        ll = f()
+        if float(ll.detach()) <= -2.0:
+            break
+        ll.backward()
+        warm.step()
+    else:  # pragma: no cover - the bundled data separate within ~300 steps
+        raise RuntimeError("the warm start did not reach log-loss -2 in 5,000 steps")
+    out = []
+    for label, make in optimizers.items():
+        t0 = time.perf_counter()
+        model = copy.deepcopy(model0)
+        params = list(model.parameters())
+        last = [float("nan")]
+
+        def record(t: int, ll: float, last: list[float] = last) -> None:
+            last[0] = ll
+
+        status, t = _optimize(make, params, objective_of(model), steps, rule, record)
+        margins_ = {}
+        if status == "ok":
+            with torch.no_grad():
+                q_min = float((model(X).reshape(-1) * y).min())
+                if q_min <= 0:
+                    status = f"never separated the data (log 𝓛 {last[0]:.3g})"
+                for n in ("l1", "l2", "linf"):
+                    margins_[n] = float(normalized_margin(model, X, y, n, L=2))
+        out.append(NetworkRun(label, status, margins_, last[0], t, time.perf_counter() - t0))
+    return out
 
 
 # ------------------------------------------------------------------------- loading, reporting
