@@ -301,8 +301,8 @@ class ConstantSteps(StepRule):
 class ProblemResult:
     """One optimizer on one problem. ``status``: "ok", or why the run stopped or is unusable
     ("NaN at step t", "diverged at step t", "error: …", "never separated the data").
-    ``ratios``: γ_N/γ*_N at the end (NaN unless ok). ``trajectory``: step, log_loss and one
-    ratio column per norm, at log-spaced steps."""
+    ``ratios``: γ_N/γ*_N at the end (empty unless ok). ``trajectory``: step, log_loss and one
+    ratio column per norm, at log-spaced steps (up to where the run stopped)."""
 
     problem: str
     kind: str
