@@ -65,6 +65,7 @@ __all__ = [
     "Interrupted",
     "load_experiment_data",
     "warm_start_params",
+    "log_milestones",
 ]
 
 #: Norms every run's margins are measured in (column suffixes of the metric names).
@@ -437,6 +438,18 @@ class Engine:
 # ---------------------------------------------------------------------- the training loop
 
 
+def log_milestones(steps: int, per_decade: int) -> set[int]:
+    """The log-spaced steps at which metrics are recorded: round(10^(k/per_decade)) for
+    k = 0, 1, … up to ``steps``, plus 1 and ``steps`` (docs/theory.md §3.8). Shared by the
+    engine's logging, the ε-drift traces and the fingerprints' trajectories."""
+    out = {1, steps}
+    k = 0
+    while (s := int(round(10 ** (k / per_decade)))) <= steps:
+        out.add(s)
+        k += 1
+    return out
+
+
 class BatchRunner:
     """Holds the state of one batch and steps it: :meth:`advance` queues a step
     (:func:`steepest.step.step`) and :meth:`settle` acts on its events (metrics, statuses,
@@ -463,14 +476,7 @@ class BatchRunner:
         self.per_decade = cfg.logging.per_decade
         self.ckpt_every = cfg.logging.checkpoint_every
         self.batch_size = cfg.batch_size
-        milestones = {1, self.steps}
-        k = 0
-        while True:
-            s = int(round(10 ** (k / self.per_decade)))
-            if s > self.steps:
-                break
-            milestones.add(s)
-            k += 1
+        milestones = log_milestones(self.steps, self.per_decade)
         # Sorted milestone steps, looked up by binary search: O(per_decade·log10 steps) memory
         # (a dense per-step table would be 1 TB at steps = 1e12).
         self.milestones = torch.tensor(sorted(milestones), dtype=torch.long, device=engine.device)

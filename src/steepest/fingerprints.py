@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .engine import log_milestones
 from .losses import log_loss, margins
 from .oracles import max_margin, norm_value
 
@@ -426,14 +427,6 @@ def _key(kind: str, norm: str) -> str:
 
 
 # ----------------------------------------------------------------------------------------- runs
-def _record_steps(steps: int, per_decade: int = 10) -> set[int]:
-    out = {0, steps}
-    if steps > 0:
-        for v in np.logspace(0, math.log10(steps), per_decade * max(1, int(math.log10(steps))) + 1):
-            out.add(int(round(v)))
-    return out
-
-
 def _optimize(
     make_optimizer: Callable[[list[torch.Tensor]], torch.optim.Optimizer],
     params: list[torch.nn.Parameter],
@@ -446,7 +439,7 @@ def _optimize(
     ``objective()`` (log 𝓛) for ``steps`` steps under ``rule``, calling ``record(t, log 𝓛)`` at
     log-spaced steps. Returns (status, steps taken); status is "ok" or one line saying why the
     run stopped. Never raises for the optimizer's faults."""
-    when = _record_steps(steps)
+    when = log_milestones(steps, 10) | {0}
     try:
         opt = make_optimizer(params)
     except Exception as exc:  # the factory is the caller's code: report, do not crash the sweep

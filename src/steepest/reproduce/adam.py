@@ -33,7 +33,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from ..config import load_config  # noqa: E402
-from ..engine import Engine, load_experiment_data, warm_start_params  # noqa: E402
+from ..engine import Engine, load_experiment_data, log_milestones, warm_start_params  # noqa: E402
 from ..plots import save_figure  # noqa: E402
 from ..step import StepOutcome, StepState, initial_state, run_steps  # noqa: E402
 from ..tables import markdown_table  # noqa: E402
@@ -98,15 +98,6 @@ def crossing_step(trace: dict[str, np.ndarray], eps: float) -> float:
         return float("nan")
     below = np.flatnonzero(trace["log10_sqrt_vhat"] < math.log10(eps))
     return float(trace["step"][below[0]]) if below.size else float("nan")
-
-
-def _record_steps(steps: int, per_decade: int = 20) -> set[int]:
-    out = {0, 1, steps}
-    k = 0
-    while (s := int(round(10 ** (k / per_decade)))) <= steps:
-        out.add(s)
-        k += 1
-    return out
 
 
 def adam_drift_trace(
@@ -179,7 +170,7 @@ def adam_drift_traces(
         params, _ = warm_start_params(ecfg, data, engine, params)
     b2 = float(betas[1])
     state = initial_state(engine, engine.groups, params)
-    when = _record_steps(steps)
+    when = log_milestones(steps, 20) | {0}
     columns = (
         "step",
         "log_loss",
