@@ -163,8 +163,19 @@ def network_table(steps: int) -> str:
     from steepest.fingerprints import load_optimizer, network_flavor_matrix
     from steepest.tables import markdown_table
 
+    def factory(path: str, opts: dict):
+        try:
+            return load_optimizer(path, opts)
+        except Exception as exc:  # a missing package or a bad option is one row, not a crash
+            message = f"{type(exc).__name__}: {exc}"
+
+            def fail(ps):
+                raise RuntimeError(message)
+
+            return fail
+
     runs = network_flavor_matrix(
-        {label: load_optimizer(path, opts) for label, path, opts in NETWORK}, steps=steps
+        {label: factory(path, opts) for label, path, opts in NETWORK}, steps=steps
     )
     best = {
         n: max((r.margins[n] for r in runs if r.status == "ok"), default=None)

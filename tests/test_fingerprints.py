@@ -160,6 +160,8 @@ def test_the_network_flavor_matrix_puts_each_rule_first_in_its_own_column():
     assert gd.margins["l2"] > sign.margins["l2"]
     assert sign.margins["linf"] > gd.margins["linf"]
     assert "returned a NoneType" in broken.status and broken.margins == {}
+    with pytest.raises(ValueError, match="two distinct digits"):
+        network_flavor_matrix({}, classes=(1, 2, 3))
 
 
 def test_no_single_norm_is_an_outcome_not_an_error(small):

@@ -625,7 +625,7 @@ def fingerprint(
 @dataclass
 class NetworkRun:
     """One optimizer on the network: final normalized margins γ_N = q_min/‖θ‖_N^L for ℓ1, ℓ2
-    and ℓ∞ (NaN unless ``status`` is "ok"), the final log 𝓛, and the steps taken."""
+    and ℓ∞ (empty unless ``status`` is "ok"), the final log 𝓛, and the steps taken."""
 
     optimizer: str
     status: str
@@ -662,6 +662,11 @@ def network_flavor_matrix(
     from .optim import optimizer as steepest_optimizer
 
     rule = step_rule if step_rule is not None else LossScaledSteps()
+    if len(classes) != 2 or classes[0] == classes[1]:
+        raise ValueError(
+            f"network_flavor_matrix: classes must be two distinct digits (a binary net), got "
+            f"{classes!r}"
+        )
     ds = load_dataset("mnist", classes=list(classes), n_train=n_train, n_test=2, seed=0)
     X = ds.X_train.to(torch.float64).reshape(ds.X_train.shape[0], -1)
     y = ds.y_train.to(torch.float64)
@@ -695,9 +700,11 @@ def network_flavor_matrix(
         margins_ = {}
         if status == "ok":
             with torch.no_grad():
+                last[0] = float(objective_of(model)())  # at the point read (after eval())
                 q_min = float((model(X).reshape(-1) * y).min())
-                if q_min <= 0:
-                    status = f"never separated the data (log 𝓛 {last[0]:.3g})"
+            if q_min <= 0:
+                status = f"never separated the data (log 𝓛 {last[0]:.3g})"
+            else:
                 for n in ("l1", "l2", "linf"):
                     margins_[n] = float(normalized_margin(model, X, y, n, L=2))
         out.append(NetworkRun(label, status, margins_, last[0], t, time.perf_counter() - t0))
