@@ -31,6 +31,7 @@ the step; the direction is the optimizer's. The study of docs/fingerprints.md pu
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -106,14 +107,14 @@ class Problem:
         q = self.margins(W).min()
         out = {}
         for n in self.norms:
-            size = norm_value(W if self.kind == "matrix" else W.reshape(-1), n)
+            size = norm_value(W, n)  # vector norms act on vec(W)
             out[n] = float(q / size / self.gamma[n]) if size > 0 else float("nan")
         return out
 
     def margins(self, W: np.ndarray) -> np.ndarray:
+        """q_i: y_i⟨w, x_i⟩, or Lyu & Li's multiclass margin (:func:`steepest.losses.margins`)."""
         out = self.X @ W.reshape(self.shape).T
-        if self.kind == "vector":
-            return self.y * out[:, 0]
+        out = out[:, 0] if self.kind == "vector" else out
         return margins(torch.as_tensor(out), torch.as_tensor(self.y)).numpy()
 
     def cross_ratios(self) -> dict[str, dict[str, float]]:
@@ -129,34 +130,20 @@ class Problem:
         return {n: max(cross[m][n] for m in self.norms if m != n) for n in self.norms}
 
 
-def _vector_problem(name: str, description: str, X: np.ndarray, y: np.ndarray) -> Problem:
-    res = {n: max_margin(X, y, n) for n in VECTOR_NORMS}
+def _problem(name: str, kind: str, description: str, X: np.ndarray, y: np.ndarray) -> Problem:
+    """A problem with its exact max margins: one oracle solve per norm of its family."""
+    norms = VECTOR_NORMS if kind == "vector" else MATRIX_NORMS
+    k = 1 if kind == "vector" else int(y.max()) + 1
+    res = {n: max_margin(X, y, n) for n in norms}
     return Problem(
         name,
-        "vector",
-        description,
-        X,
-        y,
-        1,
-        {n: r.gamma for n, r in res.items()},
-        {n: np.asarray(r.w).reshape(1, -1) for n, r in res.items()},
-    )
-
-
-def _matrix_problem(name: str, description: str, X: np.ndarray, y: np.ndarray, k: int) -> Problem:
-    res = {n: max_margin(X, y, n) for n in MATRIX_NORMS}
-    for n, r in res.items():
-        if np.asarray(r.w).shape != (k, X.shape[1]):  # pragma: no cover - oracle contract
-            raise RuntimeError(f"oracle for {n} returned shape {np.asarray(r.w).shape}")
-    return Problem(
-        name,
-        "matrix",
+        kind,
         description,
         X,
         y,
         k,
         {n: r.gamma for n, r in res.items()},
-        {n: np.asarray(r.w) for n, r in res.items()},
+        {n: np.asarray(r.w).reshape(k, X.shape[1]) for n, r in res.items()},
     )
 
 
@@ -214,25 +201,27 @@ def problems(seed: int = 0) -> list[Problem]:
     w = np.zeros(50)
     w[rng.choice(50, 3, replace=False)] = rng.standard_normal(3)
     X, y = _draw_binary(rng, w, 30, 0.1)
-    out.append(_vector_problem("sparse-teacher", "binary, n=30, d=50, 3-sparse teacher", X, y))
+    out.append(_problem("sparse-teacher", "vector", "binary, n=30, d=50, 3-sparse teacher", X, y))
     X, y = _draw_binary(rng, rng.standard_normal(50), 30, 0.1)
-    out.append(_vector_problem("dense-teacher", "binary, n=30, d=50, dense teacher", X, y))
+    out.append(_problem("dense-teacher", "vector", "binary, n=30, d=50, dense teacher", X, y))
     w = np.zeros(60)
     w[rng.choice(60, 2, replace=False)] = rng.standard_normal(2)
     X, y = _draw_binary(rng, w, 20, 0.1)
-    out.append(_vector_problem("sparse-teacher-wide", "binary, n=20, d=60, 2-sparse teacher", X, y))
+    out.append(
+        _problem("sparse-teacher-wide", "vector", "binary, n=20, d=60, 2-sparse teacher", X, y)
+    )
     W = np.outer(rng.standard_normal(4), rng.standard_normal(12)) + 0.2 * rng.standard_normal(
         (4, 12)
     )
     X, y = _draw_multiclass(rng, W, 40, 0.1)
     out.append(
-        _matrix_problem(
-            "multiclass-low-rank", "k=4 classes, n=40, d=12, rank-1 teacher + noise", X, y, 4
+        _problem(
+            "multiclass-low-rank", "matrix", "k=4 classes, n=40, d=12, rank-1 teacher + noise", X, y
         )
     )
     X, y = _draw_multiclass(rng, rng.standard_normal((4, 12)), 40, 0.1)
     out.append(
-        _matrix_problem("multiclass-dense", "k=4 classes, n=40, d=12, dense teacher", X, y, 4)
+        _problem("multiclass-dense", "matrix", "k=4 classes, n=40, d=12, dense teacher", X, y)
     )
     _PROBLEMS[seed] = out
     return out
@@ -461,8 +450,6 @@ def _optimize(
     try:
         # A closure only where step() requires one (L-BFGS, SAM-style): torch's Adam and most
         # others call a closure they are given, which would evaluate every step twice.
-        import inspect
-
         try:
             param = inspect.signature(opt.step).parameters.get("closure")
         except (TypeError, ValueError):  # pragma: no cover - builtins without a signature

@@ -221,17 +221,16 @@ def implicit_flow(
     t0 = time.perf_counter()
     log_tau = -math.inf
 
-    def record(v: np.ndarray, alpha: float, err: float) -> None:
-        q = A @ v
+    def record(v: np.ndarray, ll: float, alpha: float, err: float) -> None:
         trace.path.append(v)
-        trace.log_loss.append(_log_loss(q))
-        trace.margin.append(float(q.min()) / own(v))
+        trace.log_loss.append(ll)
+        trace.margin.append(float((A @ v).min()) / own(v))
         trace.log_tau.append(log_tau)
         trace.alpha.append(alpha)
         trace.err.append(err)
         trace.seconds.append(time.perf_counter() - t0)
 
-    record(w, 0.0, 0.0)
+    record(w, ll, 0.0, 0.0)
     alpha = alpha0
     while True:
         if trace.steps >= steps:
@@ -256,7 +255,7 @@ def implicit_flow(
             alpha *= 0.5
             continue
         err = float(np.linalg.norm(w_full - w_two) / np.linalg.norm(w_two))
-        ll_half, lint_half = log_integrand(w_half)
+        _, lint_half = log_integrand(w_half)
         ll_two, lint_two = log_integrand(w_two)
         if err <= tol / 2 and ll_two <= ll and np.isfinite(ll_two):
             for (a, b), seg in (
@@ -268,7 +267,7 @@ def implicit_flow(
                     log_tau = float(np.logaddexp(log_tau, log_dtau(a, b, ds)))
             w, ll, lint = w_two, ll_two, lint_two
             trace.w = w
-            record(w, alpha, err)
+            record(w, ll, alpha, err)
         else:
             trace.rejected += 1
             if err <= tol / 2:  # the loss rose (or is not finite): the length failed, not the error
