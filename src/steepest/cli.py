@@ -176,6 +176,114 @@ def train(
     typer.echo(f"database: {res.db}")
 
 
+@app.command(context_settings={"help_option_names": ["-h", "--help"]})
+@_user_errors
+def sweep(
+    args: Annotated[
+        list[str],
+        typer.Argument(
+            help="CONFIG to run the sweep, or: status CONFIG", metavar="[status] CONFIG"
+        ),
+    ],
+    db: DbOpt = None,
+    runs_per_job: Annotated[
+        int, typer.Option("--runs-per-job", "-k", help="runs stepped together in one job")
+    ] = 1,
+    backend: Annotated[str, typer.Option(help="local | ray | slurm")] = "local",
+    workers: Annotated[
+        int | None,
+        typer.Option(help="local: worker processes (default 1); ray: CPUs of a local cluster"),
+    ] = None,
+    address: Annotated[
+        str | None, typer.Option(help="ray: an existing cluster (ray://host:port or auto)")
+    ] = None,
+    scratch: Annotated[
+        Path | None,
+        typer.Option(
+            help="workers' scratch folder (default: each job's folder); on SLURM a node-local one"
+        ),
+    ] = None,
+    partition: Annotated[str | None, typer.Option(help="slurm: partition")] = None,
+    time_min: Annotated[int, typer.Option("--time", help="slurm: minutes per job")] = 60,
+    gpus: Annotated[int, typer.Option(help="slurm: GPUs per job")] = 0,
+    mem_gb: Annotated[
+        float | None, typer.Option("--mem", help="slurm: GB of memory per job")
+    ] = None,
+    cpus: Annotated[int, typer.Option(help="slurm: CPUs per job")] = 1,
+    max_parallel: Annotated[
+        int, typer.Option(help="slurm: jobs in flight at most (the array's % limit)")
+    ] = 256,
+    setup: Annotated[
+        list[str] | None,
+        typer.Option(help="slurm: a shell line to run before each job (repeatable)"),
+    ] = None,
+    slurm_local: Annotated[
+        bool,
+        typer.Option(help="slurm: run the same protocol with submitit's local executor (a test)"),
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option(help="slurm: write the sbatch script of the array and submit nothing")
+    ] = False,
+) -> None:
+    """Split CONFIG's runs into jobs and run them on a process pool, a Ray cluster or SLURM;
+    one driver writes the database. Run again to resume; `sweep status CONFIG` shows the jobs."""
+    from . import sweep as sw
+    from . import sweep_backends as sb
+
+    if len(args) == 2 and args[0] == "status":
+        res = sw.sweep_status(Path(args[1]), db=db, runs_per_job=runs_per_job)
+        rows = [[j.job, j.state, j.runs, j.attempts, j.error] for j in res.jobs]
+        typer.echo(_table(["job", "state", "runs", "failures", "error"], rows))
+        counts = {
+            s: sum(j.state == s for j in res.jobs) for s in ("done", "running", "failed", "pending")
+        }
+        typer.echo(f"sweep {res.sweep}: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+        return
+    if len(args) != 1:
+        raise ValueError("usage: steepest sweep CONFIG [options], or steepest sweep status CONFIG")
+    config = Path(args[0])
+    if backend not in ("local", "ray", "slurm"):
+        raise ValueError(f"unknown backend {backend!r}; valid: local, ray, slurm")
+    if dry_run and backend != "slurm":
+        raise ValueError("--dry-run writes an sbatch script: it needs --backend slurm")
+    scratch_s = None if scratch is None else str(scratch)
+    if backend == "local":
+        impl: Any = sb.LocalBackend(workers=workers or 1, scratch=scratch_s)
+    elif backend == "ray":
+        impl = sb.RayBackend(address=address, workers=workers, scratch=scratch_s)
+    else:
+        cfg, jobs, sid, db_path, folder = sw.prepare_sweep(config, db, runs_per_job)
+        impl = sb.SlurmBackend(
+            folder / "slurm",
+            partition=partition,
+            time_min=time_min,
+            gpus=gpus,
+            mem_gb=mem_gb,
+            cpus=cpus,
+            max_parallel=max_parallel,
+            scratch=scratch_s,
+            setup=setup,
+            local=slurm_local,
+        )
+        if dry_run:
+            from .atomic import atomic_write_text
+
+            script = sb.slurm_script(impl, len(jobs))
+            path = atomic_write_text(folder / "slurm" / "sweep.sbatch", script)
+            typer.echo(script)
+            typer.echo(f"{len(jobs)} jobs; sbatch script written to {path} (nothing submitted)")
+            return
+    res = sw.run_sweep(config, db=db, runs_per_job=runs_per_job, backend=impl, echo=typer.echo)
+    counts = {s: sum(j.state == s for j in res.jobs) for s in ("done", "failed", "pending")}
+    typer.echo(
+        f"sweep {res.sweep}: "
+        + ", ".join(f"{n} {s}" for s, n in counts.items())
+        + f" in {res.seconds:.1f} s; database: {res.db}"
+    )
+    if res.failed:
+        raise typer.Exit(1)
+
+
 @app.command()
 @_user_errors
 def runs(

@@ -66,6 +66,7 @@ __all__ = [
     "RunStore",
     "StoreNotFoundError",
     "BatchBusyError",
+    "pid_alive",
 ]
 
 DEFAULT_DB = Path("steepest-runs/runs.db")
@@ -175,7 +176,11 @@ LEASE_STALE_AFTER_S = 300.0
 HEARTBEAT_EVERY_S = 30.0
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this host (a non-positive id never does: signal
+    0 to it would reach a whole process group)."""
+    if pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -588,6 +593,67 @@ class RunStore:
         ).fetchall()
         return [{"step": s, "path": p, "log_loss": ll} for s, p, ll in rows]
 
+    # ---------------------------------------------------------------- imports (sweeps)
+    def marks(self, prefix: str) -> dict[str, list[int]]:
+        """The :meth:`import_runs` marks whose key starts with ``prefix``: key -> run ids."""
+        rows = self._conn.execute(
+            "SELECT key, value FROM meta WHERE substr(key, 1, ?) = ?", (len(prefix), prefix)
+        ).fetchall()
+        return {k: json.loads(v) for k, v in rows}
+
+    def import_runs(self, runs: Sequence[Mapping[str, Any]], *, marker: str) -> list[int]:
+        """Store finished runs from elsewhere (a sweep's worker) and the mark ``marker``, all in
+        ONE transaction; returns the new run ids. A mark that is already there means the runs
+        are stored: nothing is written and their ids come back (imports are idempotent).
+
+        Each run: ``name, experiment, algorithm, seed, status, config, info`` as in
+        :meth:`create_run`, ``metrics`` as rows for :meth:`log_metrics`, and ``checkpoints``
+        as ``[{"step", "path", "log_loss"}]``. Provenance (version, git hash) is the
+        importer's: the worker runs the same installed code.
+        """
+        if not isinstance(marker, str) or not marker:
+            raise TypeError(f"marker must be a non-empty string, got {marker!r}")
+        prepared = []
+        for r in runs:
+            cfg = _canonical_json(r["config"], "config")
+            inf = _canonical_json(r.get("info") or {}, "info")
+            status = _check_status(r["status"])
+            ckpts = [
+                (_as_step(c["step"], "import_runs"), str(c["path"]), c.get("log_loss"))
+                for c in r.get("checkpoints", ())
+            ]
+            prepared.append((r, cfg, inf, status, ckpts))
+        prov, now = provenance(), _now()
+
+        def insert(conn: sqlite3.Connection) -> list[int]:
+            row = conn.execute("SELECT value FROM meta WHERE key = ?", (marker,)).fetchone()
+            if row is not None:
+                return list(json.loads(row[0]))
+            ids = []
+            for r, cfg, inf, status, ckpts in prepared:
+                cur = conn.execute(
+                    "INSERT INTO runs (name, experiment, algorithm, seed, config_json, info_json,"
+                    " status, version, git_hash, created_at, updated_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (r["name"], r.get("experiment"), r["algorithm"], int(r["seed"]), cfg, inf,
+                     status, prov["version"], prov["git_hash"], now, now),
+                )  # fmt: skip
+                rid = int(cur.lastrowid)  # type: ignore[arg-type]
+                conn.executemany(
+                    "INSERT OR REPLACE INTO metrics (run_id, step, name, value) VALUES (?, ?, ?, ?)",
+                    self._records(rid, r.get("metrics", ())),
+                )
+                conn.executemany(
+                    "INSERT OR REPLACE INTO checkpoints (run_id, step, path, log_loss)"
+                    " VALUES (?, ?, ?, ?)",
+                    [(rid, st, path, ll) for st, path, ll in ckpts],
+                )
+                ids.append(rid)
+            conn.execute("INSERT INTO meta (key, value) VALUES (?, ?)", (marker, json.dumps(ids)))
+            return ids
+
+        return self._transact(insert)
+
     # ---------------------------------------------------------------- leases
     def lease(self, batch: str) -> dict[str, Any] | None:
         """The lease on ``batch`` (pid, host, started, heartbeat, stale), or None."""
@@ -610,7 +676,7 @@ class RunStore:
         pid: int, host: str, heartbeat: float, stale_after: float = LEASE_STALE_AFTER_S
     ) -> bool:
         if host == socket.gethostname():
-            return not _pid_alive(
+            return not pid_alive(
                 pid
             )  # on this host the process table is the truth (a paused owner is alive)
         return time.time() - heartbeat > stale_after  # another host's owner stopped beating

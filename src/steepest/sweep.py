@@ -1,0 +1,477 @@
+"""Sweeps: one experiment config, split into jobs, run by workers, written by one driver.
+
+A config's lists expand into runs as in :func:`steepest.train` (algorithm entries × lrs ×
+seeds). :func:`plan_jobs` groups them into jobs of at most ``runs_per_job`` runs that are stepped
+together: whole (entry, lr) units with all their seeds when the seeds fit, else the seeds of one
+unit split into chunks. Each job is itself an ordinary config, so a sweep's run equals the same
+run of ``steepest train`` (the engine steps every run of a batch independently; the runs are
+matched by name, which the split keeps).
+
+**One writer.** A worker trains its job into a scratch database and checkpoint folder of its
+own (:func:`run_job`), then sends back a payload: the runs' rows, every metric row, and the
+checkpoint files as bytes. Only the driver (:func:`run_sweep`) opens the results database. It
+writes the checkpoint files into ``<db folder>/sweeps/<sweep>/checkpoints/`` and then the job's
+runs, metrics, checkpoint records and a "job done" mark in ONE transaction
+(:meth:`steepest.store.RunStore.import_runs`), so a crash anywhere leaves a job either wholly
+in the database or not at all.
+
+**Resumable.** Run again, a sweep skips the jobs marked done. A worker that dies (killed, out of
+memory, node lost) is retried once; the retry resumes from the job's last checkpoint when its
+scratch folder survived (always on one machine; on SLURM with a node-local ``--scratch`` the
+retry on another node starts the job again, which gives the same numbers). A job that fails
+twice is marked failed with its error; a later run of the sweep tries it again. Local workers
+die with the driver (Linux ``PR_SET_PDEATHSIG``), so a driver killed by SIGKILL leaves no
+orphan writing to a scratch database that the rerun resumes.
+
+Backends (:mod:`steepest.sweep_backends`): ``local`` (a pool of worker processes, one torch
+thread each), ``ray`` (an existing cluster, or a local one), ``slurm`` (submitit; job arrays).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .atomic import atomic_write, atomic_write_text
+from .config import ExperimentConfig, load_config
+from .store import RunStore, default_db_path, pid_alive
+
+__all__ = [
+    "PAYLOAD_FORMAT",
+    "Job",
+    "JobStatus",
+    "SweepResult",
+    "job_marker",
+    "plan_jobs",
+    "prepare_sweep",
+    "run_job",
+    "run_sweep",
+    "sweep_folder",
+    "sweep_id",
+    "sweep_status",
+]
+
+#: Version of the worker → driver payload (a dict saved with ``torch.save``; read back with
+#: ``weights_only=True``: tensors, strings and numbers only).
+PAYLOAD_FORMAT = 1
+#: A failed job is tried this many times in all, per run of the sweep.
+ATTEMPTS = 2
+#: Finished statuses of a run (the engine's); anything else is unfinished.
+_FINISHED = ("completed", "diverged")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One job: a config of at most ``runs_per_job`` runs, and the names of those runs."""
+
+    id: str
+    config: dict[str, Any]
+    runs: tuple[str, ...]
+
+
+def sweep_id(cfg: ExperimentConfig, runs_per_job: int) -> str:
+    """``<name>-<config hash>-k<runs_per_job>``: the plan depends on both."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in cfg.name)
+    return f"{safe}-{cfg.config_hash()}-k{runs_per_job}"
+
+
+def sweep_folder(db: str | Path | None, sid: str) -> Path:
+    """The sweep's folder: ``<db folder>/sweeps/<sweep id>``."""
+    db_path = Path(db) if db is not None else default_db_path()
+    return db_path.parent.resolve() / "sweeps" / sid
+
+
+def job_marker(sid: str, job: str) -> str:
+    """The results database's mark that a job's runs are stored (``meta`` key)."""
+    return f"sweep-job:{sid}:{job}"
+
+
+def _run_name(cfg: ExperimentConfig, label: str, lr: float, seed: int) -> str:
+    return f"{cfg.name}/{label}/lr={lr:g}/seed={seed}"  # as engine.train names its runs
+
+
+def plan_jobs(cfg: ExperimentConfig, runs_per_job: int) -> list[Job]:
+    """Split ``cfg`` into jobs of at most ``runs_per_job`` runs (module docstring)."""
+    if isinstance(runs_per_job, bool) or not isinstance(runs_per_job, int) or runs_per_job < 1:
+        raise ValueError(f"runs_per_job must be a positive integer, got {runs_per_job!r}")
+    canon = cfg.canonical()
+    seeds = list(cfg.seeds)
+    units: list[tuple[dict[str, Any], str, float]] = []  # (entry with one lr, label, lr)
+    for entry, raw in zip(cfg.algorithms, canon["algorithms"], strict=True):
+        label = entry.label or entry.algorithm
+        for sched in entry.schedules():
+            lr = float(sched.to_dict()["lr"])
+            one = dict(raw)
+            if entry.lr is not None:
+                one["lr"] = lr
+            units.append((one, label, lr))
+    groups: list[tuple[list[tuple[dict[str, Any], str, float]], list[int]]] = []
+    if len(seeds) <= runs_per_job:
+        per = runs_per_job // len(seeds)
+        groups = [(units[i : i + per], seeds) for i in range(0, len(units), per)]
+    else:
+        for unit in units:
+            for i in range(0, len(seeds), runs_per_job):
+                groups.append(([unit], seeds[i : i + runs_per_job]))
+    jobs = []
+    for n, (us, ss) in enumerate(groups):
+        sub = {**canon, "algorithms": [u[0] for u in us], "seeds": ss}
+        names = tuple(_run_name(cfg, label, lr, s) for _, label, lr in us for s in ss)
+        jobs.append(Job(id=f"job-{n:05d}", config=sub, runs=names))
+    return jobs
+
+
+# --------------------------------------------------------------------------------------------
+# The worker
+
+
+def _job_runs(store: RunStore, cfg: ExperimentConfig) -> dict[str, list[Any]]:
+    """This config's batches in a job's scratch database: batch id -> runs (by index)."""
+    h = cfg.config_hash()
+    batches: dict[str, list[Any]] = {}
+    for r in store.list_runs(experiment=cfg.name):
+        if r.info.get("config_hash") == h:
+            batches.setdefault(str(r.info.get("batch", "")), []).append(r)
+    return {b: sorted(rs, key=lambda r: r.info["index"]) for b, rs in batches.items()}
+
+
+def _finished_batch(db: Path, cfg: ExperimentConfig, k: int) -> list[Any] | None:
+    with RunStore(db, create=False) as store:
+        done = [
+            rs
+            for rs in _job_runs(store, cfg).values()
+            if len(rs) == k and all(r.status in _FINISHED for r in rs)
+        ]
+    return max(done, key=lambda rs: rs[0].id) if done else None
+
+
+def _resumable_batch(db: Path, cfg: ExperimentConfig, k: int) -> bool:
+    with RunStore(db, create=False) as store:
+        return any(
+            len(rs) == k and all("checkpoint" in r.info for r in rs)
+            for rs in _job_runs(store, cfg).values()
+        )
+
+
+def _payload(db: Path, runs: list[Any], sid: str, job: str) -> bytes:
+    """The job's runs, metric rows and checkpoint files, as ``torch.save`` bytes."""
+    files: dict[str, torch.Tensor] = {}
+    out_runs = []
+    with RunStore(db, create=False) as store:
+        for r in runs:
+            m = store.metrics(r.id)
+            ckpts = store.checkpoints(r.id)
+            paths = [Path(c["path"]) for c in ckpts]
+            if "checkpoint" in r.info:  # the engine's latest.pt, which resume and verify read
+                paths.append(Path(r.info["checkpoint"]))
+            for path in paths:
+                if path.name not in files:
+                    raw = path.read_bytes()
+                    files[path.name] = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
+            out_runs.append(
+                {
+                    "name": r.name,
+                    "experiment": r.experiment or "",
+                    "algorithm": r.algorithm,
+                    "seed": int(r.seed),
+                    "status": r.status,
+                    "config": json.dumps(r.config),
+                    "info": json.dumps(r.info),
+                    "steps": torch.as_tensor(m["step"], dtype=torch.int64),
+                    "metrics": {
+                        k: torch.as_tensor(v, dtype=torch.float64)
+                        for k, v in m.items()
+                        if k != "step"
+                    },
+                    "checkpoints": [
+                        {
+                            "step": int(c["step"]),
+                            "file": Path(c["path"]).name,
+                            "log_loss": math.nan if c["log_loss"] is None else c["log_loss"],
+                        }
+                        for c in ckpts
+                    ],
+                }
+            )
+    payload = {
+        "format": PAYLOAD_FORMAT,
+        "sweep": sid,
+        "job": job,
+        "batch": str(runs[0].info.get("batch", "")),
+        "runs": out_runs,
+        "files": files,
+    }
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    return buf.getvalue()
+
+
+def run_job(job_dir: str | Path, scratch: str | Path | None = None) -> bytes:
+    """Train one job (its ``job.json``) and return its payload (module docstring).
+
+    The scratch database and checkpoints go to ``scratch/<sweep>/<job>`` (default: the job's
+    folder). A finished batch there is sent as it is; an unfinished one with checkpoints is
+    resumed from its last checkpoint; otherwise the job starts. Runs in the calling process:
+    the backends call it in a worker.
+    """
+    from .engine import train
+
+    jd = Path(job_dir)
+    spec = json.loads((jd / "job.json").read_text())
+    cfg = load_config(spec["config"])
+    root = Path(scratch) / spec["sweep"] / spec["job"] if scratch is not None else jd
+    root.mkdir(parents=True, exist_ok=True)
+    db = root / "job.db"
+    k = len(cfg.run_specs())
+    runs = _finished_batch(db, cfg, k) if db.is_file() else None
+    if runs is None:
+        resume = db.is_file() and _resumable_batch(db, cfg, k)
+        train(cfg, db=db, resume=resume, progress=False)
+        runs = _finished_batch(db, cfg, k)
+    if runs is None:
+        raise RuntimeError(f"job {spec['job']}: training returned without a finished batch in {db}")
+    return _payload(db, runs, spec["sweep"], spec["job"])
+
+
+# --------------------------------------------------------------------------------------------
+# The driver
+
+
+@dataclass
+class JobStatus:
+    """One job's state in a sweep: "done", "running", "failed" or "pending"."""
+
+    job: str
+    state: str
+    runs: int
+    attempts: int = 0
+    error: str = ""
+
+
+@dataclass
+class SweepResult:
+    """What :func:`run_sweep` did: the sweep id and folder, every job's status, the run ids
+    stored for each done job, and the seconds spent."""
+
+    sweep: str
+    folder: Path
+    db: Path
+    jobs: list[JobStatus]
+    run_ids: dict[str, list[int]] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def failed(self) -> list[JobStatus]:
+        return [j for j in self.jobs if j.state == "failed"]
+
+
+def _state_path(folder: Path, job: str) -> Path:
+    return folder / "jobs" / job / "state.json"
+
+
+def _read_state(folder: Path, job: str) -> dict[str, Any]:
+    p = _state_path(folder, job)
+    try:
+        return json.loads(p.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def _write_state(folder: Path, job: str, **state: Any) -> None:
+    atomic_write_text(_state_path(folder, job), json.dumps(state, sort_keys=True))
+
+
+def prepare_sweep(config: Any, db: str | Path | None, runs_per_job: int):
+    """(config, jobs, sweep id, database path, sweep folder) of a sweep; writes nothing."""
+    cfg = load_config(config)
+    jobs = plan_jobs(cfg, runs_per_job)
+    sid = sweep_id(cfg, runs_per_job)
+    db_path = Path(db) if db is not None else default_db_path()
+    return cfg, jobs, sid, db_path, sweep_folder(db_path, sid)
+
+
+def _write_plan(folder: Path, sid: str, jobs: list[Job]) -> None:
+    for job in jobs:
+        jf = folder / "jobs" / job.id / "job.json"
+        if not jf.is_file():
+            spec = {"sweep": sid, "job": job.id, "config": job.config, "runs": list(job.runs)}
+            atomic_write_text(jf, json.dumps(spec, sort_keys=True, indent=1))
+
+
+def _import(store: RunStore, folder: Path, sid: str, job: str, blob: bytes) -> list[int]:
+    """Write a payload's checkpoint files, then its runs in one transaction."""
+    payload = torch.load(io.BytesIO(blob), weights_only=True)
+    if payload.get("format") != PAYLOAD_FORMAT or (payload["sweep"], payload["job"]) != (sid, job):
+        raise ValueError(
+            f"job {job}: the worker's payload is for {payload.get('sweep')}/{payload.get('job')} "
+            f"(format {payload.get('format')}), expected {sid}/{job} (format {PAYLOAD_FORMAT})"
+        )
+    ckpt_dir = folder / "checkpoints" / payload["batch"]
+    for name, data in payload["files"].items():
+        if Path(name).name != name:
+            raise ValueError(f"job {job}: checkpoint file name {name!r} is not a plain name")
+        raw = data.numpy().tobytes()
+        atomic_write(ckpt_dir / name, lambda p, raw=raw: p.write_bytes(raw))
+    runs = []
+    for r in payload["runs"]:
+        info = json.loads(r["info"])
+        info["checkpoint_dir"] = str(ckpt_dir)
+        if "checkpoint" in info:
+            info["checkpoint"] = str(ckpt_dir / Path(info["checkpoint"]).name)
+        info["sweep"] = {"id": sid, "job": job}
+        steps = r["steps"].tolist()
+        cols = {k: v.tolist() for k, v in r["metrics"].items()}
+        rows = []
+        for i, s in enumerate(steps):
+            row: dict[str, float] = {"step": s}
+            row.update({k: v[i] for k, v in cols.items() if not math.isnan(v[i])})
+            rows.append(row)
+        runs.append(
+            {
+                "name": r["name"],
+                "experiment": r["experiment"] or None,
+                "algorithm": r["algorithm"],
+                "seed": r["seed"],
+                "status": r["status"],
+                "config": json.loads(r["config"]),
+                "info": info,
+                "metrics": rows,
+                "checkpoints": [
+                    {
+                        "step": c["step"],
+                        "path": str(ckpt_dir / c["file"]),
+                        "log_loss": None if math.isnan(c["log_loss"]) else c["log_loss"],
+                    }
+                    for c in r["checkpoints"]
+                ],
+            }
+        )
+    return store.import_runs(runs, marker=job_marker(sid, job))
+
+
+def run_sweep(
+    config: Any,
+    *,
+    db: str | Path | None = None,
+    runs_per_job: int = 1,
+    backend: Any = None,
+    echo: Callable[[str], None] | None = None,
+    poll_s: float = 0.2,
+) -> SweepResult:
+    """Run every job of ``config`` that is not done yet on ``backend`` (default: a local pool
+    of one worker) and store the results; returns the sweep's :class:`SweepResult`."""
+    from .sweep_backends import LocalBackend
+
+    t0 = time.perf_counter()
+    say = echo or (lambda _msg: None)
+    cfg, jobs, sid, db_path, folder = prepare_sweep(config, db, runs_per_job)
+    backend = backend if backend is not None else LocalBackend(workers=1)
+    by_id = {j.id: j for j in jobs}
+    _write_plan(folder, sid, jobs)
+    run_ids: dict[str, list[int]] = {}
+    failures: dict[str, int] = {}
+    errors: dict[str, str] = {}
+    with RunStore(db_path) as store:
+        marks = store.marks(f"sweep-job:{sid}:")
+        pending = [j.id for j in jobs if job_marker(sid, j.id) not in marks]
+        for j in jobs:
+            if j.id not in pending:
+                run_ids[j.id] = list(marks[job_marker(sid, j.id)])
+        say(
+            f"sweep {sid}: {len(jobs)} jobs ({len(jobs) - len(pending)} done), "
+            f"{sum(len(j.runs) for j in jobs)} runs, backend {backend.name}"
+        )
+        in_flight: set[str] = set()
+        try:
+            backend.start()
+            while pending or in_flight:
+                batch = []
+                while pending and len(in_flight) + len(batch) < backend.capacity:
+                    jid = pending.pop(0)
+                    _write_state(
+                        folder,
+                        jid,
+                        state="running",
+                        failures=failures.get(jid, 0),
+                        driver=os.getpid(),
+                    )
+                    batch.append((jid, folder / "jobs" / jid))
+                backend.submit(batch)
+                in_flight.update(jid for jid, _ in batch)
+                for jid, blob, error in backend.poll():
+                    in_flight.discard(jid)
+                    if blob is not None:
+                        try:
+                            run_ids[jid] = _import(store, folder, sid, jid, blob)
+                        except (ValueError, RuntimeError, OSError) as exc:
+                            blob, error = None, f"could not store its results: {exc}"
+                    if blob is not None:
+                        _write_state(folder, jid, state="done", failures=failures.get(jid, 0))
+                        say(f"{jid} done ({len(by_id[jid].runs)} runs)")
+                        continue
+                    failures[jid] = failures.get(jid, 0) + 1
+                    errors[jid] = error or "unknown error"
+                    if failures[jid] < ATTEMPTS:
+                        say(f"{jid} failed ({errors[jid]}); retrying from its last checkpoint")
+                        pending.insert(0, jid)
+                    else:
+                        _write_state(
+                            folder, jid, state="failed", failures=failures[jid], error=errors[jid]
+                        )
+                        say(f"{jid} FAILED after {failures[jid]} attempts: {errors[jid]}")
+                if in_flight:
+                    time.sleep(poll_s)
+        finally:
+            backend.close()
+    statuses = sweep_status(config, db=db_path, runs_per_job=runs_per_job).jobs
+    return SweepResult(
+        sweep=sid,
+        folder=folder,
+        db=db_path,
+        jobs=statuses,
+        run_ids=run_ids,
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def sweep_status(
+    config: Any, *, db: str | Path | None = None, runs_per_job: int = 1
+) -> SweepResult:
+    """Every job of the sweep as done (stored), running (its driver is alive), failed (twice,
+    with its error) or pending. Reads the database; writes nothing."""
+    cfg, jobs, sid, db_path, folder = prepare_sweep(config, db, runs_per_job)
+    marks: dict[str, Sequence[int]] = {}
+    if db_path.is_file():
+        with RunStore(db_path, create=False) as store:
+            marks = store.marks(f"sweep-job:{sid}:")
+    out = []
+    for j in jobs:
+        st = _read_state(folder, j.id)
+        if job_marker(sid, j.id) in marks:
+            state = "done"
+        elif st.get("state") == "failed":
+            state = "failed"
+        elif st.get("state") == "running" and pid_alive(int(st.get("driver", -1))):
+            state = "running"
+        else:
+            state = "pending"
+        out.append(
+            JobStatus(
+                job=j.id,
+                state=state,
+                runs=len(j.runs),
+                attempts=int(st.get("failures", 0)),
+                error=str(st.get("error", "")) if state == "failed" else "",
+            )
+        )
+    run_ids = {k.split(":")[-1]: list(v) for k, v in marks.items()}
+    return SweepResult(sweep=sid, folder=folder, db=db_path, jobs=out, run_ids=run_ids)

@@ -1,0 +1,317 @@
+"""Where a sweep's jobs run: a local process pool, a Ray cluster, or SLURM through submitit.
+
+Every backend runs :func:`steepest.sweep.run_job` on a job's folder and hands the driver the
+payload bytes, or the error of a job that ended without one. None of them opens the results
+database. The interface (duck-typed): ``name``, ``capacity`` (jobs in flight at most),
+``start()``, ``submit(jobs)`` with ``[(job id, job folder), ...]``, ``poll()`` returning
+``[(job id, payload bytes or None, error or None), ...]`` for the jobs that ended, ``close()``.
+
+Run as ``python -m steepest.sweep_backends JOB_DIR [--scratch DIR]``, this module is the local
+backend's worker: it writes the payload to ``JOB_DIR/result.pt`` (atomically) and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from .atomic import atomic_write, atomic_write_text
+
+__all__ = ["LocalBackend", "RayBackend", "SlurmBackend", "slurm_script"]
+
+_ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+
+
+def _last_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else ""
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Linux: SIGTERM this worker when its driver dies (the engine then checkpoints and stops)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+class LocalBackend:
+    """A pool of ``workers`` worker processes on this machine, one torch thread each."""
+
+    name = "local"
+
+    def __init__(self, workers: int = 1, scratch: str | Path | None = None) -> None:
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"workers must be a positive integer, got {workers!r}")
+        self.capacity = workers
+        self.scratch = scratch
+        self._procs: dict[str, tuple[subprocess.Popen, Path]] = {}
+
+    def start(self) -> None:
+        pass
+
+    def submit(self, jobs: list[tuple[str, Path]]) -> None:
+        for jid, job_dir in jobs:
+            (job_dir / "result.pt").unlink(missing_ok=True)
+            cmd = [sys.executable, "-m", "steepest.sweep_backends", str(job_dir)]
+            if self.scratch is not None:
+                cmd += ["--scratch", str(self.scratch)]
+            log = open(job_dir / "worker.log", "ab")  # noqa: SIM115 - the child owns it
+            try:
+                proc = subprocess.Popen(
+                    cmd,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env={**os.environ, **_ONE_THREAD},
+                    preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,  # noqa: PLW1509
+                )
+            finally:
+                log.close()
+            atomic_write_text(job_dir / "worker.pid", str(proc.pid))
+            self._procs[jid] = (proc, job_dir)
+
+    def poll(self) -> list[tuple[str, bytes | None, str | None]]:
+        out = []
+        for jid, (proc, job_dir) in list(self._procs.items()):
+            rc = proc.poll()
+            if rc is None:
+                continue
+            del self._procs[jid]
+            result = job_dir / "result.pt"
+            if rc == 0 and result.is_file():
+                out.append((jid, result.read_bytes(), None))
+                continue
+            why = f"killed by signal {-rc}" if rc < 0 else f"exit status {rc}"
+            try:
+                last = _last_line((job_dir / "worker.log").read_text(errors="replace"))
+            except OSError:
+                last = ""
+            out.append((jid, None, f"worker {why}" + (f": {last}" if last else "")))
+        return out
+
+    def close(self) -> None:
+        for proc, _ in self._procs.values():  # a driver stopped early stops its workers
+            proc.terminate()
+        for proc, _ in self._procs.values():
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        self._procs.clear()
+
+
+def _ray_job(job_dir: str, scratch: str | None) -> bytes:
+    import torch
+
+    from .sweep import run_job
+
+    torch.set_num_threads(1)
+    return run_job(job_dir, scratch)
+
+
+class RayBackend:
+    """Ray: the cluster at ``address`` (``ray://host:port`` or ``auto``), or a local one with
+    ``workers`` CPUs that this backend starts and stops. One CPU per job."""
+
+    name = "ray"
+
+    def __init__(
+        self, address: str | None = None, workers: int | None = None, scratch: str | None = None
+    ) -> None:
+        if workers is not None and (not isinstance(workers, int) or workers < 1):
+            raise ValueError(f"workers must be a positive integer, got {workers!r}")
+        self.address, self.workers, self.scratch = address, workers, scratch
+        self.capacity = workers or 1
+        self._refs: dict[Any, str] = {}
+        self._started = False
+
+    def start(self) -> None:
+        try:
+            import ray
+        except ImportError as exc:
+            raise ImportError("the ray backend needs Ray: pip install 'steepest[cluster]'") from exc
+        if not ray.is_initialized():
+            if self.address is not None:
+                ray.init(address=self.address, log_to_driver=False)
+            else:
+                ray.init(num_cpus=self.workers or 1, include_dashboard=False, log_to_driver=False)
+            self._started = True
+        if self.workers is None:
+            self.capacity = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        self._fn = ray.remote(num_cpus=1, max_retries=0)(_ray_job)
+
+    def submit(self, jobs: list[tuple[str, Path]]) -> None:
+        for jid, job_dir in jobs:
+            self._refs[self._fn.remote(str(job_dir), self.scratch)] = jid
+
+    def poll(self) -> list[tuple[str, bytes | None, str | None]]:
+        import ray
+
+        if not self._refs:
+            return []
+        ready, _ = ray.wait(list(self._refs), num_returns=len(self._refs), timeout=0)
+        out = []
+        for ref in ready:
+            jid = self._refs.pop(ref)
+            try:
+                out.append((jid, ray.get(ref), None))
+            except ray.exceptions.RayError as exc:
+                out.append((jid, None, f"{type(exc).__name__}: {_last_line(str(exc))}"))
+        return out
+
+    def close(self) -> None:
+        import ray
+
+        for ref in self._refs:
+            ray.cancel(ref, force=True)
+        self._refs.clear()
+        if self._started:
+            ray.shutdown()
+
+
+def _run_job(job_dir: str, scratch: str | None) -> bytes:
+    from .sweep import run_job
+
+    return run_job(job_dir, scratch)
+
+
+class SlurmBackend:
+    """SLURM through submitit: each round of submissions is one job array. ``local=True`` uses
+    submitit's local executor (same files and protocol, processes on this machine).
+
+    partition, time_min, gpus (per node), mem_gb, cpus (per task), max_parallel (the array's
+    ``%`` limit and the jobs in flight), setup (shell lines before the job, e.g. ``module load``).
+    """
+
+    name = "slurm"
+
+    def __init__(
+        self,
+        folder: str | Path,
+        *,
+        partition: str | None = None,
+        time_min: int = 60,
+        gpus: int = 0,
+        mem_gb: float | None = None,
+        cpus: int = 1,
+        max_parallel: int = 256,
+        scratch: str | None = None,
+        setup: list[str] | None = None,
+        local: bool = False,
+    ) -> None:
+        for arg, val in (("time_min", time_min), ("cpus", cpus), ("max_parallel", max_parallel)):
+            if not isinstance(val, int) or val < 1:
+                raise ValueError(f"{arg} must be a positive integer, got {val!r}")
+        if not isinstance(gpus, int) or gpus < 0:
+            raise ValueError(f"gpus must be a non-negative integer, got {gpus!r}")
+        self.folder, self.local, self.scratch = Path(folder), local, scratch
+        self.capacity = max_parallel
+        self.params: dict[str, Any] = {
+            "timeout_min": time_min,
+            "cpus_per_task": cpus,
+            "gpus_per_node": gpus,
+            "slurm_array_parallelism": max_parallel,
+        }
+        if partition is not None:
+            self.params["slurm_partition"] = partition
+        if mem_gb is not None:
+            self.params["mem_gb"] = mem_gb
+        if setup:
+            self.params["slurm_setup"] = list(setup)
+        self._jobs: dict[str, Any] = {}
+
+    def start(self) -> None:
+        try:
+            import submitit
+        except ImportError as exc:
+            raise ImportError(
+                "the slurm backend needs submitit: pip install 'steepest[cluster]'"
+            ) from exc
+        cluster = "local" if self.local else "slurm"
+        self._ex = submitit.AutoExecutor(folder=self.folder / "submitit", cluster=cluster)
+        params = dict(self.params)
+        if self.local:  # the local executor knows only the generic parameters
+            params = {k: v for k, v in params.items() if not k.startswith("slurm_")}
+            params.pop("gpus_per_node")
+        self._ex.update_parameters(name="steepest-sweep", **params)
+
+    def submit(self, jobs: list[tuple[str, Path]]) -> None:
+        if not jobs:
+            return
+        with self._ex.batch():
+            handles = [self._ex.submit(_run_job, str(d), self.scratch) for _, d in jobs]
+        for (jid, job_dir), handle in zip(jobs, handles, strict=True):
+            self._jobs[jid] = handle
+            atomic_write_text(job_dir / "slurm_job_id", str(handle.job_id))
+
+    def poll(self) -> list[tuple[str, bytes | None, str | None]]:
+        out = []
+        for jid, handle in list(self._jobs.items()):
+            if not handle.done():
+                continue
+            del self._jobs[jid]
+            try:
+                out.append((jid, handle.result(), None))
+            except Exception as exc:  # submitit re-raises the job's error, or its own
+                out.append((jid, None, f"{type(exc).__name__}: {_last_line(str(exc))}"))
+        return out
+
+    def close(self) -> None:
+        for handle in self._jobs.values():
+            handle.cancel(check=False)
+        self._jobs.clear()
+
+
+def slurm_script(backend: SlurmBackend, n_jobs: int) -> str:
+    """The sbatch script that submitit writes for an array of ``n_jobs`` jobs of ``backend``
+    (what ``steepest sweep --backend slurm --dry-run`` shows; nothing is submitted)."""
+    from submitit.slurm.slurm import _make_sbatch_string  # submitit==1.5.4: the writer it uses
+
+    p = backend.params
+    folder = backend.folder / "submitit" / "%j"
+    kw: dict[str, Any] = {
+        "job_name": "steepest-sweep",
+        "time": p["timeout_min"],
+        "cpus_per_task": p["cpus_per_task"],
+        "array_parallelism": p["slurm_array_parallelism"],
+        "map_count": n_jobs,
+    }
+    if p["gpus_per_node"]:
+        kw["gpus_per_node"] = p["gpus_per_node"]
+    if "slurm_partition" in p:
+        kw["partition"] = p["slurm_partition"]
+    if "mem_gb" in p:
+        kw["mem"] = f"{int(p['mem_gb'] * 1024)}MB"
+    if "slurm_setup" in p:
+        kw["setup"] = p["slurm_setup"]
+    command = " ".join(
+        [shlex.quote(sys.executable), "-u -m submitit.core._submit", shlex.quote(str(folder))]
+    )
+    return _make_sbatch_string(command=command, folder=folder, **kw)
+
+
+def _worker_main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m steepest.sweep_backends")
+    ap.add_argument("job_dir")
+    ap.add_argument("--scratch", default=None)
+    args = ap.parse_args(argv)
+    import torch
+
+    from .sweep import run_job
+
+    torch.set_num_threads(1)
+    blob = run_job(args.job_dir, args.scratch)
+    atomic_write(Path(args.job_dir) / "result.pt", lambda p: p.write_bytes(blob))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_worker_main())
