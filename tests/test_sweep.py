@@ -160,7 +160,7 @@ def test_a_killed_worker_is_retried_from_its_last_checkpoint(tmp_path):
     cfg = write(tmp_path, LONG)
     db = tmp_path / "runs.db"
     driver = subprocess.Popen(_cli("sweep", str(cfg), "--db", str(db), "-k", "4"))
-    sid_dir = next(iter(_glob_wait(tmp_path, "sweeps/*/jobs/job-00000")))
+    sid_dir = next(iter(_glob_wait(tmp_path, "sweeps/*/*/jobs/job-00000")))
     _wait(
         lambda: (sid_dir / "worker.pid").is_file() and _checkpoint_past_zero(sid_dir),
         "a checkpoint",
@@ -186,7 +186,7 @@ def test_driver_sigkill_then_rerun_completes_the_sweep_exactly(tmp_path):
     db = tmp_path / "runs.db"
     args = _cli("sweep", str(cfg), "--db", str(db), "-k", "2")  # two jobs, one worker
     driver = subprocess.Popen(args)
-    job1 = next(iter(_glob_wait(tmp_path, "sweeps/*/jobs/job-00001")))
+    job1 = next(iter(_glob_wait(tmp_path, "sweeps/*/*/jobs/job-00001")))
     _wait(lambda: (job1 / "worker.pid").is_file() and _checkpoint_past_zero(job1), "job 1 running")
     driver.kill()  # SIGKILL: no clean-up; the worker gets SIGTERM from the kernel
     driver.wait()
@@ -286,7 +286,7 @@ def test_dry_run_writes_a_valid_array_script_and_submits_nothing(tmp_path):
         text=True,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
-    script = next(tmp_path.glob("sweeps/*/slurm/sweep.sbatch")).read_text()
+    script = next(tmp_path.glob("sweeps/*/*/slurm/sweep.sbatch")).read_text()
     d = parse_sbatch(script)
     assert set(d) <= SBATCH_OPTIONS, set(d) - SBATCH_OPTIONS
     assert d["array"] == "0-5%2"  # six jobs of one run, two at a time
@@ -295,8 +295,38 @@ def test_dry_run_writes_a_valid_array_script_and_submits_nothing(tmp_path):
     )  # fmt: skip
     assert d["mem"] == "16384MB"
     assert "submitit.core._submit" in script
-    assert not db.exists() and not list(tmp_path.glob("sweeps/*/slurm/submitit/*"))
+    assert not db.exists() and not list(tmp_path.glob("sweeps/*/*/slurm/submitit/*"))
     # the same script from the API
     backend = SlurmBackend(tmp_path / "x", time_min=5)
     assert parse_sbatch(slurm_script(backend, 3))["array"] == "0-2%3"
     assert job_marker("s", "job-00000") == "sweep-job:s:job-00000"
+
+
+def test_the_readmes_sweep_commands_run_as_written_where_they_are_cheap(tmp_path):
+    """The README's sweep block, on the README's example config: the dry run writes a valid
+    array script and `status` lists every job as pending (the training lines would take
+    minutes; the backends' tests above run the same code)."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"## Sweeps.*?```bash\n(.*?)```", readme, flags=re.S).group(1)
+    example = next(
+        c
+        for c in map(yaml.safe_load, re.findall(r"```yaml\n(.*?)```", readme, flags=re.S))
+        if isinstance(c, dict) and "algorithms" in c
+    )
+    (tmp_path / "experiment.yaml").write_text(yaml.safe_dump(example))
+    lines = [ln.split("#")[0].split() for ln in block.splitlines() if ln.startswith("steepest")]
+    cheap = [ln for ln in lines if "--dry-run" in ln or ln[:3] == ["steepest", "sweep", "status"]]
+    assert len(cheap) == 2
+    n_runs = len(load_config(example).run_specs())
+    for ln in cheap:
+        out = subprocess.run(
+            _cli(*ln[1:], "--db", str(tmp_path / "runs.db")),
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+        )
+        assert out.returncode == 0, out.stderr
+    script = next(tmp_path.glob("sweeps/*/*/slurm/sweep.sbatch")).read_text()
+    n_jobs = len(plan_jobs(load_config(example), 8))
+    assert parse_sbatch(script)["array"] == f"0-{n_jobs - 1}%{min(n_jobs, 256)}"
+    assert out.stdout.count("pending") == n_jobs + 1 and n_runs > n_jobs  # rows + summary

@@ -50,6 +50,7 @@ __all__ = [
     "Job",
     "JobStatus",
     "SweepResult",
+    "import_payload",
     "job_marker",
     "plan_jobs",
     "prepare_sweep",
@@ -85,9 +86,10 @@ def sweep_id(cfg: ExperimentConfig, runs_per_job: int) -> str:
 
 
 def sweep_folder(db: str | Path | None, sid: str) -> Path:
-    """The sweep's folder: ``<db folder>/sweeps/<sweep id>``."""
-    db_path = Path(db) if db is not None else default_db_path()
-    return db_path.parent.resolve() / "sweeps" / sid
+    """The sweep's folder: ``<db folder>/sweeps/<db file name>/<sweep id>`` (a database of
+    its own: two databases in one folder never share a job's scratch)."""
+    db_path = (Path(db) if db is not None else default_db_path()).resolve()
+    return db_path.parent / "sweeps" / db_path.name / sid
 
 
 def job_marker(sid: str, job: str) -> str:
@@ -307,8 +309,13 @@ def _write_plan(folder: Path, sid: str, jobs: list[Job]) -> None:
             atomic_write_text(jf, json.dumps(spec, sort_keys=True, indent=1))
 
 
-def _import(store: RunStore, folder: Path, sid: str, job: str, blob: bytes) -> list[int]:
-    """Write a payload's checkpoint files, then its runs in one transaction."""
+def import_payload(
+    store: RunStore, folder: Path, sid: str, job: str, blob: bytes, *, marker: str | None = None
+) -> list[int]:
+    """Store one job's payload (the driver's write): its checkpoint files go to
+    ``folder/checkpoints/<batch>/`` (atomic), then its runs, metric rows, checkpoint records and
+    the mark ``marker`` (default :func:`job_marker`) in ONE transaction. Returns the run ids;
+    a mark already present means the job is stored, and nothing is written twice."""
     payload = torch.load(io.BytesIO(blob), weights_only=True)
     if payload.get("format") != PAYLOAD_FORMAT or (payload["sweep"], payload["job"]) != (sid, job):
         raise ValueError(
@@ -355,7 +362,7 @@ def _import(store: RunStore, folder: Path, sid: str, job: str, blob: bytes) -> l
                 ],
             }
         )
-    return store.import_runs(runs, marker=job_marker(sid, job))
+    return store.import_runs(runs, marker=marker or job_marker(sid, job))
 
 
 def run_sweep(
@@ -411,7 +418,7 @@ def run_sweep(
                     in_flight.discard(jid)
                     if blob is not None:
                         try:
-                            run_ids[jid] = _import(store, folder, sid, jid, blob)
+                            run_ids[jid] = import_payload(store, folder, sid, jid, blob)
                         except (ValueError, RuntimeError, OSError) as exc:
                             blob, error = None, f"could not store its results: {exc}"
                     if blob is not None:

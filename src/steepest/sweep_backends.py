@@ -6,8 +6,9 @@ database. The interface (duck-typed): ``name``, ``capacity`` (jobs in flight at 
 ``start()``, ``submit(jobs)`` with ``[(job id, job folder), ...]``, ``poll()`` returning
 ``[(job id, payload bytes or None, error or None), ...]`` for the jobs that ended, ``close()``.
 
-Run as ``python -m steepest.sweep_backends JOB_DIR [--scratch DIR]``, this module is the local
-backend's worker: it writes the payload to ``JOB_DIR/result.pt`` (atomically) and exits 0.
+Run as ``python -m steepest.sweep_backends --serve [--scratch DIR]``, this module is the local
+backend's worker: it reads job folders on stdin, writes each payload to ``<job>/result.pt``
+(atomically) and answers ``ok`` or ``error <why>`` on stdout, one line per job.
 """
 
 from __future__ import annotations
@@ -43,8 +44,21 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
         pass
 
 
+class _Slot:
+    """One long-lived local worker process and the job it is running (None: idle)."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.proc = proc
+        self.job: tuple[str, Path] | None = None
+
+
 class LocalBackend:
-    """A pool of ``workers`` worker processes on this machine, one torch thread each."""
+    """``workers`` long-lived worker processes on this machine, one torch thread each.
+
+    A worker imports torch and loads data once and then runs job after job (its caches stay
+    warm); it takes a job folder on stdin and answers with one line on stdout. A worker that
+    dies fails its job (the driver retries it) and is replaced by a new one.
+    """
 
     name = "local"
 
@@ -53,42 +67,63 @@ class LocalBackend:
             raise ValueError(f"workers must be a positive integer, got {workers!r}")
         self.capacity = workers
         self.scratch = scratch
-        self._procs: dict[str, tuple[subprocess.Popen, Path]] = {}
+        self._slots: list[_Slot] = []
 
     def start(self) -> None:
         pass
 
+    def _spawn(self) -> subprocess.Popen:
+        cmd = [sys.executable, "-m", "steepest.sweep_backends", "--serve"]
+        if self.scratch is not None:
+            cmd += ["--scratch", str(self.scratch)]
+        return subprocess.Popen(
+            cmd,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=None,  # the worker sends each job's output to that job's worker.log
+            env={**os.environ, **_ONE_THREAD},
+            text=True,
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,  # noqa: PLW1509
+        )
+
     def submit(self, jobs: list[tuple[str, Path]]) -> None:
         for jid, job_dir in jobs:
+            slot = next((s for s in self._slots if s.job is None), None)
+            if slot is None:
+                slot = _Slot(self._spawn())
+                self._slots.append(slot)
             (job_dir / "result.pt").unlink(missing_ok=True)
-            cmd = [sys.executable, "-m", "steepest.sweep_backends", str(job_dir)]
-            if self.scratch is not None:
-                cmd += ["--scratch", str(self.scratch)]
-            log = open(job_dir / "worker.log", "ab")  # noqa: SIM115 - the child owns it
+            slot.job = (jid, job_dir)
+            assert slot.proc.stdin is not None
             try:
-                proc = subprocess.Popen(
-                    cmd,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    env={**os.environ, **_ONE_THREAD},
-                    preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,  # noqa: PLW1509
-                )
-            finally:
-                log.close()
-            atomic_write_text(job_dir / "worker.pid", str(proc.pid))
-            self._procs[jid] = (proc, job_dir)
+                slot.proc.stdin.write(f"{job_dir}\n")
+                slot.proc.stdin.flush()
+            except BrokenPipeError:
+                pass  # it died while idle: poll() reports the job as failed
 
     def poll(self) -> list[tuple[str, bytes | None, str | None]]:
+        import select
+
         out = []
-        for jid, (proc, job_dir) in list(self._procs.items()):
-            rc = proc.poll()
+        for slot in list(self._slots):
+            if slot.job is None:
+                continue
+            jid, job_dir = slot.job
+            rc = slot.proc.poll()
+            assert slot.proc.stdout is not None
+            ready = rc is None and select.select([slot.proc.stdout], [], [], 0)[0]
+            if ready:
+                answer = slot.proc.stdout.readline().strip()
+                slot.job = None
+                result = job_dir / "result.pt"
+                if answer == "ok" and result.is_file():
+                    out.append((jid, result.read_bytes(), None))
+                else:
+                    out.append((jid, None, answer.removeprefix("error ") or "no answer"))
+                continue
             if rc is None:
                 continue
-            del self._procs[jid]
-            result = job_dir / "result.pt"
-            if rc == 0 and result.is_file():
-                out.append((jid, result.read_bytes(), None))
-                continue
+            self._slots.remove(slot)  # it died mid-job; a new worker takes the next job
             why = f"killed by signal {-rc}" if rc < 0 else f"exit status {rc}"
             try:
                 last = _last_line((job_dir / "worker.log").read_text(errors="replace"))
@@ -98,14 +133,21 @@ class LocalBackend:
         return out
 
     def close(self) -> None:
-        for proc, _ in self._procs.values():  # a driver stopped early stops its workers
-            proc.terminate()
-        for proc, _ in self._procs.values():
+        for slot in self._slots:  # idle workers read EOF and exit; busy ones are stopped
+            if slot.job is not None:
+                slot.proc.terminate()
+            if slot.proc.stdin is not None:
+                try:
+                    slot.proc.stdin.close()
+                except BrokenPipeError:
+                    pass
+        for slot in self._slots:
             try:
-                proc.wait(timeout=60)
+                slot.proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
-                proc.kill()
-        self._procs.clear()
+                slot.proc.kill()
+                slot.proc.wait()
+        self._slots.clear()
 
 
 def _ray_job(job_dir: str, scratch: str | None) -> bytes:
@@ -184,11 +226,11 @@ def _run_job(job_dir: str, scratch: str | None) -> bytes:
 
 
 class SlurmBackend:
-    """SLURM through submitit: each round of submissions is one job array. ``local=True`` uses
+    """SLURM through submitit: all pending jobs go out as one job array. ``local=True`` uses
     submitit's local executor (same files and protocol, processes on this machine).
 
     partition, time_min, gpus (per node), mem_gb, cpus (per task), max_parallel (the array's
-    ``%`` limit and the jobs in flight), setup (shell lines before the job, e.g. ``module load``).
+    ``%`` limit: jobs running at once), setup (shell lines before the job, e.g. ``module load``).
     """
 
     name = "slurm"
@@ -213,7 +255,9 @@ class SlurmBackend:
         if not isinstance(gpus, int) or gpus < 0:
             raise ValueError(f"gpus must be a non-negative integer, got {gpus!r}")
         self.folder, self.local, self.scratch = Path(folder), local, scratch
-        self.capacity = max_parallel
+        # Everything pending goes out as one array; SLURM runs max_parallel of it at a time
+        # (the array's % limit), so the driver does not hold jobs back and call sbatch per job.
+        self.capacity = 10**9
         self.params: dict[str, Any] = {
             "timeout_min": time_min,
             "cpus_per_task": cpus,
@@ -298,19 +342,54 @@ def slurm_script(backend: SlurmBackend, n_jobs: int) -> str:
     return _make_sbatch_string(command=command, folder=folder, **kw)
 
 
-def _worker_main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m steepest.sweep_backends")
-    ap.add_argument("job_dir")
-    ap.add_argument("--scratch", default=None)
-    args = ap.parse_args(argv)
+def _serve(scratch: str | None) -> int:
+    """The local worker's loop: a job folder per stdin line, ``ok`` or ``error <why>`` back.
+
+    The answers go to a private copy of the original stdout; while a job runs, file
+    descriptors 1 and 2 point at its ``worker.log``, so nothing a library prints (from C too)
+    can get into the answers."""
+    import traceback
+
     import torch
 
     from .sweep import run_job
 
     torch.set_num_threads(1)
-    blob = run_job(args.job_dir, args.scratch)
-    atomic_write(Path(args.job_dir) / "result.pt", lambda p: p.write_bytes(blob))
+    answer = os.fdopen(os.dup(1), "w")
+    saved = os.dup(1), os.dup(2)
+    for line in sys.stdin:
+        job_dir = Path(line.strip())
+        atomic_write_text(job_dir / "worker.pid", str(os.getpid()))
+        with open(job_dir / "worker.log", "a") as log:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(log.fileno(), 1)
+            os.dup2(log.fileno(), 2)
+            try:
+                blob = run_job(job_dir, scratch)
+                atomic_write(job_dir / "result.pt", lambda p, b=blob: p.write_bytes(b))
+                reply = "ok"
+            except Exception as exc:  # the job failed, not the worker: report and go on
+                traceback.print_exc()
+                reply = "error " + " ".join(f"{type(exc).__name__}: {exc}".split())
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os.dup2(saved[0], 1)
+                os.dup2(saved[1], 2)
+        answer.write(reply + "\n")
+        answer.flush()
     return 0
+
+
+def _worker_main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m steepest.sweep_backends")
+    ap.add_argument("--serve", action="store_true", help="run the local backend's worker loop")
+    ap.add_argument("--scratch", default=None)
+    args = ap.parse_args(argv)
+    if not args.serve:
+        ap.error("this module is the local sweep backend's worker; run it with --serve")
+    return _serve(args.scratch)
 
 
 if __name__ == "__main__":
