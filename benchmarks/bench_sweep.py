@@ -59,6 +59,13 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=500)
     ap.add_argument("--imports", type=int, default=20)
     ap.add_argument("--no-ray", action="store_true")
+    ap.add_argument(
+        "--simulate",
+        type=int,
+        default=1000,
+        help="then import this many metrics-only job payloads into one database (a driver's "
+        "whole sweep) and report how the import time and the database grow",
+    )
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="bench-sweep-"))
     cfg = root / "cfg.yaml"
@@ -131,6 +138,30 @@ def main() -> None:
             wall = (time.perf_counter() - t0) / args.imports
         mb = len(data) / 2**20
         print(f"| {what} | {mb:.1f} | {wall:.3f} | {logged / wall:.0f} | {mb / wall:.0f} |")
+    if args.simulate:
+        db = root / "simulated.db"
+        light_blob = variants[1][1]
+        marks = [100, 250, 500, 750, args.simulate]
+        print(
+            f"\n# simulated driver: {args.simulate} jobs like this one, metrics only, one database"
+        )
+        print("| jobs stored | s per import (last block) | database MB |")
+        print("|---|---|---|")
+        with RunStore(db) as st:
+            done, t_block = 0, time.perf_counter()
+            for upto in marks:
+                while done < upto:
+                    import_payload(
+                        st, root / "sim", payload["sweep"], payload["job"], light_blob,
+                        marker=job_marker(f"sim#{done}", "x"),
+                    )  # fmt: skip
+                    done += 1
+                per = (time.perf_counter() - t_block) / (
+                    upto - (marks[marks.index(upto) - 1] if marks.index(upto) else 0)
+                )
+                t_block = time.perf_counter()
+                size = sum(p.stat().st_size for p in root.glob("simulated.db*")) / 2**20
+                print(f"| {upto} | {per:.3f} | {size:.0f} |")
     print(f"\n(temporary files in {root})")
 
 

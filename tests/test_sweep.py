@@ -245,9 +245,11 @@ def test_slurm_protocol_with_submitits_local_executor_equals_train(tmp_path, ref
         cfg,
         db=db,
         runs_per_job=4,
-        backend=SlurmBackend(tmp_path / "slurm", local=True, max_parallel=2),
+        backend=SlurmBackend(tmp_path / "slurm", local=True, max_parallel=2, max_array=1),
     )
-    assert [j.state for j in res.jobs] == ["done", "done"]
+    assert [j.state for j in res.jobs] == ["done", "done"]  # two arrays of one job each
+    arrays = {p.read_text().split("_")[0] for p in tmp_path.glob("sweeps/*/*/jobs/*/slurm_job_id")}
+    assert len(arrays) == 2
     assert_same_runs(db, ref)
 
 
@@ -299,6 +301,8 @@ def test_dry_run_writes_a_valid_array_script_and_submits_nothing(tmp_path):
     # the same script from the API
     backend = SlurmBackend(tmp_path / "x", time_min=5)
     assert parse_sbatch(slurm_script(backend, 3))["array"] == "0-2%3"
+    capped = SlurmBackend(tmp_path / "x", max_array=2, max_parallel=1)
+    assert parse_sbatch(slurm_script(capped, 5))["array"] == "0-1%1"  # the first of 3 arrays
     assert job_marker("s", "job-00000") == "sweep-job:s:job-00000"
 
 

@@ -43,6 +43,8 @@ _LAZY = (
     "stacked",
     "step",
     "store",
+    "sweep",
+    "sweep_backends",
     "verify",
 )
 

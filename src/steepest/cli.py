@@ -211,8 +211,11 @@ def sweep(
     ] = None,
     cpus: Annotated[int, typer.Option(help="slurm: CPUs per job")] = 1,
     max_parallel: Annotated[
-        int, typer.Option(help="slurm: jobs in flight at most (the array's % limit)")
+        int, typer.Option(help="slurm: jobs running at once (the array's % limit)")
     ] = 256,
+    max_array: Annotated[
+        int, typer.Option(help="slurm: jobs per array at most (the cluster's MaxArraySize - 1)")
+    ] = 1000,
     setup: Annotated[
         list[str] | None,
         typer.Option(help="slurm: a shell line to run before each job (repeatable)"),
@@ -261,6 +264,7 @@ def sweep(
             mem_gb=mem_gb,
             cpus=cpus,
             max_parallel=max_parallel,
+            max_array=max_array,
             scratch=scratch_s,
             setup=setup,
             local=slurm_local,

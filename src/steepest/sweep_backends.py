@@ -230,7 +230,8 @@ class SlurmBackend:
     submitit's local executor (same files and protocol, processes on this machine).
 
     partition, time_min, gpus (per node), mem_gb, cpus (per task), max_parallel (the array's
-    ``%`` limit: jobs running at once), setup (shell lines before the job, e.g. ``module load``).
+    ``%`` limit: jobs running at once), max_array (jobs per array at most: Slurm's default
+    ``MaxArraySize`` of 1001 allows indices 0–1000), setup (shell lines before the job, e.g. ``module load``).
     """
 
     name = "slurm"
@@ -245,11 +246,13 @@ class SlurmBackend:
         mem_gb: float | None = None,
         cpus: int = 1,
         max_parallel: int = 256,
+        max_array: int = 1000,
         scratch: str | None = None,
         setup: list[str] | None = None,
         local: bool = False,
     ) -> None:
-        for arg, val in (("time_min", time_min), ("cpus", cpus), ("max_parallel", max_parallel)):
+        checks = (("time_min", time_min), ("cpus", cpus), ("max_parallel", max_parallel))
+        for arg, val in (*checks, ("max_array", max_array)):
             if not isinstance(val, int) or val < 1:
                 raise ValueError(f"{arg} must be a positive integer, got {val!r}")
         if not isinstance(gpus, int) or gpus < 0:
@@ -258,6 +261,7 @@ class SlurmBackend:
         # Everything pending goes out as one array; SLURM runs max_parallel of it at a time
         # (the array's % limit), so the driver does not hold jobs back and call sbatch per job.
         self.capacity = 10**9
+        self.max_array = max_array
         self.params: dict[str, Any] = {
             "timeout_min": time_min,
             "cpus_per_task": cpus,
@@ -288,13 +292,13 @@ class SlurmBackend:
         self._ex.update_parameters(name="steepest-sweep", **params)
 
     def submit(self, jobs: list[tuple[str, Path]]) -> None:
-        if not jobs:
-            return
-        with self._ex.batch():
-            handles = [self._ex.submit(_run_job, str(d), self.scratch) for _, d in jobs]
-        for (jid, job_dir), handle in zip(jobs, handles, strict=True):
-            self._jobs[jid] = handle
-            atomic_write_text(job_dir / "slurm_job_id", str(handle.job_id))
+        for i in range(0, len(jobs), self.max_array):  # one sbatch per array
+            chunk = jobs[i : i + self.max_array]
+            with self._ex.batch():
+                handles = [self._ex.submit(_run_job, str(d), self.scratch) for _, d in chunk]
+            for (jid, job_dir), handle in zip(chunk, handles, strict=True):
+                self._jobs[jid] = handle
+                atomic_write_text(job_dir / "slurm_job_id", str(handle.job_id))
 
     def poll(self) -> list[tuple[str, bytes | None, str | None]]:
         out = []
@@ -316,7 +320,8 @@ class SlurmBackend:
 
 def slurm_script(backend: SlurmBackend, n_jobs: int) -> str:
     """The sbatch script that submitit writes for an array of ``n_jobs`` jobs of ``backend``
-    (what ``steepest sweep --backend slurm --dry-run`` shows; nothing is submitted)."""
+    (what ``steepest sweep --backend slurm --dry-run`` shows; nothing is submitted). More jobs
+    than ``backend.max_array`` go out as several such arrays; this is the first."""
     from submitit.slurm.slurm import _make_sbatch_string  # submitit==1.5.4: the writer it uses
 
     p = backend.params
@@ -326,7 +331,7 @@ def slurm_script(backend: SlurmBackend, n_jobs: int) -> str:
         "time": p["timeout_min"],
         "cpus_per_task": p["cpus_per_task"],
         "array_parallelism": p["slurm_array_parallelism"],
-        "map_count": n_jobs,
+        "map_count": min(n_jobs, backend.max_array),
     }
     if p["gpus_per_node"]:
         kw["gpus_per_node"] = p["gpus_per_node"]
