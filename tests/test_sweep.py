@@ -188,6 +188,9 @@ def test_driver_sigkill_then_rerun_completes_the_sweep_exactly(tmp_path):
     driver = subprocess.Popen(args)
     job1 = next(iter(_glob_wait(tmp_path, "sweeps/*/*/jobs/job-00001")))
     _wait(lambda: (job1 / "worker.pid").is_file() and _checkpoint_past_zero(job1), "job 1 running")
+    assert [j.state for j in sweep_status(cfg, db=db, runs_per_job=2).jobs] == ["done", "running"]
+    second = subprocess.run(args, capture_output=True, text=True)  # one driver per sweep
+    assert second.returncode == 2 and f"pid {driver.pid}" in second.stderr, second.stderr
     driver.kill()  # SIGKILL: no clean-up; the worker gets SIGTERM from the kernel
     driver.wait()
     worker = int((job1 / "worker.pid").read_text())
@@ -334,3 +337,45 @@ def test_the_readmes_sweep_commands_run_as_written_where_they_are_cheap(tmp_path
     n_jobs = len(plan_jobs(load_config(example), 8))
     assert parse_sbatch(script)["array"] == f"0-{n_jobs - 1}%{min(n_jobs, 256)}"
     assert out.stdout.count("pending") == n_jobs + 1 and n_runs > n_jobs  # rows + summary
+
+
+def test_a_sweep_loads_the_drivers_plugins_in_its_workers(tmp_path):
+    cfg = {
+        **CONFIG,
+        "model": {"name": "user-two-layer", "width": 6},
+        "algorithms": [{"algorithm": "user-scaled-gd", "schedule": "power", "lr": 0.5, "a": 0.5}],
+        "stop": {"steps": 20},
+    }
+    path = write(tmp_path, cfg)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            [str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]
+        ),
+    }
+    out = subprocess.run(
+        _cli("--plugin", "user_plugin", "sweep", str(path), "--db", str(tmp_path / "r.db")),
+        capture_output=True, text=True, env=env, cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    with RunStore(tmp_path / "r.db", create=False) as st:
+        runs = st.list_runs()
+    assert len(runs) == 2 and {r.algorithm for r in runs} == {"user-scaled-gd"}
+
+
+def test_objects_cannot_be_swept_and_bad_options_are_one_line(tmp_path):
+    user = write(tmp_path, {**CONFIG, "model": {"name": "user"}})
+    with pytest.raises(ValueError, match="register_model"):
+        run_sweep(user, db=tmp_path / "r.db")
+    cfg = write(tmp_path, CONFIG, "ok.yaml")
+    for args, msg in (
+        (["-k", "0"], "runs_per_job must be a positive integer"),
+        (["--backend", "mpi"], "unknown backend 'mpi'"),
+        (["--dry-run"], "--dry-run writes an sbatch script: it needs --backend slurm"),
+        (["--workers", "0"], "workers must be a positive integer"),
+    ):
+        out = subprocess.run(
+            _cli("sweep", str(cfg), "--db", str(tmp_path / "r.db"), *args),
+            capture_output=True, text=True,
+        )  # fmt: skip
+        assert out.returncode == 2 and msg in out.stderr and "Traceback" not in out.stderr, args

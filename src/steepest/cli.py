@@ -251,7 +251,7 @@ def sweep(
         raise ValueError("--dry-run writes an sbatch script: it needs --backend slurm")
     scratch_s = None if scratch is None else str(scratch)
     if backend == "local":
-        impl: Any = sb.LocalBackend(workers=workers or 1, scratch=scratch_s)
+        impl: Any = sb.LocalBackend(workers=1 if workers is None else workers, scratch=scratch_s)
     elif backend == "ray":
         impl = sb.RayBackend(address=address, workers=workers, scratch=scratch_s)
     else:

@@ -65,6 +65,12 @@ def load_plugin(module: str) -> ModuleType:
     return mod
 
 
+def loaded_plugins() -> list[str]:
+    """The plug-in modules loaded by :func:`load_plugin` in this process (``--plugin``), in
+    name order: what a worker of another process must load to read the same configs."""
+    return sorted(_loaded_modules)
+
+
 def load_entry_points() -> list[str]:
     """Load every plug-in declared in the ``steepest.plugins`` entry-point group, once per
     process; returns the names of the entry points loaded by *this* call (empty when they were

@@ -43,7 +43,7 @@ import torch
 
 from .atomic import atomic_write, atomic_write_text
 from .config import ExperimentConfig, load_config
-from .store import RunStore, default_db_path, pid_alive
+from .store import HEARTBEAT_EVERY_S, RunStore, default_db_path
 
 __all__ = [
     "PAYLOAD_FORMAT",
@@ -226,9 +226,12 @@ def run_job(job_dir: str | Path, scratch: str | Path | None = None) -> bytes:
     the backends call it in a worker.
     """
     from .engine import train
+    from .plugins import load_plugin
 
     jd = Path(job_dir)
     spec = json.loads((jd / "job.json").read_text())
+    for module in spec.get("plugins", ()):  # the driver's --plugin modules, before the config
+        load_plugin(module)
     cfg = load_config(spec["config"])
     root = Path(scratch) / spec["sweep"] / spec["job"] if scratch is not None else jd
     root.mkdir(parents=True, exist_ok=True)
@@ -294,7 +297,17 @@ def _write_state(folder: Path, job: str, **state: Any) -> None:
 
 def prepare_sweep(config: Any, db: str | Path | None, runs_per_job: int):
     """(config, jobs, sweep id, database path, sweep folder) of a sweep; writes nothing."""
+    from .data import USER_DATA
+    from .models import USER_MODEL
+
     cfg = load_config(config)
+    if cfg.model.name == USER_MODEL or cfg.data.name.lower() == USER_DATA:
+        raise ValueError(
+            "a sweep's workers rebuild the model and data from the config by name; "
+            f"{USER_MODEL!r} stands for objects passed to steepest.train(...). Register them "
+            "(steepest.register_model / register_dataset in a plug-in, loaded with --plugin) "
+            "and name them in the config"
+        )
     jobs = plan_jobs(cfg, runs_per_job)
     sid = sweep_id(cfg, runs_per_job)
     db_path = Path(db) if db is not None else default_db_path()
@@ -302,11 +315,21 @@ def prepare_sweep(config: Any, db: str | Path | None, runs_per_job: int):
 
 
 def _write_plan(folder: Path, sid: str, jobs: list[Job]) -> None:
+    from .plugins import loaded_plugins
+
+    plugins = loaded_plugins()
     for job in jobs:
         jf = folder / "jobs" / job.id / "job.json"
-        if not jf.is_file():
-            spec = {"sweep": sid, "job": job.id, "config": job.config, "runs": list(job.runs)}
-            atomic_write_text(jf, json.dumps(spec, sort_keys=True, indent=1))
+        spec = {
+            "sweep": sid,
+            "job": job.id,
+            "config": job.config,
+            "runs": list(job.runs),
+            "plugins": plugins,
+        }
+        text = json.dumps(spec, sort_keys=True, indent=1)
+        if not jf.is_file() or jf.read_text() != text:
+            atomic_write_text(jf, text)
 
 
 def import_payload(
@@ -398,6 +421,9 @@ def run_sweep(
             f"{sum(len(j.runs) for j in jobs)} runs, backend {backend.name}"
         )
         in_flight: set[str] = set()
+        lease = f"sweep:{sid}"
+        store.acquire_lease(lease)  # one driver per sweep; a live one is named in the error
+        beat = time.monotonic()
         try:
             backend.start()
             while pending or in_flight:
@@ -437,8 +463,12 @@ def run_sweep(
                         say(f"{jid} FAILED after {failures[jid]} attempts: {errors[jid]}")
                 if in_flight:
                     time.sleep(poll_s)
+                if time.monotonic() - beat > HEARTBEAT_EVERY_S:
+                    store.heartbeat(lease)
+                    beat = time.monotonic()
         finally:
             backend.close()
+            store.release_lease(lease)
     statuses = sweep_status(config, db=db_path, runs_per_job=runs_per_job).jobs
     return SweepResult(
         sweep=sid,
@@ -453,13 +483,17 @@ def run_sweep(
 def sweep_status(
     config: Any, *, db: str | Path | None = None, runs_per_job: int = 1
 ) -> SweepResult:
-    """Every job of the sweep as done (stored), running (its driver is alive), failed (twice,
-    with its error) or pending. Reads the database; writes nothing."""
+    """Every job of the sweep as done (stored), running (handed to a worker by a driver whose
+    lease on the sweep is live), failed (twice, with its error) or pending. Reads the
+    database; writes nothing."""
     cfg, jobs, sid, db_path, folder = prepare_sweep(config, db, runs_per_job)
     marks: dict[str, Sequence[int]] = {}
+    driving = False
     if db_path.is_file():
         with RunStore(db_path, create=False) as store:
             marks = store.marks(f"sweep-job:{sid}:")
+            lease = store.lease(f"sweep:{sid}")
+            driving = lease is not None and not lease["stale"]
     out = []
     for j in jobs:
         st = _read_state(folder, j.id)
@@ -467,7 +501,7 @@ def sweep_status(
             state = "done"
         elif st.get("state") == "failed":
             state = "failed"
-        elif st.get("state") == "running" and pid_alive(int(st.get("driver", -1))):
+        elif st.get("state") == "running" and driving:
             state = "running"
         else:
             state = "pending"
