@@ -122,7 +122,7 @@ def test_local_sweep_equals_train_and_a_rerun_skips_finished_jobs(tmp_path, refe
     cfg, ref = reference
     db = tmp_path / "runs.db"
     res = run_sweep(cfg, db=db, runs_per_job=2, backend=LocalBackend(workers=2))
-    assert [j.state for j in res.jobs] == ["done"] * 3 and not res.failed
+    assert [j.state for j in res.jobs] == ["done"] * 3, [(j.job, j.error) for j in res.jobs]
     assert_same_runs(db, ref)
     with RunStore(db, create=False) as st:  # checkpoints were copied beside the database
         r = st.list_runs()[0]
@@ -236,7 +236,7 @@ def test_ray_sweep_on_a_local_two_cpu_cluster_equals_train(tmp_path, reference):
     cfg, ref = reference
     db = tmp_path / "runs.db"
     res = run_sweep(cfg, db=db, runs_per_job=2, backend=RayBackend(workers=2))
-    assert [j.state for j in res.jobs] == ["done"] * 3
+    assert [j.state for j in res.jobs] == ["done"] * 3, [(j.job, j.error) for j in res.jobs]
     assert_same_runs(db, ref)
 
 
@@ -250,7 +250,9 @@ def test_slurm_protocol_with_submitits_local_executor_equals_train(tmp_path, ref
         runs_per_job=4,
         backend=SlurmBackend(tmp_path / "slurm", local=True, max_parallel=2, max_array=1),
     )
-    assert [j.state for j in res.jobs] == ["done", "done"]  # two arrays of one job each
+    assert [j.state for j in res.jobs] == ["done", "done"], [
+        (j.job, j.error) for j in res.jobs
+    ]  # two arrays of one job each
     arrays = {p.read_text().split("_")[0] for p in tmp_path.glob("sweeps/*/*/jobs/*/slurm_job_id")}
     assert len(arrays) == 2
     assert_same_runs(db, ref)
@@ -379,3 +381,16 @@ def test_objects_cannot_be_swept_and_bad_options_are_one_line(tmp_path):
             capture_output=True, text=True,
         )  # fmt: skip
         assert out.returncode == 2 and msg in out.stderr and "Traceback" not in out.stderr, args
+
+
+def test_scratch_keeps_each_jobs_database_apart_and_results_equal(tmp_path, reference):
+    cfg, ref = reference
+    scratch = tmp_path / "node-local"
+    for name in ("a.db", "b.db"):  # two databases, one scratch folder: no job shares a db
+        res = run_sweep(
+            cfg, db=tmp_path / name, runs_per_job=6, backend=LocalBackend(1, scratch=scratch)
+        )
+        assert [j.state for j in res.jobs] == ["done"], [(j.job, j.error) for j in res.jobs]
+        assert_same_runs(tmp_path / name, ref)
+    assert len(list(scratch.glob("job-00000-*/job.db"))) == 2
+    assert not list(tmp_path.glob("sweeps/*/*/jobs/*/job.db"))

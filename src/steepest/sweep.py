@@ -217,23 +217,33 @@ def _payload(db: Path, runs: list[Any], sid: str, job: str) -> bytes:
     return buf.getvalue()
 
 
-def run_job(job_dir: str | Path, scratch: str | Path | None = None) -> bytes:
-    """Train one job (its ``job.json``) and return its payload (module docstring).
+def run_job(
+    job_dir: str | Path, scratch: str | Path | None = None, *, spec: str | None = None
+) -> bytes:
+    """Train one job and return its payload (module docstring).
 
-    The scratch database and checkpoints go to ``scratch/<sweep>/<job>`` (default: the job's
-    folder). A finished batch there is sent as it is; an unfinished one with checkpoints is
-    resumed from its last checkpoint; otherwise the job starts. Runs in the calling process:
-    the backends call it in a worker.
+    ``spec`` is the text of the job's ``job.json`` (default: read from ``job_dir``; a worker on
+    another machine gets it from the driver). The scratch database and checkpoints go to the
+    job's folder, or with ``scratch`` to a folder under it named after the job's folder (so
+    two sweeps never share one). A finished batch there is sent as it is; an unfinished one
+    with checkpoints is resumed from its last checkpoint; otherwise the job starts. Runs in
+    the calling process: the backends call it in a worker.
     """
+    import hashlib
+
     from .engine import train
     from .plugins import load_plugin
 
     jd = Path(job_dir)
-    spec = json.loads((jd / "job.json").read_text())
-    for module in spec.get("plugins", ()):  # the driver's --plugin modules, before the config
+    job = json.loads(spec if spec is not None else (jd / "job.json").read_text())
+    for module in job.get("plugins", ()):  # the driver's --plugin modules, before the config
         load_plugin(module)
-    cfg = load_config(spec["config"])
-    root = Path(scratch) / spec["sweep"] / spec["job"] if scratch is not None else jd
+    cfg = load_config(job["config"])
+    if scratch is None:
+        root = jd
+    else:
+        key = hashlib.sha256(str(jd).encode()).hexdigest()[:16]
+        root = Path(scratch) / f"{job['job']}-{key}"
     root.mkdir(parents=True, exist_ok=True)
     db = root / "job.db"
     k = len(cfg.run_specs())
@@ -243,8 +253,8 @@ def run_job(job_dir: str | Path, scratch: str | Path | None = None) -> bytes:
         train(cfg, db=db, resume=resume, progress=False)
         runs = _finished_batch(db, cfg, k)
     if runs is None:
-        raise RuntimeError(f"job {spec['job']}: training returned without a finished batch in {db}")
-    return _payload(db, runs, spec["sweep"], spec["job"])
+        raise RuntimeError(f"job {job['job']}: training returned without a finished batch in {db}")
+    return _payload(db, runs, job["sweep"], job["job"])
 
 
 # --------------------------------------------------------------------------------------------

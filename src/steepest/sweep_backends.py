@@ -150,18 +150,24 @@ class LocalBackend:
         self._slots.clear()
 
 
-def _ray_job(job_dir: str, scratch: str | None) -> bytes:
+def _ray_job(job_dir: str, spec: str, scratch: str | None) -> bytes:
+    import tempfile
+
     import torch
 
     from .sweep import run_job
 
     torch.set_num_threads(1)
-    return run_job(job_dir, scratch)
+    if scratch is None and not Path(job_dir).is_dir():  # a node without the driver's disk
+        scratch = str(Path(tempfile.gettempdir()) / "steepest-sweeps")
+    return run_job(job_dir, scratch, spec=spec)
 
 
 class RayBackend:
     """Ray: the cluster at ``address`` (``ray://host:port`` or ``auto``), or a local one with
-    ``workers`` CPUs that this backend starts and stops. One CPU per job."""
+    ``workers`` CPUs that this backend starts and stops. One CPU per job. The job's spec
+    travels with the task; a node that does not see the driver's disk keeps its scratch under
+    its temp folder (a retry resumes from a checkpoint only on the same node)."""
 
     name = "ray"
 
@@ -192,7 +198,8 @@ class RayBackend:
 
     def submit(self, jobs: list[tuple[str, Path]]) -> None:
         for jid, job_dir in jobs:
-            self._refs[self._fn.remote(str(job_dir), self.scratch)] = jid
+            spec = (job_dir / "job.json").read_text()
+            self._refs[self._fn.remote(str(job_dir), spec, self.scratch)] = jid
 
     def poll(self) -> list[tuple[str, bytes | None, str | None]]:
         import ray
