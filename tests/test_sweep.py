@@ -132,6 +132,20 @@ def test_local_sweep_equals_train_and_a_rerun_skips_finished_jobs(tmp_path, refe
     again = run_sweep(cfg, db=db, runs_per_job=2, backend=LocalBackend(workers=2))
     assert again.run_ids == res.run_ids
     assert_same_runs(db, ref)  # nothing duplicated
+    # verify reads a sweep's runs as train's: checkpoints (named by the jobs' run ids), KKT
+    # points, and the flavor check across the sweep's jobs; every verdict is the same.
+    assert verdicts(db) == verdicts(ref)
+
+
+def verdicts(db: Path) -> dict[tuple[str, str], str]:
+    from steepest.verify import verify_runs
+
+    with RunStore(db, create=False) as st:
+        names = {r.id: r.name for r in st.list_runs()}
+        report = verify_runs(st, sorted(names))
+    out = {(names[rv.run_id], c.check): c.verdict for rv in report.runs for c in rv.checks}
+    assert "not applicable" not in {v for (_, chk), v in out.items() if chk in ("kkt", "flavor")}
+    return out
 
 
 def _wait(pred, what: str, timeout: float = 120.0) -> None:

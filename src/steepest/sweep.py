@@ -181,6 +181,7 @@ def _payload(db: Path, runs: list[Any], sid: str, job: str) -> bytes:
                     files[path.name] = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
             out_runs.append(
                 {
+                    "id": int(r.id),
                     "name": r.name,
                     "experiment": r.experiment or "",
                     "algorithm": r.algorithm,
@@ -367,7 +368,8 @@ def import_payload(
         info["checkpoint_dir"] = str(ckpt_dir)
         if "checkpoint" in info:
             info["checkpoint"] = str(ckpt_dir / Path(info["checkpoint"]).name)
-        info["sweep"] = {"id": sid, "job": job}
+        # The checkpoint files name the runs by their ids in the job's database.
+        info["sweep"] = {"id": sid, "job": job, "run_id_in_job": int(r["id"])}
         steps = r["steps"].tolist()
         cols = {k: v.tolist() for k, v in r["metrics"].items()}
         rows = []

@@ -51,7 +51,7 @@ Predictions (the names are the ``check`` column):
   θ); the report says which quantity decided. The engine checkpoints when −log𝓛 passes a power
   of ten (and every ``logging.checkpoint_every`` iterations), so the reference point is the
   first checkpoint after separation, not the separation step itself; its step is reported.
-* ``flavor`` (§5 item 9): among the runs of the same batch (one ``train`` call) and seed, the
+* ``flavor`` (§5 item 9): among the runs of the same batch (one ``train`` call, or one sweep) and seed, the
   run's final margin in its own norm is at least (1 − 1e-3) times the largest final margin in
   that norm reached by runs whose algorithms have a different own norm. Not applicable when
   no such run exists or the own norm is not one of the engine's metric norms (l1, l2, linf,
@@ -657,9 +657,12 @@ class _Loader:
         eng = self.engine(rec)
         sd = self.file(path)
         run_ids = list(sd["run_ids"])
-        if rec.id not in run_ids:
-            raise KeyError(f"run {rec.id} is not in checkpoint {path} (it holds runs {run_ids})")
-        i = run_ids.index(rec.id)
+        # A run stored by a sweep's driver is named in its checkpoints by its id in the job's
+        # own database (steepest.sweep).
+        rid = int((rec.info.get("sweep") or {}).get("run_id_in_job", rec.id))
+        if rid not in run_ids:
+            raise KeyError(f"run {rid} is not in checkpoint {path} (it holds runs {run_ids})")
+        i = run_ids.index(rid)
         model = eng.model_for_seed(rec.seed).to(torch.float64)
         names = [n for n, _ in model.named_parameters()]
         if list(sd["names"]) != names:
@@ -741,6 +744,13 @@ def _kkt_points_for_run(loader: _Loader, rec: RunRecord, norm: str, tol: Toleran
     return points
 
 
+def _comparison_group(info: dict[str, Any]) -> str:
+    """The runs a flavor check compares: one ``train`` call's batch, or one sweep (whose jobs
+    are batches of the same config; steepest.sweep)."""
+    sweep = info.get("sweep") or {}
+    return f"sweep:{sweep['id']}" if "id" in sweep else f"batch:{info.get('batch')}"
+
+
 def _flavor(
     report_runs: list[RunVerdict], records: dict[int, RunRecord], store: RunStore, tol: Tolerances
 ) -> None:
@@ -771,12 +781,12 @@ def _flavor(
                 )
             )
             continue
-        key = (rec.experiment, str(rec.info.get("batch")))
+        key = (rec.experiment, _comparison_group(rec.info))
         if key not in batch_cache:
             batch_cache[key] = [
                 r
                 for r in store.list_runs(experiment=rec.experiment)
-                if r.info.get("batch") == rec.info.get("batch")
+                if _comparison_group(r.info) == key[1]
             ]
         rivals = [
             r
@@ -785,7 +795,10 @@ def _flavor(
         ]
         if not rivals:
             rv.checks.append(
-                _na("flavor", "no run with another algorithm flavor in the same batch and seed")
+                _na(
+                    "flavor",
+                    "no run with another algorithm flavor in the same batch (or sweep) and seed",
+                )
             )
             continue
         mine = final(rec.id).get(f"margin_{col}", math.nan)
