@@ -408,3 +408,20 @@ def test_scratch_keeps_each_jobs_database_apart_and_results_equal(tmp_path, refe
         assert_same_runs(tmp_path / name, ref)
     assert len(list(scratch.glob("job-00000-*/job.db"))) == 2
     assert not list(tmp_path.glob("sweeps/*/*/jobs/*/job.db"))
+
+
+def test_a_results_database_on_a_network_filesystem_is_refused():
+    from steepest.sweep import check_local_database, filesystem_type
+
+    mounts = (
+        "/dev/vda / ext4 rw 0 0\n"
+        "server:/export/home /home nfs4 rw 0 0\n"
+        "/dev/vdb /home/me/local ext4 rw 0 0\n"
+    )
+    assert filesystem_type("/home/me/runs/x.db", mounts) == "nfs4"
+    assert filesystem_type("/home/me/local/x.db", mounts) == "ext4"  # the longest mount wins
+    assert filesystem_type("/tmp/x.db", mounts) == "ext4"
+    with pytest.raises(ValueError, match="on a nfs4 filesystem"):
+        check_local_database(Path("/home/me/runs/x.db"), mounts)
+    check_local_database(Path("/home/me/local/x.db"), mounts)
+    check_local_database(Path("/tmp/x.db"))  # this machine's real mount table: a local disk

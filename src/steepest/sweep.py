@@ -46,10 +46,13 @@ from .config import ExperimentConfig, load_config
 from .store import HEARTBEAT_EVERY_S, RunStore, default_db_path
 
 __all__ = [
+    "NETWORK_FILESYSTEMS",
     "PAYLOAD_FORMAT",
     "Job",
     "JobStatus",
     "SweepResult",
+    "check_local_database",
+    "filesystem_type",
     "import_payload",
     "job_marker",
     "plan_jobs",
@@ -306,6 +309,45 @@ def _write_state(folder: Path, job: str, **state: Any) -> None:
     atomic_write_text(_state_path(folder, job), json.dumps(state, sort_keys=True))
 
 
+#: Filesystem types on which SQLite's locking (and WAL's shared memory) is not safe.
+NETWORK_FILESYSTEMS = frozenset(
+    {"nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs", "beegfs", "fuse.sshfs", "ceph",
+     "fuse.ceph", "glusterfs", "fuse.glusterfs", "panfs", "9p", "afs"}
+)  # fmt: skip
+
+
+def filesystem_type(path: str | Path, mounts: str | None = None) -> str | None:
+    """The type of the filesystem that holds ``path`` (the longest mount point above it in
+    ``/proc/mounts``, or in ``mounts``, text in that format); None where it cannot be told."""
+    if mounts is None:
+        try:
+            mounts = Path("/proc/mounts").read_text()
+        except OSError:
+            return None
+    target = Path(path).resolve()
+    best, kind = -1, None
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = Path(fields[1].replace("\\040", " "))
+        if (target == point or point in target.parents) and len(point.parts) > best:
+            best, kind = len(point.parts), fields[2]
+    return kind
+
+
+def check_local_database(db_path: Path, mounts: str | None = None) -> None:
+    """Refuse a results database on a network filesystem (SQLite must not run there)."""
+    kind = filesystem_type(db_path.parent if not db_path.exists() else db_path, mounts)
+    if kind in NETWORK_FILESYSTEMS:
+        raise ValueError(
+            f"the results database {db_path} is on a {kind} filesystem, where SQLite's locks are "
+            "not safe; put --db on a local disk of the machine that runs the driver (e.g. under "
+            "/tmp or the login node's scratch). The sweep's folder beside it holds only plain "
+            "files, written atomically"
+        )
+
+
 def prepare_sweep(config: Any, db: str | Path | None, runs_per_job: int):
     """(config, jobs, sweep id, database path, sweep folder) of a sweep; writes nothing."""
     from .data import USER_DATA
@@ -416,6 +458,8 @@ def run_sweep(
     t0 = time.perf_counter()
     say = echo or (lambda _msg: None)
     cfg, jobs, sid, db_path, folder = prepare_sweep(config, db, runs_per_job)
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    check_local_database(db_path)
     backend = backend if backend is not None else LocalBackend(workers=1)
     by_id = {j.id: j for j in jobs}
     _write_plan(folder, sid, jobs)

@@ -227,8 +227,12 @@ class RayBackend:
 
 
 def _run_job(job_dir: str, scratch: str | None) -> bytes:
+    import tempfile
+
     from .sweep import run_job
 
+    if scratch is None and "SLURM_JOB_ID" in os.environ:  # a node: keep SQLite off the shared disk
+        scratch = str(Path(os.environ.get("TMPDIR") or tempfile.gettempdir()) / "steepest-sweeps")
     return run_job(job_dir, scratch)
 
 
@@ -237,7 +241,9 @@ class SlurmBackend:
     submitit's local executor (same files and protocol, processes on this machine).
 
     partition, time_min, gpus (per node), mem_gb, cpus (per task), max_parallel (the array's
-    ``%`` limit: jobs running at once), max_array (jobs per array at most: Slurm's default
+    ``%`` limit: jobs running at once), scratch (default on a SLURM node: ``$TMPDIR`` or the
+    temp folder, node-local, so that the job's SQLite scratch never lives on the shared disk;
+    a retry on another node then starts its job again), max_array (jobs per array at most: Slurm's default
     ``MaxArraySize`` of 1001 allows indices 0–1000), setup (shell lines before the job, e.g. ``module load``).
     """
 
