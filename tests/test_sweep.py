@@ -200,11 +200,14 @@ def test_driver_sigkill_then_rerun_completes_the_sweep_exactly(tmp_path):
     db = tmp_path / "runs.db"
     args = _cli("sweep", str(cfg), "--db", str(db), "-k", "2")  # two jobs, one worker
     driver = subprocess.Popen(args)
-    job1 = next(iter(_glob_wait(tmp_path, "sweeps/*/*/jobs/job-00001")))
-    _wait(lambda: (job1 / "worker.pid").is_file() and _checkpoint_past_zero(job1), "job 1 running")
-    assert [j.state for j in sweep_status(cfg, db=db, runs_per_job=2).jobs] == ["done", "running"]
-    second = subprocess.run(args, capture_output=True, text=True)  # one driver per sweep
+    job0 = next(iter(_glob_wait(tmp_path, "sweeps/*/*/jobs/job-00000")))
+    _wait(lambda: (job0 / "worker.pid").is_file(), "job 0 running")
+    # one driver per sweep (asked while both jobs are ahead, so the first is surely alive)
+    second = subprocess.run(args, capture_output=True, text=True)
     assert second.returncode == 2 and f"pid {driver.pid}" in second.stderr, second.stderr
+    job1 = job0.parent / "job-00001"
+    _wait(lambda: (job1 / "worker.pid").is_file() and _checkpoint_past_zero(job1), "job 1 running")
+    assert [j.state for j in sweep_status(cfg, db=db).jobs] == ["done", "running"]  # k recorded
     driver.kill()  # SIGKILL: no clean-up; the worker gets SIGTERM from the kernel
     driver.wait()
     worker = int((job1 / "worker.pid").read_text())
@@ -314,7 +317,7 @@ def test_dry_run_writes_a_valid_array_script_and_submits_nothing(tmp_path):
     assert (d["partition"], d["time"], d["gpus-per-node"], d["cpus-per-task"]) == (
         "gpu", "90", "1", "4",
     )  # fmt: skip
-    assert d["mem"] == "16384MB"
+    assert d["mem"] == "16GB"  # as submitit writes it
     assert "submitit.core._submit" in script
     assert not db.exists() and not list(tmp_path.glob("sweeps/*/*/slurm/submitit/*"))
     # the same script from the API
@@ -387,7 +390,10 @@ def test_objects_cannot_be_swept_and_bad_options_are_one_line(tmp_path):
     for args, msg in (
         (["-k", "0"], "runs_per_job must be a positive integer"),
         (["--backend", "mpi"], "unknown backend 'mpi'"),
-        (["--dry-run"], "--dry-run writes an sbatch script: it needs --backend slurm"),
+        (["--dry-run"], "--dry-run applies to --backend slurm, not local"),
+        (["--partition", "gpu"], "--partition applies to --backend slurm, not local"),
+        (["--backend", "slurm", "--workers", "2"], "--workers applies to --backend local or ray"),
+        (["--backend", "slurm", "--dry-run", "--mem", "-3"], "mem (GB) must be positive"),
         (["--workers", "0"], "workers must be a positive integer"),
     ):
         out = subprocess.run(
@@ -425,3 +431,32 @@ def test_a_results_database_on_a_network_filesystem_is_refused():
         check_local_database(Path("/home/me/runs/x.db"), mounts)
     check_local_database(Path("/home/me/local/x.db"), mounts)
     check_local_database(Path("/tmp/x.db"))  # this machine's real mount table: a local disk
+
+
+def test_minibatch_sweeps_equal_train_and_a_job_must_hold_every_seed(tmp_path):
+    cfg = {**CONFIG, "batch_size": 10, "algorithms": [CONFIG["algorithms"][0]]}
+    cfg["stop"] = {"steps": 60}
+    path = write(tmp_path, cfg)
+    with pytest.raises(ValueError, match="minibatch order"):
+        run_sweep(path, db=tmp_path / "r.db", runs_per_job=1)
+    res = run_sweep(path, db=tmp_path / "r.db", runs_per_job=2, backend=LocalBackend(2))
+    assert [j.state for j in res.jobs] == ["done", "done"], [(j.job, j.error) for j in res.jobs]
+    train(path, db=tmp_path / "ref.db", progress=False)
+    assert_same_runs(tmp_path / "r.db", tmp_path / "ref.db")
+
+
+def test_one_k_per_config_and_database_and_a_shared_sweep_dir(tmp_path):
+    cfg = write(
+        tmp_path, {**CONFIG, "algorithms": [CONFIG["algorithms"][1]], "stop": {"steps": 30}}
+    )
+    db, shared = tmp_path / "local" / "r.db", tmp_path / "shared"
+    res = run_sweep(cfg, db=db, runs_per_job=1, sweep_dir=shared)
+    assert [j.state for j in res.jobs] == ["done", "done"] and shared in res.folder.parents
+    # status and a rerun find the recorded k and folder by themselves
+    assert sweep_status(cfg, db=db).folder == res.folder
+    assert run_sweep(cfg, db=db).run_ids == res.run_ids
+    with pytest.raises(ValueError, match="runs-per-job 1; its jobs would store the same runs"):
+        run_sweep(cfg, db=db, runs_per_job=2)
+    with pytest.raises(ValueError, match="pass that --sweep-dir"):
+        run_sweep(cfg, db=db, sweep_dir=tmp_path / "elsewhere")
+    assert len(runs_by_name(db)) == 2 and all(len(v) == 1 for v in runs_by_name(db).values())

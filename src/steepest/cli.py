@@ -187,8 +187,21 @@ def sweep(
     ],
     db: DbOpt = None,
     runs_per_job: Annotated[
-        int, typer.Option("--runs-per-job", "-k", help="runs stepped together in one job")
-    ] = 1,
+        int | None,
+        typer.Option(
+            "--runs-per-job",
+            "-k",
+            help="runs stepped together in one job (default: the value this config's sweep in "
+            "the database was started with, else 1)",
+        ),
+    ] = None,
+    sweep_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="where the jobs' folders go (default: beside the database); on SLURM a folder "
+            "the compute nodes can read"
+        ),
+    ] = None,
     backend: Annotated[str, typer.Option(help="local | ray | slurm")] = "local",
     workers: Annotated[
         int | None,
@@ -234,7 +247,7 @@ def sweep(
     from . import sweep_backends as sb
 
     if len(args) == 2 and args[0] == "status":
-        res = sw.sweep_status(Path(args[1]), db=db, runs_per_job=runs_per_job)
+        res = sw.sweep_status(Path(args[1]), db=db, runs_per_job=runs_per_job, sweep_dir=sweep_dir)
         rows = [[j.job, j.state, j.runs, j.attempts, j.error] for j in res.jobs]
         typer.echo(_table(["job", "state", "runs", "failures", "error"], rows))
         counts = {
@@ -247,15 +260,30 @@ def sweep(
     config = Path(args[0])
     if backend not in ("local", "ray", "slurm"):
         raise ValueError(f"unknown backend {backend!r}; valid: local, ray, slurm")
-    if dry_run and backend != "slurm":
-        raise ValueError("--dry-run writes an sbatch script: it needs --backend slurm")
+    given = {  # options that one backend reads and the others would silently ignore
+        "--workers": (workers is not None, ("local", "ray")),
+        "--address": (address is not None, ("ray",)),
+        "--partition": (partition is not None, ("slurm",)),
+        "--time": (time_min != 60, ("slurm",)),
+        "--gpus": (gpus != 0, ("slurm",)),
+        "--mem": (mem_gb is not None, ("slurm",)),
+        "--cpus": (cpus != 1, ("slurm",)),
+        "--max-parallel": (max_parallel != 256, ("slurm",)),
+        "--max-array": (max_array != 1000, ("slurm",)),
+        "--setup": (bool(setup), ("slurm",)),
+        "--slurm-local": (slurm_local, ("slurm",)),
+        "--dry-run": (dry_run, ("slurm",)),
+    }
+    for opt, (used, backends) in given.items():
+        if used and backend not in backends:
+            raise ValueError(f"{opt} applies to --backend {' or '.join(backends)}, not {backend}")
     scratch_s = None if scratch is None else str(scratch)
     if backend == "local":
         impl: Any = sb.LocalBackend(workers=1 if workers is None else workers, scratch=scratch_s)
     elif backend == "ray":
         impl = sb.RayBackend(address=address, workers=workers, scratch=scratch_s)
     else:
-        cfg, jobs, sid, db_path, folder = sw.prepare_sweep(config, db, runs_per_job)
+        cfg, jobs, sid, db_path, folder, _ = sw.prepare_sweep(config, db, runs_per_job, sweep_dir)
         impl = sb.SlurmBackend(
             folder / "slurm",
             partition=partition,
@@ -277,7 +305,14 @@ def sweep(
             typer.echo(script)
             typer.echo(f"{len(jobs)} jobs; sbatch script written to {path} (nothing submitted)")
             return
-    res = sw.run_sweep(config, db=db, runs_per_job=runs_per_job, backend=impl, echo=typer.echo)
+    res = sw.run_sweep(
+        config,
+        db=db,
+        runs_per_job=runs_per_job,
+        backend=impl,
+        sweep_dir=sweep_dir,
+        echo=typer.echo,
+    )
     counts = {s: sum(j.state == s for j in res.jobs) for s in ("done", "failed", "pending")}
     typer.echo(
         f"sweep {res.sweep}: "

@@ -594,12 +594,24 @@ class RunStore:
         return [{"step": s, "path": p, "log_loss": ll} for s, p, ll in rows]
 
     # ---------------------------------------------------------------- imports (sweeps)
-    def marks(self, prefix: str) -> dict[str, list[int]]:
-        """The :meth:`import_runs` marks whose key starts with ``prefix``: key -> run ids."""
+    def marks(self, prefix: str) -> dict[str, Any]:
+        """The marks (:meth:`import_runs`, :meth:`put_mark`) whose key starts with ``prefix``:
+        key -> its JSON value (for an import's mark, the run ids)."""
         rows = self._conn.execute(
             "SELECT key, value FROM meta WHERE substr(key, 1, ?) = ?", (len(prefix), prefix)
         ).fetchall()
         return {k: json.loads(v) for k, v in rows}
+
+    def put_mark(self, key: str, value: Any) -> None:
+        """Set the mark ``key`` to the JSON value ``value`` (replacing it); see :meth:`marks`."""
+        if not isinstance(key, str) or not key:
+            raise TypeError(f"a mark's key must be a non-empty string, got {key!r}")
+        text = json.dumps(value, sort_keys=True)
+        self._transact(
+            lambda c: c.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, text)
+            )
+        )
 
     def import_runs(self, runs: Sequence[Mapping[str, Any]], *, marker: str) -> list[int]:
         """Store finished runs from elsewhere (a sweep's worker) and the mark ``marker``, all in

@@ -33,6 +33,7 @@ import io
 import json
 import math
 import os
+import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -82,17 +83,28 @@ class Job:
     runs: tuple[str, ...]
 
 
+def _config_key(cfg: ExperimentConfig) -> str:
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in cfg.name)
+    return f"{safe}-{cfg.config_hash()}"
+
+
 def sweep_id(cfg: ExperimentConfig, runs_per_job: int) -> str:
     """``<name>-<config hash>-k<runs_per_job>``: the plan depends on both."""
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in cfg.name)
-    return f"{safe}-{cfg.config_hash()}-k{runs_per_job}"
+    return f"{_config_key(cfg)}-k{runs_per_job}"
 
 
-def sweep_folder(db: str | Path | None, sid: str) -> Path:
-    """The sweep's folder: ``<db folder>/sweeps/<db file name>/<sweep id>`` (a database of
-    its own: two databases in one folder never share a job's scratch)."""
+def sweep_folder(db: str | Path | None, sid: str, sweep_dir: str | Path | None = None) -> Path:
+    """The sweep's folder: ``<db folder>/sweeps/<db file name>/<sweep id>`` by default (two
+    databases in one folder never share a job's scratch), or with ``sweep_dir`` (a folder the
+    workers can read, e.g. on a cluster's shared filesystem)
+    ``<sweep_dir>/<db file stem>-<hash of the db's path>/<sweep id>``."""
+    import hashlib
+
     db_path = (Path(db) if db is not None else default_db_path()).resolve()
-    return db_path.parent / "sweeps" / db_path.name / sid
+    if sweep_dir is None:
+        return db_path.parent / "sweeps" / db_path.name / sid
+    tag = hashlib.sha256(str(db_path).encode()).hexdigest()[:8]
+    return Path(sweep_dir).resolve() / f"{db_path.stem}-{tag}" / sid
 
 
 def job_marker(sid: str, job: str) -> str:
@@ -110,6 +122,12 @@ def plan_jobs(cfg: ExperimentConfig, runs_per_job: int) -> list[Job]:
         raise ValueError(f"runs_per_job must be a positive integer, got {runs_per_job!r}")
     canon = cfg.canonical()
     seeds = list(cfg.seeds)
+    if len(seeds) > runs_per_job and cfg.batch_size is not None:  # the warm start's too
+        raise ValueError(
+            f"runs_per_job {runs_per_job} < {len(seeds)} seeds with batch_size set: a batch draws "
+            "its minibatch order from its first run's seed, so a job that starts at another "
+            f"seed would not equal steepest train. Use --runs-per-job {len(seeds)} or more"
+        )
     units: list[tuple[dict[str, Any], str, float]] = []  # (entry with one lr, label, lr)
     for entry, raw in zip(cfg.algorithms, canon["algorithms"], strict=True):
         label = entry.label or entry.algorithm
@@ -348,8 +366,27 @@ def check_local_database(db_path: Path, mounts: str | None = None) -> None:
         )
 
 
-def prepare_sweep(config: Any, db: str | Path | None, runs_per_job: int):
-    """(config, jobs, sweep id, database path, sweep folder) of a sweep; writes nothing."""
+def _plans(db_path: Path, cfg: ExperimentConfig) -> dict[int, str]:
+    """The sweeps of this config recorded in the database: runs_per_job -> folder."""
+    if not db_path.is_file():
+        return {}
+    with RunStore(db_path, create=False) as store:
+        marks = store.marks(f"sweep-plan:{_config_key(cfg)}:")
+    return {int(v["runs_per_job"]): str(v["folder"]) for v in marks.values()}
+
+
+def prepare_sweep(
+    config: Any,
+    db: str | Path | None,
+    runs_per_job: int | None = None,
+    sweep_dir: str | Path | None = None,
+):
+    """(config, jobs, sweep id, database path, sweep folder, runs per job) of a sweep; writes
+    nothing.
+
+    ``runs_per_job`` None: the value of this config's sweep recorded in the database (1 if
+    there is none). A different value than the recorded one is refused: its jobs would store
+    the same runs again. The folder is the recorded one unless ``sweep_dir`` says otherwise."""
     from .data import USER_DATA
     from .models import USER_MODEL
 
@@ -361,10 +398,27 @@ def prepare_sweep(config: Any, db: str | Path | None, runs_per_job: int):
             "(steepest.register_model / register_dataset in a plug-in, loaded with --plugin) "
             "and name them in the config"
         )
+    db_path = Path(db) if db is not None else default_db_path()
+    plans = _plans(db_path, cfg)
+    if runs_per_job is None:
+        runs_per_job = next(iter(plans)) if len(plans) == 1 else 1
+    elif plans and runs_per_job not in plans:
+        raise ValueError(
+            f"{db_path} already holds a sweep of this config with --runs-per-job "
+            f"{', '.join(map(str, sorted(plans)))}; its jobs would store the same runs again. "
+            "Use that value (or leave it out), or another --db"
+        )
     jobs = plan_jobs(cfg, runs_per_job)
     sid = sweep_id(cfg, runs_per_job)
-    db_path = Path(db) if db is not None else default_db_path()
-    return cfg, jobs, sid, db_path, sweep_folder(db_path, sid)
+    folder = sweep_folder(db_path, sid, sweep_dir)
+    if sweep_dir is None and runs_per_job in plans:
+        folder = Path(plans[runs_per_job])
+    elif runs_per_job in plans and Path(plans[runs_per_job]) != folder:
+        raise ValueError(
+            f"this sweep's folder is {plans[runs_per_job]} (its jobs' state and scratch); "
+            "pass that --sweep-dir, or none"
+        )
+    return cfg, jobs, sid, db_path, folder, runs_per_job
 
 
 def _write_plan(folder: Path, sid: str, jobs: list[Job]) -> None:
@@ -446,18 +500,22 @@ def run_sweep(
     config: Any,
     *,
     db: str | Path | None = None,
-    runs_per_job: int = 1,
+    runs_per_job: int | None = None,
     backend: Any = None,
+    sweep_dir: str | Path | None = None,
     echo: Callable[[str], None] | None = None,
     poll_s: float = 0.2,
 ) -> SweepResult:
     """Run every job of ``config`` that is not done yet on ``backend`` (default: a local pool
-    of one worker) and store the results; returns the sweep's :class:`SweepResult`."""
+    of one worker) and store the results; returns the sweep's :class:`SweepResult`.
+    ``runs_per_job`` and ``sweep_dir`` as in :func:`prepare_sweep`."""
     from .sweep_backends import LocalBackend
 
     t0 = time.perf_counter()
     say = echo or (lambda _msg: None)
-    cfg, jobs, sid, db_path, folder = prepare_sweep(config, db, runs_per_job)
+    cfg, jobs, sid, db_path, folder, runs_per_job = prepare_sweep(
+        config, db, runs_per_job, sweep_dir
+    )
     db_path.parent.mkdir(parents=True, exist_ok=True)
     check_local_database(db_path)
     backend = backend if backend is not None else LocalBackend(workers=1)
@@ -479,6 +537,10 @@ def run_sweep(
         in_flight: set[str] = set()
         lease = f"sweep:{sid}"
         store.acquire_lease(lease)  # one driver per sweep; a live one is named in the error
+        store.put_mark(
+            f"sweep-plan:{_config_key(cfg)}:k{runs_per_job}",
+            {"runs_per_job": runs_per_job, "folder": str(folder)},
+        )
         beat = time.monotonic()
         try:
             backend.start()
@@ -501,8 +563,11 @@ def run_sweep(
                     if blob is not None:
                         try:
                             run_ids[jid] = import_payload(store, folder, sid, jid, blob)
-                        except (ValueError, RuntimeError, OSError) as exc:
-                            blob, error = None, f"could not store its results: {exc}"
+                        except sqlite3.Error:
+                            raise  # the database, not the job: stop; a rerun goes on from here
+                        except Exception as exc:  # a payload is a worker's data: any defect
+                            blob = None
+                            error = f"could not store its results: {type(exc).__name__}: {exc}"
                     if blob is not None:
                         _write_state(folder, jid, state="done", failures=failures.get(jid, 0))
                         say(f"{jid} done ({len(by_id[jid].runs)} runs)")
@@ -525,7 +590,7 @@ def run_sweep(
         finally:
             backend.close()
             store.release_lease(lease)
-    statuses = sweep_status(config, db=db_path, runs_per_job=runs_per_job).jobs
+    statuses = sweep_status(config, db=db_path, runs_per_job=runs_per_job, sweep_dir=sweep_dir).jobs
     return SweepResult(
         sweep=sid,
         folder=folder,
@@ -537,12 +602,16 @@ def run_sweep(
 
 
 def sweep_status(
-    config: Any, *, db: str | Path | None = None, runs_per_job: int = 1
+    config: Any,
+    *,
+    db: str | Path | None = None,
+    runs_per_job: int | None = None,
+    sweep_dir: str | Path | None = None,
 ) -> SweepResult:
     """Every job of the sweep as done (stored), running (handed to a worker by a driver whose
     lease on the sweep is live), failed (twice, with its error) or pending. Reads the
-    database; writes nothing."""
-    cfg, jobs, sid, db_path, folder = prepare_sweep(config, db, runs_per_job)
+    database; writes nothing. ``runs_per_job`` and ``sweep_dir`` as in :func:`prepare_sweep`."""
+    cfg, jobs, sid, db_path, folder, _ = prepare_sweep(config, db, runs_per_job, sweep_dir)
     marks: dict[str, Sequence[int]] = {}
     driving = False
     if db_path.is_file():

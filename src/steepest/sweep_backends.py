@@ -67,6 +67,8 @@ class LocalBackend:
             raise ValueError(f"workers must be a positive integer, got {workers!r}")
         self.capacity = workers
         self.scratch = scratch
+        if scratch is not None:  # a bad folder is one error now, not every job failing twice
+            Path(scratch).mkdir(parents=True, exist_ok=True)
         self._slots: list[_Slot] = []
 
     def start(self) -> None:
@@ -88,6 +90,7 @@ class LocalBackend:
 
     def submit(self, jobs: list[tuple[str, Path]]) -> None:
         for jid, job_dir in jobs:
+            self._slots = [s for s in self._slots if s.job is not None or s.proc.poll() is None]
             slot = next((s for s in self._slots if s.job is None), None)
             if slot is None:
                 slot = _Slot(self._spawn())
@@ -115,6 +118,10 @@ class LocalBackend:
             if ready:
                 answer = slot.proc.stdout.readline().strip()
                 slot.job = None
+                if not answer:  # EOF: it exited between the two checks
+                    self._slots.remove(slot)
+                    out.append((jid, None, "worker exited without an answer"))
+                    continue
                 result = job_dir / "result.pt"
                 if answer == "ok" and result.is_file():
                     out.append((jid, result.read_bytes(), None))
@@ -226,14 +233,14 @@ class RayBackend:
             ray.shutdown()
 
 
-def _run_job(job_dir: str, scratch: str | None) -> bytes:
+def _run_job(job_dir: str, spec: str, scratch: str | None) -> bytes:
     import tempfile
 
     from .sweep import run_job
 
     if scratch is None and "SLURM_JOB_ID" in os.environ:  # a node: keep SQLite off the shared disk
         scratch = str(Path(os.environ.get("TMPDIR") or tempfile.gettempdir()) / "steepest-sweeps")
-    return run_job(job_dir, scratch)
+    return run_job(job_dir, scratch, spec=spec)
 
 
 class SlurmBackend:
@@ -270,6 +277,8 @@ class SlurmBackend:
                 raise ValueError(f"{arg} must be a positive integer, got {val!r}")
         if not isinstance(gpus, int) or gpus < 0:
             raise ValueError(f"gpus must be a non-negative integer, got {gpus!r}")
+        if mem_gb is not None and not (isinstance(mem_gb, int | float) and mem_gb > 0):
+            raise ValueError(f"mem (GB) must be positive, got {mem_gb!r}")
         self.folder, self.local, self.scratch = Path(folder), local, scratch
         # Everything pending goes out as one array; SLURM runs max_parallel of it at a time
         # (the array's % limit), so the driver does not hold jobs back and call sbatch per job.
@@ -278,9 +287,10 @@ class SlurmBackend:
         self.params: dict[str, Any] = {
             "timeout_min": time_min,
             "cpus_per_task": cpus,
-            "gpus_per_node": gpus,
             "slurm_array_parallelism": max_parallel,
         }
+        if gpus:  # "--gpus-per-node=0" is refused by clusters without GPU resources
+            self.params["gpus_per_node"] = gpus
         if partition is not None:
             self.params["slurm_partition"] = partition
         if mem_gb is not None:
@@ -288,6 +298,7 @@ class SlurmBackend:
         if setup:
             self.params["slurm_setup"] = list(setup)
         self._jobs: dict[str, Any] = {}
+        self._refused: list[tuple[str, bytes | None, str | None]] = []
 
     def start(self) -> None:
         try:
@@ -301,20 +312,30 @@ class SlurmBackend:
         params = dict(self.params)
         if self.local:  # the local executor knows only the generic parameters
             params = {k: v for k, v in params.items() if not k.startswith("slurm_")}
-            params.pop("gpus_per_node")
+            params.pop("gpus_per_node", None)
         self._ex.update_parameters(name="steepest-sweep", **params)
 
     def submit(self, jobs: list[tuple[str, Path]]) -> None:
         for i in range(0, len(jobs), self.max_array):  # one sbatch per array
             chunk = jobs[i : i + self.max_array]
-            with self._ex.batch():
-                handles = [self._ex.submit(_run_job, str(d), self.scratch) for _, d in chunk]
+            try:
+                with self._ex.batch():
+                    handles = [
+                        self._ex.submit(
+                            _run_job, str(d), (d / "job.json").read_text(), self.scratch
+                        )
+                        for _, d in chunk
+                    ]
+            except Exception as exc:  # sbatch refused this array: its jobs failed, not the rest
+                why = f"submission failed: {type(exc).__name__}: {_last_line(str(exc))}"
+                self._refused.extend((jid, None, why) for jid, _ in chunk)
+                continue
             for (jid, job_dir), handle in zip(chunk, handles, strict=True):
                 self._jobs[jid] = handle
                 atomic_write_text(job_dir / "slurm_job_id", str(handle.job_id))
 
     def poll(self) -> list[tuple[str, bytes | None, str | None]]:
-        out = []
+        out, self._refused = self._refused, []
         for jid, handle in list(self._jobs.items()):
             if not handle.done():
                 continue
@@ -346,12 +367,13 @@ def slurm_script(backend: SlurmBackend, n_jobs: int) -> str:
         "array_parallelism": p["slurm_array_parallelism"],
         "map_count": min(n_jobs, backend.max_array),
     }
-    if p["gpus_per_node"]:
+    if "gpus_per_node" in p:
         kw["gpus_per_node"] = p["gpus_per_node"]
     if "slurm_partition" in p:
         kw["partition"] = p["slurm_partition"]
-    if "mem_gb" in p:
-        kw["mem"] = f"{int(p['mem_gb'] * 1024)}MB"
+    if "mem_gb" in p:  # as submitit writes it
+        gb = p["mem_gb"]
+        kw["mem"] = f"{int(gb)}GB" if gb == int(gb) else f"{int(gb * 1024)}MB"
     if "slurm_setup" in p:
         kw["setup"] = p["slurm_setup"]
     command = " ".join(
