@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -45,6 +46,10 @@ __all__ = [
     "BlockMax",
     "BlockSum",
     "weighted_max",
+    "HybridNorm",
+    "default_muon_indices",
+    "check_muon_params",
+    "check_nonneg",
     "norm",
     "get_norm",
     "norm_names",
@@ -813,3 +818,102 @@ def norm(name: str | Norm) -> Norm:
 
 
 get_norm = norm
+
+
+# ----------------------------------------------------------------------------- hybrid norm
+
+
+def check_nonneg(name: str, value: Any, *, positive: bool = False) -> float:
+    """``value`` as a finite float ≥ 0 (> 0 with ``positive``); the error names ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(
+            f"{name} must be a {'positive' if positive else 'non-negative'} number; got {value!r}"
+        )
+    v = float(value)
+    if not math.isfinite(v) or v < 0 or (positive and v == 0):
+        kind = "positive" if positive else "non-negative"
+        raise ValueError(f"{name} must be a finite {kind} number; got {value!r}")
+    return v
+
+
+def check_muon_params(muon_params: Any) -> tuple[int, ...] | None:
+    """The parameter indices measured spectrally by a hybrid norm, sorted, or None (default)."""
+    if muon_params is None:
+        return None
+    if isinstance(muon_params, (str, bytes)) or not isinstance(muon_params, Sequence):
+        raise TypeError(
+            f"muon_params must be None or a sequence of parameter indices; got {muon_params!r}"
+        )
+    out = []
+    for i in muon_params:
+        if isinstance(i, bool) or not isinstance(i, int) or i < 0:
+            raise ValueError(f"muon_params must hold non-negative int indices; got {muon_params!r}")
+        out.append(int(i))
+    if len(set(out)) != len(out):
+        raise ValueError(f"muon_params has repeated indices: {muon_params!r}")
+    return tuple(sorted(out))
+
+
+def default_muon_indices(params: Sequence[Tensor]) -> list[int]:
+    """Indices of the "hidden matrices" Muon takes in a hybrid by default.
+
+    A tensor goes to Muon when ndim ≥ 2 and shape[0] > 1; vectors, scalars and 1×m output rows
+    (whose spectral norm is their ℓ2 norm) go to the Signum/Adam part.
+    """
+    return [i for i, p in enumerate(params) if p.dim() >= 2 and p.shape[0] > 1]
+
+
+class HybridNorm(Norm):
+    """max{a·‖W‖_msp, ‖u‖_∞}, with W/u split by shape at call time (docs/theory.md §2.3, A.3).
+
+    Muon tensors W are ``muon_params`` if given, else :func:`default_muon_indices`; the rest is
+    u. Every method builds :func:`steepest.norms.weighted_max` for the given list (see
+    :meth:`for_params`) and delegates to it, so this norm applies to any parameter list of the
+    model it was declared for. If one side is empty, the norm is the other side alone.
+    """
+
+    def __init__(self, a: float, muon_params: Sequence[int] | None = None):
+        self.a = check_nonneg("lr_ratio", a, positive=True)
+        self.muon_params = check_muon_params(muon_params)
+        self.name = f"max({self.a:g}*max-spectral,linf)"
+
+    def groups(self, xs: Sequence[Tensor]) -> tuple[list[int], list[int]]:
+        """(Muon indices, Signum/Adam indices) for this list of tensors."""
+        n = len(xs)
+        if self.muon_params is None:
+            muon = default_muon_indices(xs)
+        else:
+            bad = [i for i in self.muon_params if i >= n]
+            if bad:
+                raise ValueError(
+                    f"muon_params {list(bad)} out of range for {n} parameters (valid: 0..{n - 1})"
+                )
+            muon = list(self.muon_params)
+        mset = set(muon)
+        return muon, [i for i in range(n) if i not in mset]
+
+    def for_params(self, xs: Sequence[Tensor]) -> Norm:
+        """The concrete :func:`~steepest.norms.weighted_max` norm for this parameter list."""
+        if len(xs) == 0:
+            raise ValueError("a Norm needs at least one tensor; got an empty list")
+        muon, other = self.groups(xs)
+        if not other:
+            return BlockMax([Spectral()], groups=[muon], weights=[self.a], name=self.name)
+        if not muon:
+            return BlockMax([LpNorm(math.inf)], groups=[other], weights=[1.0], name=self.name)
+        return weighted_max(self.a, "spectral", "linf", groups=[muon, other])
+
+    def __call__(self, xs: Sequence[Tensor]) -> Tensor:
+        return self.for_params(xs)(xs)
+
+    def dual(self, gs: Sequence[Tensor]) -> Tensor:
+        return self.for_params(gs).dual(gs)
+
+    def direction_and_dual(self, gs: Sequence[Tensor]) -> tuple[list[Tensor], Tensor]:
+        return self.for_params(gs).direction_and_dual(gs)
+
+    def direction(self, gs: Sequence[Tensor]) -> list[Tensor]:
+        return self.for_params(gs).direction(gs)
+
+    def duality_map(self, gs: Sequence[Tensor]) -> list[Tensor]:
+        return self.for_params(gs).duality_map(gs)
