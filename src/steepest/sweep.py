@@ -520,7 +520,6 @@ def run_sweep(
     check_local_database(db_path)
     backend = backend if backend is not None else LocalBackend(workers=1)
     by_id = {j.id: j for j in jobs}
-    _write_plan(folder, sid, jobs)
     run_ids: dict[str, list[int]] = {}
     failures: dict[str, int] = {}
     errors: dict[str, str] = {}
@@ -537,12 +536,13 @@ def run_sweep(
         in_flight: set[str] = set()
         lease = f"sweep:{sid}"
         store.acquire_lease(lease)  # one driver per sweep; a live one is named in the error
-        store.put_mark(
-            f"sweep-plan:{_config_key(cfg)}:k{runs_per_job}",
-            {"runs_per_job": runs_per_job, "folder": str(folder)},
-        )
         beat = time.monotonic()
         try:
+            _write_plan(folder, sid, jobs)  # only the lease holder writes the jobs' folders
+            store.put_mark(
+                f"sweep-plan:{_config_key(cfg)}:k{runs_per_job}",
+                {"runs_per_job": runs_per_job, "folder": str(folder)},
+            )
             backend.start()
             while pending or in_flight:
                 batch = []

@@ -224,6 +224,8 @@ class RayBackend:
         return out
 
     def close(self) -> None:
+        if not self._refs and not self._started:
+            return  # never started (or nothing to stop): Ray need not even be installed
         import ray
 
         for ref in self._refs:
