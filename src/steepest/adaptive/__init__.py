@@ -5,7 +5,7 @@ Every rule is an :class:`~steepest.algorithms.Algorithm`: ``state = rule.init(pa
 ``params, state = rule.update(params, grads, state, lr)``, pure torch (no in-place edits, no
 ``.item()``, no Python branching on tensor values; only on shapes and hyperparameters), and
 declares the norm whose margin it is predicted to maximize (``predicted_norm``). Importing this
-module registers the names below with :func:`steepest.algorithms.register_algorithm`, so
+package registers the names below (each file its own) with :func:`steepest.algorithms.register_algorithm`, so
 ``steepest.optimizer("adam", params, lr=1e-3, betas=(0.9, 0.999), eps=0.0)`` works; each rule
 also has a thin ``torch.optim.Optimizer`` wrapper (:class:`Adam`, :class:`MomentumGD`, …).
 

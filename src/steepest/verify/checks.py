@@ -52,7 +52,7 @@ def own_column(info: Mapping[str, Any]) -> str | None:
 
 @dataclass(frozen=True)
 class Tolerances:
-    """Tolerances of the checks (module docstring gives the reasoning)."""
+    """Tolerances of the checks (the docstring of steepest.verify gives the reasoning)."""
 
     monotone_c: float = 1.0
     monotone_rtol: float = 1e-6
@@ -147,7 +147,7 @@ def _col(m: Mapping[str, np.ndarray], name: str, n: int) -> np.ndarray:
 def _step_lengths(
     m: Mapping[str, np.ndarray], n: int, L: float, normalized: bool | None, n_train: int | None
 ) -> np.ndarray:
-    """Upper bound h on one step's length in the own norm at each row (module docstring).
+    """Upper bound h on one step's length in the own norm at each row (the docstring of steepest.verify).
 
     Computed in log space from ``log_lr`` (η can be 1e300 under the loss-based schedule while
     η·𝓛 stays O(1), and 𝓛 itself underflows).

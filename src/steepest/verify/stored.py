@@ -279,7 +279,7 @@ def verify_runs(
     kkt: bool = True,
     tolerances: Tolerances | None = None,
 ) -> VerifyReport:
-    """Check the theory's predictions on stored runs (module docstring lists the checks)."""
+    """Check the theory's predictions on stored runs (the docstring of steepest.verify lists the checks)."""
     tol = tolerances or Tolerances()
     loader = _Loader(store)
     shape_cache: dict[str, list[tuple[int, ...]]] = {}
