@@ -248,7 +248,7 @@ def sweep(
 
     if len(args) == 2 and args[0] == "status":
         res = sw.sweep_status(Path(args[1]), db=db, runs_per_job=runs_per_job, sweep_dir=sweep_dir)
-        rows = [[j.job, j.state, j.runs, j.attempts, j.error] for j in res.jobs]
+        rows = [[j.job, j.state, j.runs, j.failures, j.error] for j in res.jobs]
         typer.echo(_table(["job", "state", "runs", "failures", "error"], rows))
         counts = {
             s: sum(j.state == s for j in res.jobs) for s in ("done", "running", "failed", "pending")

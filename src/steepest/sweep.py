@@ -32,7 +32,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -285,12 +284,13 @@ def run_job(
 
 @dataclass
 class JobStatus:
-    """One job's state in a sweep: "done", "running", "failed" or "pending"."""
+    """One job's state in a sweep: "done", "running", "failed" or "pending"; ``failures``: its
+    failed attempts in the latest run of the sweep; ``error``: the last error of a failed job."""
 
     job: str
     state: str
     runs: int
-    attempts: int = 0
+    failures: int = 0
     error: str = ""
 
 
@@ -553,7 +553,6 @@ def run_sweep(
                         jid,
                         state="running",
                         failures=failures.get(jid, 0),
-                        driver=os.getpid(),
                     )
                     batch.append((jid, folder / "jobs" / jid))
                 backend.submit(batch)
@@ -635,7 +634,7 @@ def sweep_status(
                 job=j.id,
                 state=state,
                 runs=len(j.runs),
-                attempts=int(st.get("failures", 0)),
+                failures=int(st.get("failures", 0)),
                 error=str(st.get("error", "")) if state == "failed" else "",
             )
         )
